@@ -1,0 +1,1 @@
+"""Diagnostics: geometry reports, the CV precision auditor, convergence-order monitoring, plots."""

@@ -1,0 +1,46 @@
+"""The geometric core: pure math on torch, importing nothing else of pentachora.
+
+Public names (stable; other code and checks rely on them):
+
+* volumes — :func:`cayley_menger_vol2`, :func:`gram_vol2`, :func:`pentachoron_volumes`
+* CV — :func:`cv_metric`, :func:`cv_loss`, :func:`target_cv`, :func:`cv_proximity`,
+  :func:`soft_hand_weights`
+* spectra — :func:`effective_rank`, :func:`rankme`, :func:`gram_eigh_svd`
+* alignment — :func:`orthogonal_procrustes` (→ :class:`ProcrustesMap`)
+* whitening — :func:`inv_sqrt_psd`, :func:`newton_schulz_inv_sqrt`
+"""
+
+from pentachora.geometry.cv import (
+    cv_from_volumes,
+    cv_loss,
+    cv_metric,
+    cv_proximity,
+    soft_hand_weights,
+    target_cv,
+    target_cv_stats,
+)
+from pentachora.geometry.procrustes import ProcrustesMap, orthogonal_procrustes
+from pentachora.geometry.simplex import cayley_menger_vol2, gram_vol2, pentachoron_volumes, random_subsets
+from pentachora.geometry.spectral import effective_rank, gram_eigh_svd, rankme
+from pentachora.geometry.whiten import inv_sqrt_psd, newton_schulz_inv_sqrt
+
+__all__ = [
+    "ProcrustesMap",
+    "cayley_menger_vol2",
+    "cv_from_volumes",
+    "cv_loss",
+    "cv_metric",
+    "cv_proximity",
+    "effective_rank",
+    "gram_eigh_svd",
+    "gram_vol2",
+    "inv_sqrt_psd",
+    "newton_schulz_inv_sqrt",
+    "orthogonal_procrustes",
+    "pentachoron_volumes",
+    "random_subsets",
+    "rankme",
+    "soft_hand_weights",
+    "target_cv",
+    "target_cv_stats",
+]

@@ -1,0 +1,5 @@
+class ProcrustesMap: ...
+
+
+def orthogonal_procrustes(*a, **k):
+    raise NotImplementedError

@@ -1,0 +1,1 @@
+"""pentachora.memory."""

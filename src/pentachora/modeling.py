@@ -1,0 +1,226 @@
+"""The contract every pentachora model keeps: config dataclass, dataclass outputs, safe checkpoints.
+
+A model is an :class:`nn.Module` subclass of :class:`PentachoraModel` that
+
+* is built from one typed config dataclass (``config_class``), stored as ``self.config``;
+* computes its own loss and returns a :class:`ModelOutput` subclass with ``.loss`` and its named
+  parts, so the one trainer never needs to know which model it trains;
+* saves to a folder with ``config.json`` + ``model.safetensors`` and loads back strictly.
+
+Checkpoint folder layout::
+
+    DIR/config.json        {"model_type": ..., "pentachora_version": ..., "config": {...}}
+    DIR/model.safetensors  the state dict (safetensors; never pickle)
+
+Loading checks the ``model_type`` against the class (or dispatches on it via :func:`load_model`),
+rejects unknown config keys and loads the weights with ``strict=True``; every failure is a
+:class:`~pentachora.io.CheckpointError` with a message that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from pentachora.io import CheckpointError, atomic_save_tensors, atomic_write_json, load_tensors, read_json
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+MODEL_REGISTRY: dict[str, type[PentachoraModel]] = {}
+
+M = TypeVar("M", bound="PentachoraModel")
+C = TypeVar("C")
+
+
+def register_model(cls: type[M]) -> type[M]:
+    """Class decorator: make ``cls`` loadable by :func:`load_model` under ``cls.model_type``."""
+    name = getattr(cls, "model_type", None)
+    if not name:
+        raise TypeError(f"{cls.__name__} must define a non-empty class attribute `model_type`")
+    if name in MODEL_REGISTRY and MODEL_REGISTRY[name] is not cls:
+        raise TypeError(f"model_type {name!r} is already registered by {MODEL_REGISTRY[name].__name__}")
+    MODEL_REGISTRY[name] = cls
+    return cls
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (possibly nested) config dataclass; tuples become lists."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"expected a config dataclass, got {type(config).__name__}")
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(config_class: type[C], data: dict[str, Any]) -> C:
+    """Rebuild ``config_class`` from a dict, refusing unknown keys and restoring tuples/nested dataclasses."""
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"config for {config_class.__name__} must be a JSON object, got {type(data).__name__}"
+        )
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise CheckpointError(f"unknown keys for {config_class.__name__}: {unknown}")
+    hints = typing.get_type_hints(config_class)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints.get(name), value)
+    try:
+        return config_class(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"invalid {config_class.__name__}: {exc}") from exc
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    if hint is None or value is None:
+        return value
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return config_from_dict(hint, value)
+    if origin is tuple and isinstance(value, list):
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v) for v in value)
+        return tuple(value)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for arg in typing.get_args(hint):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value)
+            except Exception:  # pragma: no cover - try the next member of the union
+                continue
+    return value
+
+
+@dataclasses.dataclass
+class ModelOutput:
+    """Base for model outputs: ``loss`` plus named parts.
+
+    Subclasses add fields. :meth:`scalars` collects every 0-d tensor or float field (the loss and
+    its parts, geometry readouts) for logging, so the trainer logs whatever a model reports.
+    """
+
+    loss: torch.Tensor | None = None
+
+    def scalars(self) -> dict[str, float]:
+        """Every scalar field as a Python float (detached); non-scalar fields are skipped."""
+        out: dict[str, float] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                out[f.name] = float(value.detach().float().item())
+            elif isinstance(value, (float, int)) and not isinstance(value, bool):
+                out[f.name] = float(value)
+        return out
+
+
+class PentachoraModel(nn.Module):
+    """Base class: config handling and safetensors checkpoints.
+
+    Subclasses set ``model_type`` (a stable string written into ``config.json``) and
+    ``config_class`` (their config dataclass), and call ``super().__init__(config)``.
+    """
+
+    model_type: ClassVar[str] = ""
+    config_class: ClassVar[type] = object
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} expects a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        self.config = config
+
+    # ------------------------------------------------------------------ parameters
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of parameters (all, or only those with ``requires_grad``)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
+
+        Both files are written atomically. Tied or shared tensors are stored as copies.
+        """
+        from pentachora import __version__
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v for k, v in self.state_dict().items()}
+        atomic_save_tensors(directory / WEIGHTS_NAME, state, metadata={"model_type": self.model_type})
+        atomic_write_json(
+            directory / CONFIG_NAME,
+            {
+                "model_type": self.model_type,
+                "pentachora_version": __version__,
+                "config": config_to_dict(self.config),
+            },
+        )
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M], directory: str | os.PathLike, map_location: str | torch.device = "cpu"
+    ) -> M:
+        """Rebuild the model from ``directory`` and load its weights strictly.
+
+        Raises:
+            CheckpointError: missing files, invalid JSON, a checkpoint of another model type,
+                unknown config keys, a corrupt weights file, or missing/unexpected/misshapen tensors.
+        """
+        directory = Path(directory)
+        meta = read_json(directory / CONFIG_NAME)
+        if not isinstance(meta, dict) or "model_type" not in meta or "config" not in meta:
+            raise CheckpointError(
+                f"{directory / CONFIG_NAME} is not a pentachora checkpoint config "
+                "(expected keys 'model_type' and 'config')"
+            )
+        if cls.model_type and meta["model_type"] != cls.model_type:
+            raise CheckpointError(
+                f"{directory} holds a {meta['model_type']!r} checkpoint, not {cls.model_type!r} ({cls.__name__})"
+            )
+        target = cls if cls.model_type else MODEL_REGISTRY.get(meta["model_type"])
+        if target is None:
+            raise CheckpointError(
+                f"unknown model_type {meta['model_type']!r}; known: {sorted(MODEL_REGISTRY)}"
+            )
+        config = config_from_dict(target.config_class, meta["config"])
+        model = target(config)
+        state = load_tensors(directory / WEIGHTS_NAME, device=map_location)
+        model.load_state_dict_checked(state, source=str(directory / WEIGHTS_NAME))
+        return model.to(map_location)
+
+    def load_state_dict_checked(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """``load_state_dict(strict=True)`` with a readable error for missing, unexpected or misshapen keys."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        misshapen = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        if missing or unexpected or misshapen:
+            parts = []
+            if missing:
+                parts.append(f"missing {missing[:5]}{'…' if len(missing) > 5 else ''}")
+            if unexpected:
+                parts.append(f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}")
+            if misshapen:
+                k = misshapen[0]
+                parts.append(
+                    f"shape mismatch e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                )
+            raise CheckpointError(f"{source} does not match {type(self).__name__}: " + "; ".join(parts))
+        self.load_state_dict(state, strict=True)
+
+
+def load_model(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> PentachoraModel:
+    """Load any registered pentachora model from a checkpoint folder, dispatching on ``model_type``."""
+    import pentachora.autoencoders  # noqa: F401  (registers the model families)
+
+    return PentachoraModel.from_pretrained(directory, map_location=map_location)
