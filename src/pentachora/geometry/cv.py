@@ -28,12 +28,15 @@ __all__ = [
     "soft_hand_weights",
     "target_cv",
     "target_cv_stats",
+    "volume_scale",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Mean volumes below this (in the units of the points, float64) count as a collapsed point set.
-DEGENERATE_VOLUME = 1e-12
+#: A point set is "collapsed" when its mean pentachoron volume is below this fraction of the
+#: volume scale of the set, ``(mean squared distance to the centroid)²`` — scale-free, and well
+#: above the ~1e-8 relative round-off volume of a flat simplex in float64.
+DEGENERATE_RELATIVE_VOLUME = 1e-6
 
 
 def _check_finite(points: torch.Tensor, name: str = "points") -> None:
@@ -42,19 +45,30 @@ def _check_finite(points: torch.Tensor, name: str = "points") -> None:
         raise ValueError(f"{name} contain {bad} NaN/inf values; the pentachoron CV is undefined")
 
 
-def cv_from_volumes(volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def volume_scale(points: torch.Tensor) -> torch.Tensor:
+    """``(…)`` float64 volume scale of point sets ``(…, N, D)``: (mean squared distance to centroid)²."""
+    x = points.detach().to(torch.float64)
+    return x.var(dim=-2, unbiased=False).sum(-1) ** 2
+
+
+def cv_from_volumes(
+    volumes: torch.Tensor, scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CV along the last axis of a volume tensor, guarded against collapse.
 
     Args:
         volumes: ``(..., S)`` non-negative volumes (float64 recommended), S ≥ 2.
+        scale: optional ``(...)`` volume scale of each set (:func:`volume_scale`); a set counts as
+            collapsed when its mean volume is below ``DEGENERATE_RELATIVE_VOLUME · scale``. Without
+            it only exactly-zero mean volumes count as collapsed.
 
     Returns:
-        ``(cv, valid)``: ``(...)`` CVs (0 where invalid) and a bool mask of the sets whose mean
-        volume exceeds :data:`DEGENERATE_VOLUME`. Gradients are finite everywhere and zero on
-        invalid sets.
+        ``(cv, valid)``: ``(...)`` CVs (0 where invalid) and a bool mask of the non-collapsed sets.
+        Gradients are finite everywhere and zero on invalid sets.
     """
     mean = volumes.mean(dim=-1)
-    valid = mean > DEGENERATE_VOLUME
+    threshold = torch.zeros_like(mean) if scale is None else DEGENERATE_RELATIVE_VOLUME * scale.to(mean)
+    valid = mean > threshold
     std = volumes.std(dim=-1)
     safe_mean = torch.where(valid, mean, torch.ones_like(mean))
     cv = torch.where(valid, std / safe_mean, torch.zeros_like(mean))
@@ -79,7 +93,7 @@ def cv_metric(points: torch.Tensor, n_samples: int = 200, generator: torch.Gener
     """
     _check_finite(points)
     vols = pentachoron_volumes(points, n_samples=n_samples, generator=generator)
-    cv, valid = cv_from_volumes(vols)
+    cv, valid = cv_from_volumes(vols, volume_scale(points))
     if not bool(valid.any()):
         return float("nan")
     return float(cv[valid].mean())
@@ -114,7 +128,7 @@ def cv_loss(
     """
     _check_finite(points)
     vols = pentachoron_volumes(points, n_samples=n_samples, generator=generator)
-    cv, valid = cv_from_volumes(vols)
+    cv, valid = cv_from_volumes(vols, volume_scale(points))
     if not bool(valid.all()):
         logger.warning(
             "cv_loss: %d of %d point sets are collapsed; they contribute 0",
