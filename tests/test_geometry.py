@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -232,7 +233,7 @@ def test_target_cv_independent_of_point_count_and_cached():
 
 def test_target_cv_decreases_with_dimension():
     values = [target_cv(d) for d in (4, 8, 16, 32, 64, 128)]
-    assert all(x > y for x, y in zip(values, values[1:], strict=False))
+    assert all(x > y for x, y in itertools.pairwise(values))
 
 
 def test_soft_hand_schedule():
