@@ -1,1 +1,64 @@
-"""pentachora.data."""
+"""pentachora.data: seeded batch sources (16 noise types, real-image crops) and evaluation data.
+
+Every training source implements :class:`BatchSource` — ``batch(step)`` is a pure function of the
+source's seed and the step (see :func:`step_generator`), so resumed runs see the same batches.
+Pixel convention: images load as [0, 1]; models see ``2x − 1``; PSNR is in [0, 1] pixel space.
+"""
+
+from pentachora.data.images import (
+    GRAYSCALE_PHOTOS,
+    HELDOUT_PHOTOS,
+    SAMPLE_PHOTOS,
+    ImageCropSource,
+    heldout_tiles,
+    load_hf_images,
+    load_image_file,
+    load_image_folder,
+    load_sample_photos,
+    psnr,
+    split_heldout,
+    ssim,
+    to_model_space,
+    to_pixel_space,
+)
+from pentachora.data.noise import (
+    CLAMP_BOUND,
+    CURRICULUM_TIERS,
+    NOISE_TYPES,
+    RAW_CAUCHY_MAX,
+    NoiseSource,
+    generate_noise,
+    noise_eval_sets,
+    tier_types,
+)
+from pentachora.data.sources import BatchSource, DataSpec, parse_data_spec, step_generator, step_seed
+
+__all__ = [
+    "CLAMP_BOUND",
+    "CURRICULUM_TIERS",
+    "GRAYSCALE_PHOTOS",
+    "HELDOUT_PHOTOS",
+    "NOISE_TYPES",
+    "RAW_CAUCHY_MAX",
+    "SAMPLE_PHOTOS",
+    "BatchSource",
+    "DataSpec",
+    "ImageCropSource",
+    "NoiseSource",
+    "generate_noise",
+    "heldout_tiles",
+    "load_hf_images",
+    "load_image_file",
+    "load_image_folder",
+    "load_sample_photos",
+    "noise_eval_sets",
+    "parse_data_spec",
+    "psnr",
+    "split_heldout",
+    "ssim",
+    "step_generator",
+    "step_seed",
+    "tier_types",
+    "to_model_space",
+    "to_pixel_space",
+]
