@@ -399,7 +399,9 @@ class GeoVAE(PatchAutoencoder):
         self.inverse_gain = nn.Parameter(torch.ones(c.V, 1))
         self.decoder = ResidualMLP(frame, c.dec_hidden, self.pixel_floats_per_patch, c.dec_depth, c.dropout)
         self.smooth = BoundarySmooth(c.channels, kernel=c.smooth_kernel, mid=c.resolved_smooth_mid)
+        # computed once here (seeded Monte-Carlo, cached per dimension), not inside the first step
         self._targets: dict[str, float] | None = None
+        _ = self.cv_targets
 
     # ------------------------------------------------------------------ accounting
     @property
