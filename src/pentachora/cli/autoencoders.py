@@ -190,6 +190,7 @@ def train_svae(
     save_every: int = typer.Option(250, min=0, help="Checkpoint every N steps (0 = end only)."),
     bf16: bool = typer.Option(False, help="bf16 autocast (geometry stays fp32/fp64)."),
     noise_per_type: int = typer.Option(16, min=1, help="Evaluation images per noise type."),
+    eval_tiles: int = typer.Option(0, min=0, help="Cap on evaluation tiles per held-out image (0 = all)."),
 ) -> None:
     """Train PatchSVAE (or its NoSVD ablation with --readout linear) and evaluate it.
 
@@ -258,6 +259,7 @@ def run_training(
     bf16: bool,
     noise_per_type: int,
     callbacks: tuple = (),
+    eval_tiles: int = 0,
 ) -> None:
     """Shared body of the `train` commands: train, evaluate, write pictures, print the summary."""
     from pentachora.data.noise import NOISE_TYPES
@@ -274,7 +276,9 @@ def run_training(
             f"{image_size} is not a multiple of the patch size {model.patch_size}", param_hint="--image-size"
         )
     cfg = make_train_config(steps, batch_size, lr, out, seed, eval_every, save_every, bf16, grad_clip, warmup)
-    eval_data = build_eval_data(spec, image_size, NOISE_TYPES, n_noise_per_type=noise_per_type)
+    eval_data = build_eval_data(
+        spec, image_size, NOISE_TYPES, n_noise_per_type=noise_per_type, max_tiles_per_image=eval_tiles or None
+    )
     console.print(f"training {label} on '{spec.spec}' for {steps} steps → {out}")
     try:
         run = train_autoencoder(
@@ -312,6 +316,7 @@ def eval_cmd(
     heavy_tails: str = typer.Option(
         None, help="Noise heavy tails for evaluation: clamp or raw (default: from --data)."
     ),
+    eval_tiles: int = typer.Option(0, min=0, help="Cap on evaluation tiles per held-out image (0 = all)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
 ) -> None:
     """Evaluate a trained autoencoder: held-out PSNR/SSIM, per-noise-type MSE, CV, erank, S_delta."""

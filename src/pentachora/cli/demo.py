@@ -52,6 +52,8 @@ def demo(
     fresh: bool = typer.Option(
         True, help="Start fresh (delete earlier demo sub-folders) instead of resuming."
     ),
+    eval_tiles: int = typer.Option(0, min=0, help="Cap on evaluation tiles per held-out photo (0 = all)."),
+    noise_per_type: int = typer.Option(16, min=1, help="Evaluation images per noise type."),
 ) -> None:
     """Train and compare the autoencoders on the embedded photos (CPU, a few minutes, no downloads).
 
@@ -78,7 +80,9 @@ def demo(
         )
     t_start = time.perf_counter()
     spec = parse_data_spec("images")
-    eval_data = build_eval_data(spec, image_size, NOISE_TYPES, n_noise_per_type=16)
+    eval_data = build_eval_data(
+        spec, image_size, NOISE_TYPES, n_noise_per_type=noise_per_type, max_tiles_per_image=eval_tiles or None
+    )
     console.print(
         f"[bold]pentachora demo[/bold]: {len(names)} model(s) × {steps} steps on the embedded photos "
         f"(train: 7 photos, held out: chelsea + coffee → {eval_data.tiles01.shape[0]} tiles of {image_size}²), "
