@@ -1,0 +1,3 @@
+"""`pentachora train memory`, `pentachora encode`, `pentachora eval-memory`: long-prompt geometric memory."""
+
+from __future__ import annotations
