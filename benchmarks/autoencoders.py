@@ -386,6 +386,8 @@ def run_bench(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             )
             rows[name] = row
             models[name] = model
+            if args.save_models is not None:
+                model.save_pretrained(args.save_models / f"{ratio}" / name)
         # timings: interleaved repeats on one fixed batch, ratios to PatchSVAE
         batch = MixedSource(
             args.batch_size, args.image_size, args.noise_fraction, "clamp", args.seed + 99
@@ -476,7 +478,27 @@ def run_stability(args: argparse.Namespace, device: torch.device) -> dict[str, A
     }
 
 
+def stability_json(res: dict[str, Any]) -> str:
+    """The stability result as JSON, with each per-step trace on one line (5 significant digits)."""
+    body = {k: v for k, v in res.items() if k != "trace"}
+    text = json.dumps(body, indent=1, default=float)
+    traces = ",\n".join(
+        f'  "{k}": ' + json.dumps([float(f"{x:.5g}") for x in v]) for k, v in res["trace"].items()
+    )
+    return text[:-2] + ',\n "trace": {\n' + traces + "\n }\n}\n"
+
+
+def _smooth(values: list[float], window: int = 50) -> list[float]:
+    """Trailing moving average (NaN-free input assumed)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    c = torch.cat([torch.zeros(1, dtype=torch.float64), t.cumsum(0)])
+    idx = torch.arange(1, len(values) + 1)
+    lo = (idx - window).clamp_min(0)
+    return ((c[idx] - c[lo]) / (idx - lo)).tolist()
+
+
 def plot_stability(res: dict[str, Any], path: Path) -> None:
+    """Three panels: pre-clip gradient norm, reconstruction, per-sector CV (faint raw, bold 50-step mean)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -485,22 +507,29 @@ def plot_stability(res: dict[str, Any], path: Path) -> None:
     tr = res["trace"]
     steps = list(range(1, len(tr["grad_norm"]) + 1))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].semilogy(steps, tr["grad_norm"], lw=0.5)
+
+    def both(ax: Any, values: list[float], label: str, log: bool = False) -> Any:
+        plot = ax.semilogy if log else ax.plot
+        line = plot(steps, values, lw=0.4, alpha=0.35)[0]
+        plot(steps, _smooth(values), lw=1.4, color=line.get_color(), label=label)
+        return line
+
+    both(axes[0], tr["grad_norm"], "50-step mean", log=True)
     axes[0].axhline(1.0, color="k", ls="--", lw=0.8, label="clip 1.0")
     axes[0].set(title="pre-clip gradient norm", xlabel="step")
     axes[0].legend()
-    axes[1].semilogy(steps, tr["recon_loss"], lw=0.5, label="MSE (model space)")
-    axes[1].semilogy(steps, tr["recon_loss_norm"], lw=0.5, label="scale-normalised MSE (trained)")
+    both(axes[1], tr["recon_loss"], "MSE (model space)", log=True)
+    both(axes[1], tr["recon_loss_norm"], "scale-normalised MSE (trained)", log=True)
     axes[1].set(title="reconstruction", xlabel="step")
     axes[1].legend()
     for s in SECTORS:
-        line = axes[2].plot(steps, tr[f"cv_{s}"], lw=0.5, label=f"cv_{s}")[0]
+        line = both(axes[2], tr[f"cv_{s}"], f"cv_{s} (target {res['cv_targets'][s]:.3f})")
         axes[2].axhline(res["cv_targets"][s], color=line.get_color(), ls="--", lw=0.8)
-    axes[2].set(title="sector CV (dashed: target_cv of the sector's dim)", xlabel="step", ylim=(0, 1.0))
+    axes[2].set(title="sector CV (dashed: target_cv of the sector's dim)", xlabel="step", ylim=(0, 0.7))
     axes[2].legend(fontsize=8)
     fig.suptitle(
-        f"GeoVAE tiny-48, 16 noise types, raw heavy tails: {res['steps']} steps, "
-        f"{res['nonfinite_steps']} non-finite"
+        f"GeoVAE tiny-48, 16 noise types, raw heavy tails (|x| up to {res['batch_max_abs_value_steps_1_3']:.0f}): "
+        f"{res['steps']} steps, {res['nonfinite_steps']} non-finite, fixed grad-clip 1.0"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -603,6 +632,9 @@ def main(argv: list[str] | None = None) -> None:
         "--align-fraction", type=float, default=0.1, help="Fraction of steps in the alignment phase."
     )
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--save-models", type=Path, default=None, help="Save each trained model to DIR/<ratio>/<name>."
+    )
     args = p.parse_args(argv)
     defaults = (
         dict(steps=600, batch_size=16, image_size=64)
@@ -632,7 +664,7 @@ def main(argv: list[str] | None = None) -> None:
             total_wall_s=time.perf_counter() - t0,
         )
         plot_stability(res, args.out / "geovae_stability.png")
-        (args.out / "geovae_stability.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+        (args.out / "geovae_stability.json").write_text(stability_json(res))
         logger.info(
             "stability: %d steps, %d non-finite, summary %s",
             res["steps"],
