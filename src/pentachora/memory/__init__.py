@@ -1,1 +1,57 @@
-"""pentachora.memory."""
+"""pentachora.memory: extend a frozen fixed-window text encoder to long texts with a geometric memory.
+
+A frozen encoder with a W-token window (77 for CLIP) reads a long text segment by segment; a memory
+bank (memory tokens + bank anchors on the sphere, GRU-gated updates, a LayerNorm firebreak between
+segments) accumulates it; a pooled output is aligned to a long-context teacher; a
+:class:`SequenceReconstructor` turns the memory into a ``(B, 77, H)`` sequence in the frozen
+encoder's own distribution (what a diffusion UNet reads).
+
+Quick start (CPU, offline, the embedded MiniLM and Wikipedia corpus)::
+
+    from pentachora.memory import GeometricMemory, MemoryConfig
+    from pentachora.memory.recipe import prepare_memory_data, resolve_config, train_memory
+    from pentachora.training import TrainConfig
+
+    config, student, teacher = resolve_config(MemoryConfig.preset("minilm-tiny"))
+    data = prepare_memory_data(config, "wiki", encoders=(student, teacher))   # caches features once
+    run = train_memory(GeometricMemory(config), data, TrainConfig(steps=600, batch_size=32, lr=1e-3))
+    enc = run.model.encode(["a long prompt ..."])        # enc.pooled (1, 384), enc.sequence (1, 77, 384)
+
+Modules: :mod:`~pentachora.memory.encoders` (FrozenTextEncoder), :mod:`~pentachora.memory.segmenter`,
+:mod:`~pentachora.memory.bank`, :mod:`~pentachora.memory.reconstructor`,
+:mod:`~pentachora.memory.model`, :mod:`~pentachora.memory.cache`, :mod:`~pentachora.memory.metrics`,
+:mod:`~pentachora.memory.recipe` (training glue; imports the trainer, so it is not imported here).
+"""
+
+from pentachora.memory.bank import BankState, DepthProfileFusion, MemoryBank
+from pentachora.memory.encoders import (
+    DEFAULT_ENCODER,
+    TINY_ENCODERS,
+    EncoderWindowOutput,
+    FrozenTextEncoder,
+    minilm_path,
+    tiny_encoder,
+)
+from pentachora.memory.model import PRESETS, GeometricMemory, MemoryConfig, MemoryEncoding, MemoryOutput
+from pentachora.memory.reconstructor import SequenceReconstructor
+from pentachora.memory.segmenter import SegmentBatch, Segmenter
+
+__all__ = [
+    "DEFAULT_ENCODER",
+    "PRESETS",
+    "TINY_ENCODERS",
+    "BankState",
+    "DepthProfileFusion",
+    "EncoderWindowOutput",
+    "FrozenTextEncoder",
+    "GeometricMemory",
+    "MemoryBank",
+    "MemoryConfig",
+    "MemoryEncoding",
+    "MemoryOutput",
+    "SegmentBatch",
+    "Segmenter",
+    "SequenceReconstructor",
+    "minilm_path",
+    "tiny_encoder",
+]

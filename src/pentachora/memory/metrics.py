@@ -1,0 +1,194 @@
+"""Metrics of the long-prompt memory, and the convergence-order diagnostic.
+
+* :func:`in_batch_accuracy` — **m_acc**: pooled → teacher retrieval accuracy inside fixed batches.
+* :func:`recall_at_1` — R@1 of retrieving the paired row among *all* candidates (teacher R@1 and the
+  **tail R@1**: each held-out document's *tail* — its text beyond the first window, embedded by the
+  teacher — retrieved from a model's output among every held-out document).
+* :func:`masked_sequence_cosine` — **s_cos**: mean per-position cosine to the native sequence.
+* :func:`paired_cosine` — mean cosine of paired rows (pooled ↔ teacher).
+* :func:`procrustes_alignment_loss` — differentiable Procrustes residual between two batches.
+* :func:`convergence_order` — when the anchors' CV locks and when m_acc / s_cos climb (the seed's
+  "structure before alignment before sequence" diagnostic), from an evaluation history.
+
+All functions are pure torch; none imports the trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "convergence_order",
+    "in_batch_accuracy",
+    "masked_sequence_cosine",
+    "paired_cosine",
+    "procrustes_alignment_loss",
+    "recall_at_1",
+]
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float(), dim=-1)
+
+
+def recall_at_1(queries: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor | None = None) -> float:
+    """Fraction of rows i whose most cosine-similar key is key i.
+
+    Args:
+        queries: ``(N, D)``.
+        keys: ``(N, D)`` paired with ``queries``.
+        valid: optional ``(N,)`` bool; only these rows are queries *and* candidates.
+
+    Returns:
+        R@1 in [0, 1] (``nan`` when fewer than 2 rows are valid).
+    """
+    if valid is not None:
+        queries, keys = queries[valid], keys[valid]
+    if queries.shape[0] < 2:
+        return math.nan
+    sims = _unit(queries) @ _unit(keys).T
+    hits = sims.argmax(dim=1) == torch.arange(sims.shape[0], device=sims.device)
+    return float(hits.float().mean())
+
+
+def in_batch_accuracy(queries: torch.Tensor, keys: torch.Tensor, batch_size: int = 32) -> float:
+    """m_acc: R@1 inside consecutive batches of ``batch_size`` rows (the training view), averaged
+    over rows. A trailing batch smaller than 2 rows is ignored."""
+    hits, total = 0.0, 0
+    for start in range(0, queries.shape[0], batch_size):
+        q, k = queries[start : start + batch_size], keys[start : start + batch_size]
+        if q.shape[0] < 2:
+            continue
+        hits += recall_at_1(q, k) * q.shape[0]
+        total += q.shape[0]
+    return hits / total if total else math.nan
+
+
+def paired_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean cosine similarity of paired rows of ``(N, D)`` tensors."""
+    return float((_unit(a) * _unit(b)).sum(-1).mean())
+
+
+def masked_sequence_cosine(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-position cosine averaged over the valid positions of each sequence, then over the batch.
+
+    Args:
+        pred: ``(B, L, H)``.
+        target: ``(B, L, H)``.
+        mask: ``(B, L)`` (bool or 0/1), True for positions that count.
+
+    Returns:
+        0-d tensor (differentiable).
+    """
+    cos = F.cosine_similarity(pred.float(), target.float(), dim=-1, eps=1e-8)
+    m = mask.to(cos.dtype)
+    per_seq = (cos * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+    return per_seq.mean()
+
+
+def procrustes_alignment_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Scale-free orthogonal-Procrustes residual of two paired batches, differentiable.
+
+    With rows L2-normalised and centred, ``min_R ‖AR − B‖² = ‖A‖² + ‖B‖² − 2‖AᵀB‖_*`` over
+    orthogonal R; this returns ``1 − ‖AᵀB‖_* / (‖A‖_F ‖B‖_F)`` ∈ [0, 1], which is 0 exactly when B
+    is a rotation (times a scale) of A. ``‖AᵀB‖_*`` is computed without forming the D×D matrix:
+    with thin QRs ``Aᵀ = Q_a R_a`` and ``Bᵀ = Q_b R_b``, ``AᵀB = Q_a (R_a R_bᵀ) Q_bᵀ`` has the
+    singular values of the small N×N matrix ``R_a R_bᵀ`` (DESIGN.md §4, the N < D path). float64.
+
+    Args:
+        a: ``(N, D_a)``, N ≥ 2.
+        b: ``(N, D_b)`` paired rows.
+
+    Returns:
+        0-d tensor in ``a.dtype``.
+    """
+    x = F.normalize(a.to(torch.float64), dim=-1)
+    y = F.normalize(b.to(torch.float64), dim=-1)
+    x = x - x.mean(0, keepdim=True)
+    y = y - y.mean(0, keepdim=True)
+    if x.shape[0] < min(x.shape[1], y.shape[1]):
+        _, r_a = torch.linalg.qr(x.T)
+        _, r_b = torch.linalg.qr(y.T)
+        nuc = torch.linalg.svdvals(r_a @ r_b.T).sum()
+    else:
+        nuc = torch.linalg.svdvals(x.T @ y).sum()
+    denom = (x.norm() * y.norm()).clamp_min(1e-12)
+    return (1.0 - nuc / denom).to(a.dtype)
+
+
+def _first_step(steps: Sequence[int], ok: Sequence[bool]) -> int | None:
+    """First step from which ``ok`` holds at every later evaluation."""
+    result = None
+    for step, flag in zip(reversed(steps), reversed(ok), strict=True):
+        if not flag:
+            break
+        result = step
+    return result
+
+
+def convergence_order(
+    history: Sequence[Mapping[str, Any]],
+    cv_key: str = "cv",
+    climb_keys: Sequence[str] = ("m_acc", "s_cos"),
+    cv_tolerance: float = 0.1,
+    climb_fraction: float = 0.5,
+) -> dict[str, Any]:
+    """When CV locks and when the alignment and sequence metrics climb.
+
+    * CV **locks** at the first evaluation from which every later CV stays within
+      ``cv_tolerance`` (relative) of the final CV.
+    * A metric **climbs** at the first evaluation where it has covered ``climb_fraction`` of its
+      total rise (from the first evaluation to its best); ``None`` if it never rose.
+
+    Args:
+        history: Evaluation records in step order, each with ``"step"`` and the metric keys.
+        cv_key: Key of the anchors' CV.
+        climb_keys: Metrics whose climb is timed.
+        cv_tolerance: Relative band around the final CV.
+        climb_fraction: Share of the total rise that counts as "climbed".
+
+    Returns:
+        ``{"cv_lock_step", "<key>_climb_step" ..., "order": [names sorted by step], "seed_order_holds"}``
+        where the seed's order is CV, then m_acc, then s_cos.
+    """
+    rows = [r for r in history if "step" in r]
+    out: dict[str, Any] = {"evaluations": len(rows)}
+    if not rows:
+        out["order"] = []
+        out["seed_order_holds"] = None
+        return out
+    steps = [int(r["step"]) for r in rows]
+    events: dict[str, int | None] = {}
+    cvs = [float(r.get(cv_key, math.nan)) for r in rows]
+    if all(math.isfinite(c) for c in cvs):
+        final = cvs[-1]
+        band = cv_tolerance * abs(final) if final else cv_tolerance
+        events["cv_lock"] = _first_step(steps, [abs(c - final) <= band for c in cvs])
+    for key in climb_keys:
+        vals = [float(r.get(key, math.nan)) for r in rows]
+        finite = [v for v in vals if math.isfinite(v)]
+        if len(finite) < 2:
+            events[f"{key}_climb"] = None
+            continue
+        start, best = finite[0], max(finite)
+        if best - start <= 1e-6:
+            events[f"{key}_climb"] = None
+            continue
+        level = start + climb_fraction * (best - start)
+        events[f"{key}_climb"] = next(
+            (s for s, v in zip(steps, vals, strict=True) if math.isfinite(v) and v >= level), None
+        )
+    for name, step in events.items():
+        out[f"{name}_step"] = step
+    timed = sorted(((s, n) for n, s in events.items() if s is not None), key=lambda t: (t[0], t[1]))
+    out["order"] = [n for _, n in timed]
+    seq = [events.get("cv_lock"), events.get("m_acc_climb"), events.get("s_cos_climb")]
+    out["seed_order_holds"] = (
+        None if any(s is None for s in seq) else bool(seq[0] <= seq[1] <= seq[2])  # type: ignore[operator]
+    )
+    return out

@@ -1,0 +1,535 @@
+"""The long-prompt geometric memory model: config, presets, losses and the text → (pooled, sequence) API.
+
+:class:`GeometricMemory` holds only the *trainable* memory system (fusion, bank, pooled projector,
+sequence reconstructor, temperature); the frozen student encoder and the teacher are named in the
+config and loaded on demand (offline by default), so a checkpoint is small and never contains
+someone else's weights.
+
+Training batches (built from the feature cache, see :mod:`pentachora.memory.cache`) are dicts::
+
+    states          (B, S, n_layers, W, H)  frozen encoder states of the extraction layers, per segment
+    attention_mask  (B, S, W)               real tokens (specials included)
+    segment_mask    (B, S)                  real segments
+    teacher         (B, P)                  teacher embedding of the whole text        [training]
+    seq_target      (B, L, H)               the encoder's own output on the first window [training]
+    seq_mask        (B, L)                  positions of seq_target that count          [training]
+
+The loss is ``w_nce·InfoNCE(pooled, teacher) + w_seq·[MSE(n(pred), n(target)) + (1 − cos)]
++ w_norm·norm-match + w_cv·(CV(anchors) − target_cv(d))² + w_proc·Procrustes(pooled, teacher)``:
+
+* symmetric InfoNCE with a learned temperature clamped to ``[temperature_min, temperature_max]``;
+* the seed's sequence loss against the frozen encoder's ``target_layer`` output on the first window;
+* a norm-matching term ``((‖pred‖ − ‖target‖)/‖target‖)²`` (not in the seed: the seed's loss is
+  scale-free, but a UNet reads absolute values; set ``seq_norm_weight=0`` for the seed's loss);
+* the differentiable pentachoron CV loss on the bank anchors, aimed at ``target_cv(d)`` of the
+  anchors' dimension (never a hard-coded 0.2 — DESIGN.md §4);
+* the Procrustes residual of the batch (pooled vs teacher), see
+  :func:`~pentachora.memory.metrics.procrustes_alignment_loss`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pentachora.geometry import cv_loss, cv_metric, target_cv
+from pentachora.memory.bank import BankState, DepthProfileFusion, MemoryBank
+from pentachora.memory.metrics import masked_sequence_cosine, procrustes_alignment_loss
+from pentachora.memory.reconstructor import SequenceReconstructor
+from pentachora.modeling import ModelOutput, PentachoraModel, register_model
+
+if TYPE_CHECKING:
+    from pentachora.memory.encoders import FrozenTextEncoder
+    from pentachora.memory.segmenter import Segmenter
+
+__all__ = [
+    "LOSS_WEIGHTS",
+    "PRESETS",
+    "GeometricMemory",
+    "MemoryConfig",
+    "MemoryEncoding",
+    "MemoryOutput",
+]
+
+LOSS_WEIGHTS = ("infonce_weight", "seq_weight", "seq_norm_weight", "cv_weight", "procrustes_weight")
+
+
+@dataclass
+class MemoryConfig:
+    """Configuration of :class:`GeometricMemory` (what is trained, and which frozen models it reads).
+
+    Attributes:
+        encoder: Frozen student encoder: ``"minilm"`` (embedded all-MiniLM-L6-v2), a folder or a Hub id.
+        encoder_subfolder: Subfolder of ``encoder`` (e.g. ``"text_encoder_2"`` of an SDXL repo).
+        encoder_class: transformers class name (``None``: AutoModel; CLIP configs → CLIPTextModel).
+        window: Tokens per window W including specials (77).
+        extraction_layers: Indices into the encoder's ``hidden_states`` (0 = embeddings).
+        target_layer: ``"last"`` (SD 1.5) or ``"penultimate"`` (SDXL) — the sequence target.
+        max_tokens: Content tokens read per text (longer text is truncated with a warning).
+        overlap: Content tokens shared by consecutive segments.
+        max_segments: Segments the model accepts (size of the segment embedding); 0 = derive from
+            ``window``, ``max_tokens`` and ``overlap`` assuming 2 special tokens per window.
+        hidden_size: Encoder width H (the output sequence's width).
+        teacher: Long-context teacher (same forms as ``encoder``).
+        teacher_subfolder, teacher_class: As for the encoder.
+        teacher_max_length: Teacher context in tokens (512 for MiniLM / BERT).
+        teacher_pooling: Teacher pooling (``mean`` as sentence-transformers, ``cls``, ``eos``, ``auto``).
+        teacher_dim: Teacher embedding width P (the pooled output's width).
+        dim: Memory width d (= H in the seed; smaller for CPU presets).
+        n_memory_tokens: Memory tokens (8).
+        n_anchors: Bank anchors (64).
+        n_heads: Attention heads (d must be divisible by it).
+        ffn_mult: FFN expansion in the reconstructor.
+        seq_len: Output positions L of the reconstructor (77).
+        recon_cross_layers: Reconstructor cross-attention layers (2).
+        recon_self_layers: Reconstructor self-attention layers (2).
+        dropout: Attention/FFN dropout.
+        temperature_init: Initial InfoNCE temperature.
+        temperature_min: Lower clamp of the learned temperature.
+        temperature_max: Upper clamp.
+        infonce_weight: Weight of the symmetric InfoNCE loss.
+        seq_weight: Weight of the sequence loss.
+        seq_norm_weight: Weight of the per-position norm-matching term.
+        cv_weight: Weight of the anchors' CV loss.
+        procrustes_weight: Weight of the Procrustes alignment term.
+        cv_target: CV target of the anchors; ``None`` = ``target_cv(dim)``.
+        cv_samples: Random pentachora per CV-loss evaluation.
+    """
+
+    encoder: str = "minilm"
+    encoder_subfolder: str | None = None
+    encoder_class: str | None = None
+    window: int = 77
+    extraction_layers: tuple[int, ...] = (2, 4, 6)
+    target_layer: str = "last"
+    max_tokens: int = 576
+    overlap: int = 0
+    max_segments: int = 0
+    hidden_size: int = 384
+    teacher: str = "minilm"
+    teacher_subfolder: str | None = None
+    teacher_class: str | None = None
+    teacher_max_length: int = 512
+    teacher_pooling: str = "mean"
+    teacher_dim: int = 384
+    dim: int = 384
+    n_memory_tokens: int = 8
+    n_anchors: int = 64
+    n_heads: int = 6
+    ffn_mult: int = 4
+    seq_len: int = 77
+    recon_cross_layers: int = 2
+    recon_self_layers: int = 2
+    dropout: float = 0.0
+    temperature_init: float = 0.07
+    temperature_min: float = 0.01
+    temperature_max: float = 0.5
+    infonce_weight: float = 1.0
+    seq_weight: float = 1.0
+    seq_norm_weight: float = 0.1
+    cv_weight: float = 1.0
+    procrustes_weight: float = 0.1
+    cv_target: float | None = None
+    cv_samples: int = 64
+
+    def __post_init__(self) -> None:
+        self.extraction_layers = tuple(int(i) for i in self.extraction_layers)
+        if self.max_segments <= 0:
+            content = self.window - 2
+            stride = content - self.overlap
+            self.max_segments = 1 + max(0, math.ceil((self.max_tokens - content) / stride))
+        problems = []
+        if self.dim % self.n_heads:
+            problems.append(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if self.target_layer not in ("last", "penultimate"):
+            problems.append(f"target_layer must be 'last' or 'penultimate', got {self.target_layer!r}")
+        if self.n_anchors < 5:
+            problems.append(f"n_anchors must be >= 5 (pentachora need 5 points), got {self.n_anchors}")
+        if self.dim < 4:
+            problems.append(f"dim must be >= 4, got {self.dim}")
+        if not 0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
+            problems.append("need 0 < temperature_min <= temperature_init <= temperature_max")
+        if not self.extraction_layers:
+            problems.append("need at least one extraction layer")
+        if problems:
+            raise ValueError("invalid MemoryConfig: " + "; ".join(problems))
+
+    @property
+    def anchor_cv_target(self) -> float:
+        """The anchors' CV target: ``cv_target`` or ``target_cv(dim)``."""
+        return float(self.cv_target) if self.cv_target is not None else float(target_cv(self.dim))
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> MemoryConfig:
+        """A named preset (see :data:`PRESETS`) with field overrides.
+
+        Raises:
+            ValueError: Unknown preset.
+            TypeError: Unknown field in ``overrides``.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown memory preset {name!r}; known: {sorted(PRESETS)}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise TypeError(f"unknown MemoryConfig fields: {unknown}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU: MiniLM student (77-token window) + MiniLM teacher (512 tokens), a narrow memory system
+    "minilm-tiny": {"dim": 192, "n_heads": 4, "ffn_mult": 2},
+    # MiniLM at full width (d = H = 384), the seed's shape at MiniLM scale
+    "minilm": {"dim": 384, "n_heads": 6, "ffn_mult": 4},
+    # SD 1.5: CLIP-L text tower (half of its 12 layers), ModernBERT-large teacher, d = H = 768
+    "clip-l": {
+        "encoder": "openai/clip-vit-large-patch14",
+        "extraction_layers": (2, 4, 6, 8, 10, 12),
+        "hidden_size": 768,
+        "teacher": "answerdotai/ModernBERT-large",
+        "teacher_max_length": 8192,
+        "teacher_dim": 1024,
+        "dim": 768,
+        "n_heads": 12,
+    },
+    # SDXL's OpenCLIP-bigG text tower (penultimate layer, 12 of 32 layers), ModernBERT-large teacher
+    "sdxl-bigg": {
+        "encoder": "stabilityai/stable-diffusion-xl-base-1.0",
+        "encoder_subfolder": "text_encoder_2",
+        "encoder_class": "CLIPTextModelWithProjection",
+        "extraction_layers": (3, 6, 8, 11, 13, 16, 19, 21, 24, 27, 29, 32),
+        "target_layer": "penultimate",
+        "hidden_size": 1280,
+        "teacher": "answerdotai/ModernBERT-large",
+        "teacher_max_length": 8192,
+        "teacher_dim": 1024,
+        "dim": 1280,
+        "n_heads": 16,
+    },
+}
+
+
+@dataclass
+class MemoryOutput(ModelOutput):
+    """What :meth:`GeometricMemory.forward` returns.
+
+    Tensor fields: ``pooled (B, P)``, ``sequence (B, L, H)``. Scalar fields (logged by the trainer):
+    the loss parts, ``m_acc`` (in-batch pooled → teacher accuracy), ``s_cos``, ``pooled_cos``, ``cv``
+    (anchors, readout) and ``temperature``.
+    """
+
+    pooled: torch.Tensor | None = None
+    sequence: torch.Tensor | None = None
+    infonce: torch.Tensor | None = None
+    seq_loss: torch.Tensor | None = None
+    seq_norm: torch.Tensor | None = None
+    cv_loss: torch.Tensor | None = None
+    procrustes: torch.Tensor | None = None
+    m_acc: float | None = None
+    s_cos: float | None = None
+    pooled_cos: float | None = None
+    cv: float | None = None
+    temperature: float | None = None
+
+
+@dataclass
+class MemoryEncoding:
+    """Output of :meth:`GeometricMemory.encode`.
+
+    Attributes:
+        pooled: ``(B, P)`` pooled embedding in the teacher's space.
+        sequence: ``(B, L, H)`` sequence in the frozen encoder's space (e.g. SD's ``prompt_embeds``).
+        n_segments: ``(B,)`` segments read per text.
+        n_tokens: ``(B,)`` content tokens read per text.
+        truncated: ``(B,)`` True where the text was cut at ``max_tokens``.
+    """
+
+    pooled: torch.Tensor
+    sequence: torch.Tensor
+    n_segments: torch.Tensor
+    n_tokens: torch.Tensor
+    truncated: torch.Tensor
+
+
+@register_model
+class GeometricMemory(PentachoraModel):
+    """Extend a frozen W-token text encoder to long texts with a geometric memory.
+
+    Args:
+        config: A :class:`MemoryConfig`.
+    """
+
+    model_type: ClassVar[str] = "geometric_memory"
+    config_class: ClassVar[type] = MemoryConfig
+
+    def __init__(self, config: MemoryConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.fusion = DepthProfileFusion(len(c.extraction_layers), c.hidden_size, c.dim)
+        self.bank = MemoryBank(c.dim, c.n_memory_tokens, c.n_anchors, c.n_heads, c.max_segments, c.dropout)
+        self.pool_norm = nn.LayerNorm(c.dim)
+        self.projector = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, c.teacher_dim))
+        self.reconstructor = SequenceReconstructor(
+            c.dim,
+            c.hidden_size,
+            seq_len=c.seq_len,
+            n_heads=c.n_heads,
+            cross_layers=c.recon_cross_layers,
+            self_layers=c.recon_self_layers,
+            ffn_mult=c.ffn_mult,
+            dropout=c.dropout,
+        )
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(c.temperature_init)))
+        self.loss_weights: dict[str, float] = {k: float(getattr(c, k)) for k in LOSS_WEIGHTS}
+        self._cv_target = c.anchor_cv_target
+        self._frozen: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ parameter groups
+    BANK_PREFIXES: ClassVar[tuple[str, ...]] = (
+        "fusion.",
+        "bank.",
+        "pool_norm.",
+        "projector.",
+        "log_temperature",
+    )
+    RECONSTRUCTOR_PREFIXES: ClassVar[tuple[str, ...]] = ("reconstructor.",)
+
+    def parameter_groups(
+        self, lr: float, bank_lr_scale: float = 1.0, weight_decay: float = 0.01
+    ) -> list[dict]:
+        """AdamW groups: bank side (fusion, bank, projector, temperature) at ``lr·bank_lr_scale``, the
+        reconstructor at ``lr``; weight decay only on matrices. Each group carries ``"bank": bool``."""
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            bank = name.startswith(self.BANK_PREFIXES)
+            groups.setdefault((bank, p.ndim >= 2), []).append(p)
+        out = []
+        for (bank, decay), params in sorted(groups.items()):
+            out.append(
+                {
+                    "params": params,
+                    "lr": lr * (bank_lr_scale if bank else 1.0),
+                    "weight_decay": weight_decay if decay else 0.0,
+                    "bank": bank,
+                }
+            )
+        return out
+
+    # ------------------------------------------------------------------ loss weights
+    def set_loss_weights(self, **weights: float) -> None:
+        """Set loss weights (names in :data:`LOSS_WEIGHTS`) for the following steps.
+
+        Raises:
+            KeyError: An unknown weight name.
+        """
+        unknown = sorted(set(weights) - set(LOSS_WEIGHTS))
+        if unknown:
+            raise KeyError(f"unknown loss weights {unknown}; known: {list(LOSS_WEIGHTS)}")
+        self.loss_weights.update({k: float(v) for k, v in weights.items()})
+
+    @property
+    def cv_target(self) -> float:
+        """CV target of the anchors (``target_cv(dim)`` unless configured)."""
+        return self._cv_target
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """The clamped InfoNCE temperature (0-d)."""
+        c = self.config
+        return self.log_temperature.exp().clamp(c.temperature_min, c.temperature_max)
+
+    # ------------------------------------------------------------------ forward
+    def read(
+        self, states: torch.Tensor, attention_mask: torch.Tensor, segment_mask: torch.Tensor
+    ) -> tuple[BankState, torch.Tensor]:
+        """Run fusion and the memory bank.
+
+        Args:
+            states: ``(B, S, n_layers, W, H)``.
+            attention_mask: ``(B, S, W)``.
+            segment_mask: ``(B, S)``.
+
+        Returns:
+            ``(bank_state, pooled (B, P))``.
+        """
+        token_mask = attention_mask.bool() & segment_mask.bool().unsqueeze(-1)
+        content = self.fusion(states.float(), token_mask)
+        state = self.bank(content, token_mask, segment_mask.bool())
+        pooled = self.projector(self.pool_norm(state.memory.mean(dim=1)))
+        return state, pooled
+
+    def reconstruct(self, state: BankState) -> torch.Tensor:
+        """``(B, L, H)`` sequence from the bank state."""
+        b = state.memory.shape[0]
+        anchors = state.anchors.unsqueeze(0).expand(b, -1, -1)
+        context = torch.cat([state.memory, state.entries, anchors, state.content], dim=1)
+        ones = lambda n: torch.ones(b, n, dtype=torch.bool, device=context.device)  # noqa: E731
+        mask = torch.cat(
+            [ones(state.memory.shape[1]), state.entry_mask, ones(anchors.shape[1]), state.content_mask], dim=1
+        )
+        return self.reconstructor(context, mask)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> MemoryOutput:
+        """Read a batch of segmented texts; compute the losses when targets are present.
+
+        Args:
+            batch: See the module docstring (``teacher``, ``seq_target``, ``seq_mask`` optional).
+
+        Returns:
+            A :class:`MemoryOutput` (``loss`` is None without targets).
+        """
+        state, pooled = self.read(batch["states"], batch["attention_mask"], batch["segment_mask"])
+        sequence = self.reconstruct(state)
+        out = MemoryOutput(pooled=pooled, sequence=sequence)
+        teacher, target = batch.get("teacher"), batch.get("seq_target")
+        if teacher is None and target is None:
+            return out
+        w = self.loss_weights
+        device = pooled.device
+        loss = torch.zeros((), device=device)
+        if teacher is not None:
+            teacher = teacher.to(pooled.dtype)
+            if pooled.shape[0] >= 2:
+                t = self.temperature
+                logits = F.normalize(pooled, dim=-1) @ F.normalize(teacher, dim=-1).T / t
+                labels = torch.arange(logits.shape[0], device=device)
+                out.infonce = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+                out.procrustes = procrustes_alignment_loss(pooled, teacher)
+                loss = loss + w["infonce_weight"] * out.infonce + w["procrustes_weight"] * out.procrustes
+                with torch.no_grad():
+                    out.m_acc = float((logits.argmax(1) == labels).float().mean())
+                    out.temperature = float(t)
+            with torch.no_grad():
+                out.pooled_cos = float(F.cosine_similarity(pooled, teacher, dim=-1).mean())
+        if target is not None:
+            mask = batch.get("seq_mask")
+            if mask is None:
+                mask = torch.ones(target.shape[:2], device=device)
+            m = mask.to(sequence.dtype)
+            target = target.to(sequence.dtype)
+            mse = ((F.normalize(sequence, dim=-1) - F.normalize(target, dim=-1)) ** 2).mean(-1)
+            cos = F.cosine_similarity(sequence, target, dim=-1, eps=1e-8)
+            per_pos = mse + (1.0 - cos)
+            denom = m.sum().clamp_min(1.0)
+            out.seq_loss = (per_pos * m).sum() / denom
+            tn = target.norm(dim=-1).clamp_min(1e-6)
+            out.seq_norm = ((((sequence.norm(dim=-1) - tn) / tn) ** 2) * m).sum() / denom
+            loss = loss + w["seq_weight"] * out.seq_loss + w["seq_norm_weight"] * out.seq_norm
+            with torch.no_grad():
+                out.s_cos = float(masked_sequence_cosine(sequence, target, mask))
+        anchors = self.bank.anchor_directions()
+        if w["cv_weight"] > 0:
+            out.cv_loss = cv_loss(anchors, self._cv_target, n_samples=self.config.cv_samples)
+            loss = loss + w["cv_weight"] * out.cv_loss
+        out.cv = cv_metric(anchors.detach(), n_samples=200)
+        out.loss = loss
+        return out
+
+    # ------------------------------------------------------------------ text API
+    def load_encoder(self, local_files_only: bool = True) -> FrozenTextEncoder:
+        """The frozen student encoder named in the config (loaded once, offline by default)."""
+        if "encoder" not in self._frozen:
+            from pentachora.memory.encoders import FrozenTextEncoder
+
+            c = self.config
+            self._frozen["encoder"] = FrozenTextEncoder.from_pretrained(
+                c.encoder,
+                window=c.window,
+                layers=c.extraction_layers,
+                target_layer=c.target_layer,
+                subfolder=c.encoder_subfolder,
+                model_class=c.encoder_class,
+                local_files_only=local_files_only,
+            )
+        return self._frozen["encoder"]
+
+    def attach_encoder(self, encoder: FrozenTextEncoder) -> None:
+        """Use this already-loaded frozen encoder for :meth:`encode` (it is not a submodule)."""
+        self.check_encoder(encoder)
+        self._frozen["encoder"] = encoder
+
+    def check_encoder(self, encoder: FrozenTextEncoder) -> None:
+        """Raise ``ValueError`` if ``encoder`` does not fit this model (width, window, layers)."""
+        c = self.config
+        problems = []
+        if encoder.hidden_size != c.hidden_size:
+            problems.append(f"hidden size {encoder.hidden_size} != {c.hidden_size}")
+        if encoder.window != c.window:
+            problems.append(f"window {encoder.window} != {c.window}")
+        if len(encoder.layers) != len(c.extraction_layers):
+            problems.append(f"{len(encoder.layers)} extraction layers != {len(c.extraction_layers)}")
+        if encoder.target_layer != c.target_layer:
+            problems.append(f"target layer {encoder.target_layer!r} != {c.target_layer!r}")
+        if problems:
+            raise ValueError("encoder does not match the memory model: " + "; ".join(problems))
+
+    def segmenter(self, encoder: FrozenTextEncoder | None = None, on_overflow: str = "truncate") -> Segmenter:
+        """A :class:`~pentachora.memory.segmenter.Segmenter` with this model's window settings."""
+        from pentachora.memory.segmenter import Segmenter
+
+        encoder = encoder or self.load_encoder()
+        return Segmenter(encoder, self.config.max_tokens, self.config.overlap, on_overflow=on_overflow)
+
+    @torch.no_grad()
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        encoder: FrozenTextEncoder | None = None,
+        batch_size: int = 16,
+        on_overflow: str = "truncate",
+    ) -> MemoryEncoding:
+        """Long texts → pooled embeddings and ``(L, H)`` sequences.
+
+        Args:
+            texts: One text or a list (each up to ``max_tokens`` tokens; longer ones are truncated
+                with a warning, or refused with ``on_overflow="error"``).
+            encoder: The frozen student encoder (default: :meth:`load_encoder`, offline).
+            batch_size: Texts per forward pass.
+            on_overflow: ``"truncate"`` or ``"error"``.
+
+        Returns:
+            A :class:`MemoryEncoding` on CPU.
+
+        Raises:
+            ValueError: An empty text, or an over-long one with ``on_overflow="error"``.
+        """
+        from pentachora.memory.cache import segment_features
+
+        encoder = encoder or self.load_encoder()
+        self.check_encoder(encoder)
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        seg = self.segmenter(encoder, on_overflow=on_overflow)
+        ids, truncated = seg.prepare_ids(texts)  # validates every text before any work
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        pooled, seqs, n_seg = [], [], []
+        try:
+            for start in range(0, len(texts), batch_size):
+                chunk = seg.from_ids(ids[start : start + batch_size], truncated[start : start + batch_size])
+                feats = segment_features(encoder, chunk)
+                batch = {
+                    "states": feats["states"].to(device),
+                    "attention_mask": chunk.attention_mask.to(device),
+                    "segment_mask": chunk.segment_mask.to(device),
+                }
+                out = self(batch)
+                pooled.append(out.pooled.float().cpu())
+                seqs.append(out.sequence.float().cpu())
+                n_seg.append(chunk.n_segments)
+        finally:
+            self.train(was_training)
+        return MemoryEncoding(
+            pooled=torch.cat(pooled),
+            sequence=torch.cat(seqs),
+            n_segments=torch.cat(n_seg),
+            n_tokens=torch.tensor([len(t) for t in ids]),
+            truncated=torch.tensor(truncated),
+        )

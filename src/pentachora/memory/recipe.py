@@ -1,0 +1,590 @@
+"""Training and evaluation glue for the geometric memory: corpus → feature cache → Trainer → metrics.
+
+Models do not import training; this is where :class:`~pentachora.memory.model.GeometricMemory`, the
+feature cache and the shared :class:`~pentachora.training.Trainer` meet. The CLI
+(``pentachora train memory``, ``pentachora eval-memory``) and ``benchmarks/memory.py`` all go
+through these functions.
+
+Run folder written by :func:`train_memory`::
+
+    OUT/train_config.json  model_config.json  data.json     resolved configuration
+    OUT/metrics.jsonl      OUT/tensorboard/                 training + evaluation records
+    OUT/checkpoints/step-XXXXXXX/                           resumable checkpoints
+    OUT/final/             config.json + model.safetensors  the trained model
+    OUT/eval.json          final held-out evaluation
+    OUT/convergence.json   when CV locked and m_acc / s_cos climbed
+    OUT/curves.png         training curves
+
+Training modes:
+
+* ``joint`` (default) — every loss and every parameter from the first step (the seed's rule for
+  per-position consumers: "train the per-position consumer from the start").
+* ``two-phase`` — (A) pooled-only: the bank learns with InfoNCE + CV + Procrustes while the
+  reconstructor is frozen (skipped when starting from ``init_from``, a trained bank); (B) the bank is
+  frozen and only the reconstructor trains; (C) everything trains, the bank side at
+  ``lr · bank_lr_scale`` (differential learning rates).
+* ``pooled`` — Part I only: stage (A) for the whole run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pentachora.data.text import TextCorpus, parse_text_spec
+from pentachora.geometry import ProcrustesMap, cv_metric, orthogonal_procrustes
+from pentachora.io import atomic_write_json
+from pentachora.memory.cache import CachedDocumentSource, FeatureCache, build_feature_cache
+from pentachora.memory.encoders import FrozenTextEncoder
+from pentachora.memory.metrics import (
+    convergence_order,
+    in_batch_accuracy,
+    paired_cosine,
+    recall_at_1,
+)
+from pentachora.memory.model import GeometricMemory, MemoryConfig
+from pentachora.memory.segmenter import Segmenter
+from pentachora.training import Callback, PhaseCallback, TrainConfig, Trainer, TrainResult, read_metrics
+
+__all__ = [
+    "MODES",
+    "ConvergenceMonitor",
+    "LRScaleCallback",
+    "MemoryData",
+    "MemoryRun",
+    "evaluate_memory",
+    "fit_student_to_teacher",
+    "load_encoders",
+    "load_memory_model",
+    "mode_callbacks",
+    "prepare_memory_data",
+    "train_memory",
+]
+
+logger = logging.getLogger(__name__)
+
+MODES = ("joint", "two-phase", "pooled")
+FINAL_DIR = "final"
+EVAL_BATCH = 32
+
+
+# ----------------------------------------------------------------------------- frozen models
+def load_encoders(
+    config: MemoryConfig, local_files_only: bool = True, check: bool = True
+) -> tuple[FrozenTextEncoder, FrozenTextEncoder]:
+    """The frozen student and the teacher named in ``config`` (one shared model when they coincide).
+
+    Args:
+        config: The memory config (encoder/teacher names, window, layers, pooling).
+        local_files_only: Never download (default).
+        check: Verify the widths against ``config.hidden_size`` / ``config.teacher_dim``.
+
+    Raises:
+        ValueError: With ``check``, a width that does not match the config.
+    """
+    student = FrozenTextEncoder.from_pretrained(
+        config.encoder,
+        window=config.window,
+        layers=config.extraction_layers,
+        target_layer=config.target_layer,
+        subfolder=config.encoder_subfolder,
+        model_class=config.encoder_class,
+        local_files_only=local_files_only,
+    )
+    same = (config.teacher, config.teacher_subfolder, config.teacher_class) == (
+        config.encoder,
+        config.encoder_subfolder,
+        config.encoder_class,
+    )
+    if same:
+        teacher = FrozenTextEncoder(
+            student.model, student.tokenizer, pooling=config.teacher_pooling, name=config.teacher
+        )
+    else:
+        teacher = FrozenTextEncoder.from_pretrained(
+            config.teacher,
+            subfolder=config.teacher_subfolder,
+            model_class=config.teacher_class,
+            pooling=config.teacher_pooling,
+            local_files_only=local_files_only,
+        )
+    if check and student.hidden_size != config.hidden_size:
+        raise ValueError(
+            f"encoder {config.encoder!r} has width {student.hidden_size}, the config says hidden_size="
+            f"{config.hidden_size}"
+        )
+    if check and teacher.pooled_dim != config.teacher_dim:
+        raise ValueError(
+            f"teacher {config.teacher!r} embeds in {teacher.pooled_dim} dims, the config says teacher_dim="
+            f"{config.teacher_dim}"
+        )
+    return student, teacher
+
+
+def resolve_config(
+    config: MemoryConfig, local_files_only: bool = True
+) -> tuple[MemoryConfig, FrozenTextEncoder, FrozenTextEncoder]:
+    """Read ``hidden_size``, ``teacher_dim`` and ``max_segments`` off the actual frozen models.
+
+    Returns:
+        ``(resolved config, student, teacher)``.
+    """
+    student, teacher = load_encoders(config, local_files_only, check=False)
+    seg = Segmenter(student, config.max_tokens, config.overlap)
+    resolved = dataclasses.replace(
+        config,
+        hidden_size=student.hidden_size,
+        teacher_dim=teacher.pooled_dim,
+        max_segments=seg.max_segments,
+    )
+    return resolved, student, teacher
+
+
+def load_memory_model(path: str | os.PathLike, map_location: str = "cpu") -> GeometricMemory:
+    """Load a :class:`GeometricMemory` from a checkpoint folder or a run folder (``final/`` or the
+    latest checkpoint)."""
+    from pentachora.io import CheckpointError
+    from pentachora.training import latest_checkpoint
+
+    path = Path(path)
+    for candidate in (path, path / FINAL_DIR):
+        if (candidate / "config.json").is_file():
+            return GeometricMemory.from_pretrained(candidate, map_location=map_location)
+    ckpt = latest_checkpoint(path) if path.is_dir() else None
+    if ckpt is not None:
+        return GeometricMemory.from_pretrained(ckpt, map_location=map_location)
+    raise CheckpointError(
+        f"{path} is neither a memory checkpoint folder (config.json + model.safetensors) nor a run folder "
+        f"with {FINAL_DIR}/ or checkpoints/"
+    )
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class MemoryData:
+    """A corpus with its training and held-out feature caches.
+
+    Attributes:
+        corpus: The corpus.
+        train: Feature cache of the training documents.
+        heldout: Feature cache of the held-out documents (with tails).
+        encoder: The frozen student.
+        teacher: The teacher.
+    """
+
+    corpus: TextCorpus
+    train: FeatureCache
+    heldout: FeatureCache
+    encoder: FrozenTextEncoder
+    teacher: FrozenTextEncoder
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "corpus": self.corpus.name,
+            "licence": self.corpus.licence,
+            "description": self.corpus.description,
+            "train_documents": self.train.n_docs,
+            "heldout_documents": self.heldout.n_docs,
+            "train_cache": str(self.train.path),
+            "heldout_cache": str(self.heldout.path),
+            "encoder": self.encoder.describe(),
+            "teacher": self.teacher.describe(),
+        }
+
+
+def prepare_memory_data(
+    config: MemoryConfig,
+    corpus: TextCorpus | str = "wiki",
+    cache_root: str | os.PathLike | None = None,
+    max_train_docs: int | None = None,
+    max_heldout_docs: int | None = None,
+    encoders: tuple[FrozenTextEncoder, FrozenTextEncoder] | None = None,
+    local_files_only: bool = True,
+    progress: bool = True,
+) -> MemoryData:
+    """Load the corpus and build (or reuse) its feature caches.
+
+    Args:
+        config: The memory config (which encoder, teacher, window, layers).
+        corpus: A :class:`TextCorpus` or a text spec (``wiki``, ``text:PATH``, ``jsonl:PATH``, ``hf:NAME``).
+        cache_root: Cache root (default ``~/.cache/pentachora/memory-features``).
+        max_train_docs: Use only the first N training documents.
+        max_heldout_docs: Use only the first N held-out documents.
+        encoders: Already loaded ``(student, teacher)``.
+        local_files_only: Never download models.
+        progress: Progress bars while caching.
+    """
+    corpus = parse_text_spec(corpus) if isinstance(corpus, str) else corpus
+    student, teacher = encoders or load_encoders(config, local_files_only)
+    seg = Segmenter(student, config.max_tokens, config.overlap)
+    train_docs = corpus.train[:max_train_docs] if max_train_docs else corpus.train
+    held_docs = corpus.heldout[:max_heldout_docs] if max_heldout_docs else corpus.heldout
+    common = {"root": cache_root, "teacher_max_length": config.teacher_max_length, "progress": progress}
+    held = build_feature_cache(held_docs, student, teacher, seg, split="heldout", tails=True, **common)
+    train = build_feature_cache(train_docs, student, teacher, seg, split="train", tails=False, **common)
+    return MemoryData(corpus=corpus, train=train, heldout=held, encoder=student, teacher=teacher)
+
+
+# ----------------------------------------------------------------------------- alignment + baselines
+def same_space(encoder: FrozenTextEncoder, teacher: FrozenTextEncoder) -> bool:
+    """Whether the student's target layer and the teacher's embedding share one space (same model,
+    mean pooling, last layer)."""
+    return (
+        encoder.fingerprint() == teacher.fingerprint()
+        and teacher.pooling == "mean"
+        and encoder.target_layer == "last"
+    )
+
+
+def window_target_means(cache: FeatureCache) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per document: the token mean of the first window's target layer, and of the concatenation of
+    every window's target layer (compel-style sequence). Both ``(N, H)``."""
+    sums = cache.per_document("window_target_sum")
+    toks = cache.per_document("window_tokens")
+    first = torch.stack([s[0] / t[0].clamp_min(1) for s, t in zip(sums, toks, strict=True)])
+    concat = torch.stack([s.sum(0) / t.sum().clamp_min(1) for s, t in zip(sums, toks, strict=True)])
+    return first, concat
+
+
+def fit_student_to_teacher(train: FeatureCache, identity: bool) -> ProcrustesMap | None:
+    """Map from the student's (pooled / sequence-mean) space into the teacher's, fitted on training
+    documents by orthogonal Procrustes (cross-dimensional); ``None`` (identity) when they share a space.
+    """
+    if identity:
+        return None
+    _, concat = window_target_means(train)
+    return orthogonal_procrustes(concat, train.tensors["teacher"].float(), center=True)
+
+
+def _apply(mapping: ProcrustesMap | None, x: torch.Tensor) -> torch.Tensor:
+    return x if mapping is None else mapping.apply(x)
+
+
+def baseline_outputs(cache: FeatureCache, mapping: ProcrustesMap | None = None) -> dict[str, dict[str, Any]]:
+    """What the three frozen-encoder baselines produce for every cached document.
+
+    * ``truncate`` (a): the pooled output and the sequence of the first window only.
+    * ``window_mean`` (b): the mean of the per-window pooled outputs.
+    * ``concat`` (c): compel / AUTOMATIC1111 concatenation of per-window sequences, (W·k, H); its
+      vector is the token mean over the concatenation; its first W positions are the native sequence.
+
+    Returns:
+        ``{name: {"pooled": (N, P), "seq_mean": (N, P), "seq_len": float}}`` in the teacher's space
+        (through ``mapping`` when the spaces differ).
+    """
+    pooled = cache.per_document("window_pooled")
+    first, concat = window_target_means(cache)
+    counts = cache.tensors["seg_counts"].float()
+    w = cache.tensors["seq_target"].shape[1]
+    first_pooled = torch.stack([p[0] for p in pooled])
+    mean_pooled = torch.stack([p.mean(0) for p in pooled])
+    return {
+        "truncate": {
+            "pooled": _apply(mapping, first_pooled),
+            "seq_mean": _apply(mapping, first),
+            "seq_len": float(w),
+        },
+        "window_mean": {"pooled": _apply(mapping, mean_pooled), "seq_mean": None, "seq_len": math.nan},
+        "concat": {
+            "pooled": _apply(mapping, concat),
+            "seq_mean": _apply(mapping, concat),
+            "seq_len": float(w) * float(counts.mean()),
+        },
+    }
+
+
+def retrieval_metrics(
+    pooled: torch.Tensor, cache: FeatureCache, seq_mean: torch.Tensor | None = None
+) -> dict[str, float]:
+    """m_acc, teacher R@1, pooled cosine and tail R@1 of pooled vectors (and of sequence means)."""
+    teacher = cache.tensors["teacher"].float()
+    out = {
+        "m_acc": in_batch_accuracy(pooled, teacher, EVAL_BATCH),
+        "teacher_r1": recall_at_1(pooled, teacher),
+        "pooled_cos": paired_cosine(pooled, teacher),
+    }
+    if cache.has_tails:
+        valid = cache.tensors["has_tail"].bool()
+        tail = cache.tensors["tail"].float()
+        out["tail_r1"] = recall_at_1(pooled, tail, valid)
+        if seq_mean is not None:
+            out["seq_tail_r1"] = recall_at_1(seq_mean, tail, valid)
+    if seq_mean is not None:
+        out["seq_teacher_cos"] = paired_cosine(seq_mean, teacher)
+    return out
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def memory_outputs(
+    model: GeometricMemory, cache: FeatureCache, max_docs: int | None = None, batch_size: int = EVAL_BATCH
+) -> dict[str, torch.Tensor]:
+    """Run the model on cached documents in order: ``pooled (N, P)``, ``sequence_mean (N, H)`` and the
+    per-document ``s_cos (N,)``."""
+    from pentachora.memory.metrics import masked_sequence_cosine
+
+    n = cache.n_docs if max_docs is None else min(max_docs, cache.n_docs)
+    device = next(model.parameters()).device
+    pooled, seq_mean, s_cos = [], [], []
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(n, start + batch_size))
+        batch = {k: v.to(device) for k, v in cache.batch(idx).items()}
+        state, p = model.read(batch["states"], batch["attention_mask"], batch["segment_mask"])
+        seq = model.reconstruct(state)
+        pooled.append(p.float().cpu())
+        seq_mean.append(seq.float().mean(1).cpu())
+        for r in range(seq.shape[0]):
+            s_cos.append(
+                float(
+                    masked_sequence_cosine(
+                        seq[r : r + 1], batch["seq_target"][r : r + 1], batch["seq_mask"][r : r + 1]
+                    )
+                )
+            )
+    return {"pooled": torch.cat(pooled), "sequence_mean": torch.cat(seq_mean), "s_cos": torch.tensor(s_cos)}
+
+
+@torch.no_grad()
+def evaluate_memory(
+    model: GeometricMemory,
+    cache: FeatureCache,
+    max_docs: int | None = None,
+    seq_map: ProcrustesMap | None = None,
+) -> dict[str, float]:
+    """Every metric of the issue on held-out documents.
+
+    ``m_acc`` (pooled → teacher R@1 inside batches of 32), ``teacher_r1`` (among all documents),
+    ``pooled_cos``, ``s_cos`` (per-position cosine to the native first-window sequence), ``cv``
+    (bank anchors), ``tail_r1`` (pooled → teacher embedding of the text beyond the first window, among
+    all documents with a tail), ``seq_tail_r1`` (the same from the mean of the output sequence, mapped
+    into the teacher space by ``seq_map`` when the spaces differ) and ``seq_teacher_cos``.
+
+    Args:
+        model: The memory model.
+        cache: Held-out feature cache (with tails).
+        max_docs: Evaluate on the first N documents only.
+        seq_map: Student → teacher map for the sequence mean (``None``: same space).
+    """
+    outs = memory_outputs(model, cache, max_docs)
+    n = outs["pooled"].shape[0]
+    sub = cache if n == cache.n_docs else _subset(cache, n)
+    metrics = retrieval_metrics(outs["pooled"], sub, _apply(seq_map, outs["sequence_mean"]))
+    metrics["s_cos"] = float(outs["s_cos"].mean())
+    metrics["cv"] = cv_metric(model.bank.anchor_directions().detach().cpu(), n_samples=1000)
+    metrics["cv_target"] = model.cv_target
+    metrics["temperature"] = float(model.temperature)
+    return metrics
+
+
+def _subset(cache: FeatureCache, n: int) -> FeatureCache:
+    t = cache.tensors
+    per_doc = {k: v[:n] for k, v in t.items() if v.shape[0] == t["seg_counts"].shape[0]}
+    return FeatureCache(
+        path=cache.path,
+        key=cache.key,
+        spec=cache.spec,
+        tensors=per_doc,
+        seg_offsets=cache.seg_offsets[: n + 1],
+    )
+
+
+# ----------------------------------------------------------------------------- callbacks
+class ConvergenceMonitor(Callback):
+    """Records every evaluation and logs the convergence order (CV lock → m_acc climb → s_cos climb).
+
+    The analysis (:func:`~pentachora.memory.metrics.convergence_order`) is re-run after every
+    evaluation; :attr:`report` holds the latest one and is written to ``OUT/convergence.json`` at the
+    end of training.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+        self.report: dict[str, Any] = {}
+
+    def on_eval(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        self.history = [h for h in self.history if h["step"] < step]
+        self.history.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
+        self.report = convergence_order(self.history)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        logger.info("convergence order: %s", self.report.get("order"))
+        out_dir = trainer.out_dir
+        if out_dir is not None and trainer.is_main_process:
+            atomic_write_json(out_dir / "convergence.json", {**self.report, "history": self.history})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state.get("history", []))
+        self.report = convergence_order(self.history)
+
+
+class LRScaleCallback(Callback):
+    """Scale the peak learning rate of the bank-side parameter groups from given steps on.
+
+    ``phases`` is a list of ``(start_step, scale)``; the groups marked ``"bank": True`` train at
+    ``initial_lr · scale`` from ``start_step`` on (the schedule multiplies it as usual). Replayed on
+    resume like :class:`~pentachora.training.PhaseCallback`.
+    """
+
+    def __init__(self, phases: Sequence[tuple[int, float]]) -> None:
+        self.phases = sorted((int(s), float(v)) for s, v in phases)
+
+    def _apply(self, trainer: Trainer, scale: float) -> None:
+        sched = trainer.scheduler
+        sched = getattr(sched, "scheduler", sched)  # accelerate wraps it
+        for i, group in enumerate(trainer.optimizer.param_groups):
+            base = group.get("initial_lr", group["lr"])
+            if group.get("bank"):
+                sched.base_lrs[i] = base * scale
+            else:
+                sched.base_lrs[i] = base
+
+    def _scale_at(self, step: int) -> float:
+        scale = 1.0
+        for start, value in self.phases:
+            if start <= step:
+                scale = value
+        return scale
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self._apply(trainer, self._scale_at(trainer.step + 1))
+
+    def on_step_start(self, trainer: Trainer, step: int) -> None:
+        if any(start == step for start, _ in self.phases):
+            self._apply(trainer, self._scale_at(step))
+            # the LR of this step was computed at the end of the previous one; refresh it
+            sched = getattr(trainer.scheduler, "scheduler", trainer.scheduler)
+            for i, group in enumerate(trainer.optimizer.param_groups):
+                group["lr"] = sched.base_lrs[i] * sched.lr_lambdas[i](step - 1)
+
+
+def mode_callbacks(
+    mode: str,
+    steps: int,
+    bank_lr_scale: float = 0.1,
+    pretrained_bank: bool = False,
+    fractions: Sequence[float] = (),
+) -> list[Callback]:
+    """Callbacks that implement a training mode (see the module docstring).
+
+    Args:
+        mode: ``joint``, ``two-phase`` or ``pooled``.
+        steps: Total steps.
+        bank_lr_scale: Bank-side LR multiplier in the last stage of ``two-phase``.
+        pretrained_bank: Skip the pooled-only stage (the bank was loaded from a checkpoint).
+        fractions: Stage lengths of ``two-phase`` as fractions of ``steps`` (default: A 0.4, B 0.3,
+            C 0.3; without stage A: B 0.5, C 0.5).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    bank = list(GeometricMemory.BANK_PREFIXES)
+    recon = list(GeometricMemory.RECONSTRUCTOR_PREFIXES)
+    if mode == "joint":
+        return []
+    pooled_only = {"seq_weight": 0.0, "seq_norm_weight": 0.0, "freeze": recon}
+    if mode == "pooled":
+        return [PhaseCallback([(0, pooled_only)])]
+    if pretrained_bank:
+        fa, fb = 0.0, (fractions[0] if fractions else 0.5)
+    else:
+        fa, fb = (fractions[0], fractions[1]) if len(fractions) >= 2 else (0.4, 0.3)
+    a_end = round(steps * fa)
+    b_end = a_end + round(steps * fb)
+    phases: list[tuple[int, dict[str, Any]]] = []
+    if a_end > 0:
+        phases.append((0, pooled_only))
+    seq_on = {"seq_weight": 1.0, "seq_norm_weight": 0.1}
+    phases.append((a_end + 1, {**seq_on, "freeze": bank, "unfreeze": recon}))
+    phases.append((b_end + 1, {"unfreeze": bank + recon}))
+    return [PhaseCallback(phases), LRScaleCallback([(0, 1.0), (b_end + 1, bank_lr_scale)])]
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass
+class MemoryRun:
+    """Outcome of :func:`train_memory`."""
+
+    model: GeometricMemory
+    result: TrainResult
+    evaluation: dict[str, float]
+    convergence: dict[str, Any]
+    out_dir: Path | None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train_memory(
+    model: GeometricMemory,
+    data: MemoryData,
+    train_config: TrainConfig,
+    mode: str = "joint",
+    bank_lr_scale: float = 0.1,
+    pretrained_bank: bool = False,
+    periodic_eval_docs: int | None = 128,
+    callbacks: Sequence[Callback] = (),
+    resume: bool | os.PathLike = True,
+) -> MemoryRun:
+    """Train the memory model with the shared :class:`~pentachora.training.Trainer`, then evaluate.
+
+    Args:
+        model: The model (its config must match ``data``'s encoders).
+        data: Corpus + caches (:func:`prepare_memory_data`).
+        train_config: Trainer settings (``batch_size`` documents per step).
+        mode: ``joint`` / ``two-phase`` / ``pooled``.
+        bank_lr_scale: Bank-side LR multiplier in two-phase's last stage.
+        pretrained_bank: The model's bank was loaded from a trained checkpoint (two-phase skips its
+            pooled-only stage).
+        periodic_eval_docs: Held-out documents used by the evaluations during training (all at the end).
+        callbacks: Extra callbacks.
+        resume: Passed to :meth:`Trainer.fit`.
+    """
+    model.check_encoder(data.encoder)
+    model.attach_encoder(data.encoder)
+    source = CachedDocumentSource(data.train, train_config.batch_size, seed=train_config.seed)
+    seq_map = fit_student_to_teacher(data.train, same_space(data.encoder, data.teacher))
+    monitor = ConvergenceMonitor()
+    cbs = [*mode_callbacks(mode, train_config.steps, bank_lr_scale, pretrained_bank), monitor, *callbacks]
+    groups = model.parameter_groups(train_config.lr, 1.0, train_config.weight_decay)
+    out_dir = Path(train_config.out_dir) if train_config.out_dir else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            out_dir / "data.json", {**data.describe(), "mode": mode, "bank_lr_scale": bank_lr_scale}
+        )
+
+    def eval_fn(m: torch.nn.Module) -> dict[str, float]:
+        return evaluate_memory(m, data.heldout, max_docs=periodic_eval_docs, seq_map=seq_map)  # type: ignore[arg-type]
+
+    trainer = Trainer(model, train_config, source, eval_fn=eval_fn, callbacks=cbs, param_groups=groups)
+    result = trainer.fit(resume=resume)
+    trained: GeometricMemory = trainer.unwrapped_model.to("cpu")  # type: ignore[assignment]
+    for p in trained.parameters():
+        p.requires_grad_(True)
+    evaluation = evaluate_memory(trained, data.heldout, seq_map=seq_map)
+    evaluation.update(
+        train_steps=float(result.steps),
+        train_wall_s=float(result.wall_time_s),
+        nonfinite_steps=float(result.nonfinite_steps),
+    )
+    metrics: list[dict[str, Any]] = []
+    if out_dir is not None:
+        trained.save_pretrained(out_dir / FINAL_DIR)
+        atomic_write_json(out_dir / "eval.json", evaluation)
+        metrics = read_metrics(out_dir / "metrics.jsonl")
+    return MemoryRun(
+        model=trained,
+        result=result,
+        evaluation=evaluation,
+        convergence=monitor.report,
+        out_dir=out_dir,
+        metrics=metrics,
+    )
