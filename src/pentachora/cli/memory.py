@@ -1,3 +1,322 @@
-"""`pentachora train memory`, `pentachora encode`, `pentachora eval-memory`: long-prompt geometric memory."""
+"""`pentachora train memory`, `pentachora encode`, `pentachora eval-memory`: long-prompt geometric memory.
+
+``eval-memory`` is its own command rather than ``eval memory``: ``pentachora eval RUN`` already
+evaluates autoencoder runs with a positional argument, and turning ``eval`` into a command group
+would break that documented form.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pentachora.cli import app
+from pentachora.cli.autoencoders import make_train_config, parse_overrides, train_app
+
+TEXT_DATA_HELP = (
+    "Text corpus: 'wiki' (embedded English Wikipedia excerpt from gensim's test data, CC BY-SA), "
+    "'text:PATH' (documents separated by blank lines), 'jsonl:PATH[:FIELD]', 'hf:NAME[:SPLIT[:COLUMN]]'."
+)
+
+METRIC_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("m_acc (pooled→teacher, batches of 32) ↑", "m_acc", "{:.3f}"),
+    ("teacher R@1 (all held-out) ↑", "teacher_r1", "{:.3f}"),
+    ("pooled cosine to teacher ↑", "pooled_cos", "{:.4f}"),
+    ("tail R@1 (pooled) ↑", "tail_r1", "{:.3f}"),
+    ("tail R@1 (sequence mean) ↑", "seq_tail_r1", "{:.3f}"),
+    ("s_cos (first window, per position) ↑", "s_cos", "{:.4f}"),
+    ("sequence-mean cosine to teacher ↑", "seq_teacher_cos", "{:.4f}"),
+    ("CV of bank anchors", "cv", "{:.4f}"),
+    ("CV target (target_cv(d))", "cv_target", "{:.4f}"),
+    ("temperature", "temperature", "{:.4f}"),
+    ("train wall time (s)", "train_wall_s", "{:.1f}"),
+    ("NaN/inf steps skipped", "nonfinite_steps", "{:.0f}"),
+)
+
+
+def metrics_table(title: str, runs: dict[str, dict[str, float]]) -> Table:
+    """A rich table with one column per method/run."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in runs:
+        table.add_column(name, justify="right")
+    for label, key, fmt in METRIC_ROWS:
+        if not any(key in r for r in runs.values()):
+            continue
+        cells = []
+        for r in runs.values():
+            v = r.get(key)
+            cells.append("—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
+        table.add_row(label, *cells)
+    return table
+
+
+def _model_card(model) -> dict[str, Any]:
+    c = model.config
+    return {
+        "model": model.model_type,
+        "parameters": model.num_parameters(),
+        "encoder": c.encoder,
+        "teacher": c.teacher,
+        "window": c.window,
+        "max_tokens": c.max_tokens,
+        "max_segments": c.max_segments,
+        "memory": f"{c.n_memory_tokens} tokens, {c.n_anchors} anchors, d={c.dim}",
+        "output": f"pooled ({c.teacher_dim},) + sequence ({c.seq_len}, {c.hidden_size})",
+        "cv_target": round(model.cv_target, 5),
+    }
+
+
+# ---------------------------------------------------------------------------- train memory
+@train_app.command("memory")
+def train_memory_cmd(
+    preset: str = typer.Option(
+        "minilm-tiny",
+        help="minilm-tiny (CPU: d=192), minilm (d=384), clip-l (SD 1.5), sdxl-bigg (SDXL; penultimate layer).",
+    ),
+    data: str = typer.Option("wiki", help=TEXT_DATA_HELP),
+    steps: int = typer.Option(600, min=0, help="Optimizer steps (0 = build and describe the model only)."),
+    batch_size: int = typer.Option(32, min=2, help="Documents per batch (InfoNCE negatives)."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, cosine schedule)."),
+    warmup: int = typer.Option(30, min=0, help="Linear warm-up steps."),
+    grad_clip: float = typer.Option(1.0, help="Fixed gradient-norm clip (0 = off)."),
+    mode: str = typer.Option(
+        "joint",
+        help="joint (all losses from step 1), two-phase (pooled-only → reconstructor only → all with "
+        "bank LR × --bank-lr-scale), pooled (bank + pooled output only).",
+    ),
+    bank_lr_scale: float = typer.Option(0.1, help="Bank-side LR multiplier in two-phase's last stage."),
+    init_from: Path = typer.Option(
+        None,
+        help="Start from this trained memory model (run or checkpoint folder); two-phase then skips "
+        "its pooled-only stage.",
+    ),
+    set_: list[str] = typer.Option(None, "--set", help="MemoryConfig override KEY=VALUE (repeatable)."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Run folder (default runs/memory-<preset>). Rerun to resume."
+    ),
+    cache_dir: Path = typer.Option(
+        None, help="Feature-cache root (default $PENTACHORA_CACHE or ~/.cache/pentachora/memory-features)."
+    ),
+    max_train_docs: int = typer.Option(0, min=0, help="Use only the first N training documents (0 = all)."),
+    max_heldout_docs: int = typer.Option(0, min=0, help="Use only the first N held-out documents (0 = all)."),
+    eval_docs: int = typer.Option(128, min=2, help="Held-out documents in the periodic evaluations."),
+    seed: int = typer.Option(0, help="Seed (data order, init, per-step randomness)."),
+    eval_every: int = typer.Option(50, min=0, help="Evaluate every N steps (0 = end only)."),
+    save_every: int = typer.Option(200, min=0, help="Checkpoint every N steps (0 = end only)."),
+    bf16: bool = typer.Option(
+        False, help="bf16 autocast (fp32 is the default; the seed's bigG needed fp32)."
+    ),
+    online: bool = typer.Option(False, help="Allow downloading encoder/teacher weights from the Hub."),
+) -> None:
+    """Train the long-prompt geometric memory (frozen encoder + memory bank + sequence reconstructor).
+
+    Example: pentachora train memory --preset minilm-tiny --steps 600 --out runs/memory
+    """
+    import torch
+
+    from pentachora.io import CheckpointError
+    from pentachora.memory.model import GeometricMemory, MemoryConfig
+    from pentachora.memory.recipe import (
+        MODES,
+        load_memory_model,
+        prepare_memory_data,
+        resolve_config,
+        train_memory,
+    )
+    from pentachora.training import TrainingDiverged
+
+    console = Console()
+    if mode not in MODES:
+        raise typer.BadParameter(f"must be one of {MODES}", param_hint="--mode")
+    overrides = parse_overrides(set_)
+    init_model = None
+    try:
+        if init_from is not None:
+            init_model = load_memory_model(init_from)
+            base = dataclasses.replace(init_model.config, **overrides)
+        else:
+            base = MemoryConfig.preset(preset, **overrides)
+        config, student, teacher = resolve_config(base, local_files_only=not online)
+    except (TypeError, ValueError, CheckpointError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    except OSError as exc:
+        console.print(f"[red]cannot load the frozen encoder/teacher offline: {exc}[/red]")
+        raise typer.Exit(code=2) from exc
+    torch.manual_seed(seed)
+    model = GeometricMemory(config)
+    if init_model is not None:
+        model.load_state_dict_checked(init_model.state_dict(), source=str(init_from))
+    card = _model_card(model)
+    console.print(
+        f"[bold]GeometricMemory[{preset}][/bold]: {card['parameters']:,} trainable parameters; frozen "
+        f"{config.encoder} (W={config.window}, layers {list(config.extraction_layers)}) → {card['memory']} → "
+        f"{card['output']}; teacher {config.teacher} ({config.teacher_max_length} tokens)"
+    )
+    if steps == 0:
+        console.print_json(json.dumps({**card, "config": dataclasses.asdict(config)}))
+        return
+    out = out or Path("runs") / f"memory-{preset}"
+    mdata = prepare_memory_data(
+        config,
+        data,
+        cache_root=cache_dir,
+        max_train_docs=max_train_docs or None,
+        max_heldout_docs=max_heldout_docs or None,
+        encoders=(student, teacher),
+        local_files_only=not online,
+    )
+    console.print(
+        f"data: {mdata.corpus.description} — training on {mdata.train.n_docs} documents, evaluating on "
+        f"{mdata.heldout.n_docs} held-out ones ({mdata.corpus.licence.split(' — ')[0]})"
+    )
+    cfg = make_train_config(steps, batch_size, lr, out, seed, eval_every, save_every, bf16, grad_clip, warmup)
+    try:
+        run = train_memory(
+            model,
+            mdata,
+            cfg,
+            mode=mode,
+            bank_lr_scale=bank_lr_scale,
+            pretrained_bank=init_model is not None,
+            periodic_eval_docs=eval_docs,
+        )
+    except TrainingDiverged as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(code=2) from exc
+    from pentachora.diagnostics.plots import save_training_curves
+
+    curves = save_training_curves({preset: run.metrics}, out / "curves.png") if run.metrics else None
+    console.print(
+        metrics_table(
+            f"held-out evaluation after {run.result.steps} steps ({mode})", {preset: run.evaluation}
+        )
+    )
+    conv = run.convergence
+    console.print(
+        "convergence order: "
+        + (" → ".join(conv.get("order", [])) or "n/a")
+        + f" (CV lock at step {conv.get('cv_lock_step')}, m_acc climb {conv.get('m_acc_climb_step')}, "
+        f"s_cos climb {conv.get('s_cos_climb_step')})"
+    )
+    if curves:
+        console.print(f"curves: {curves}")
+    console.print(f"run folder: {out}  (model: {out / 'final'}; metrics: {out / 'metrics.jsonl'})")
+
+
+# ---------------------------------------------------------------------------- encode
+@app.command("encode")
+def encode_cmd(
+    texts: list[str] = typer.Argument(None, help="Text(s) to encode (or use --file)."),
+    model_dir: Path = typer.Option(
+        ..., "--model", "-m", help="Trained memory model (run or checkpoint folder)."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the tensors (.safetensors)."),
+    file: Path = typer.Option(None, "--file", "-f", help="Read texts from a file (blank-line separated)."),
+    overflow: str = typer.Option("truncate", help="Over max_tokens: 'truncate' (warn) or 'error'."),
+    online: bool = typer.Option(False, help="Allow downloading the frozen encoder from the Hub."),
+) -> None:
+    """Encode long texts: pooled (B, P) + sequence (B, L, H) → safetensors (with n_segments, n_tokens).
+
+    Example: pentachora encode "a long prompt ..." --model runs/memory -o prompt.safetensors
+    """
+    from pentachora.data.text import load_text_file
+    from pentachora.io import CheckpointError, atomic_save_tensors
+    from pentachora.memory.recipe import load_memory_model
+
+    console = Console()
+    items = list(texts or [])
+    if file is not None:
+        items += load_text_file(file)
+    if not items:
+        raise typer.BadParameter("give at least one text (argument or --file)")
+    try:
+        model = load_memory_model(model_dir)
+        model.load_encoder(local_files_only=not online)
+    except CheckpointError as exc:
+        console.print(f"[red]cannot load {model_dir}: {exc}[/red]")
+        raise typer.Exit(code=2) from exc
+    except OSError as exc:
+        console.print(f"[red]cannot load the frozen encoder {model.config.encoder!r} offline: {exc}[/red]")
+        raise typer.Exit(code=2) from exc
+    try:
+        enc = model.encode(items, on_overflow=overflow)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(code=2) from exc
+    atomic_save_tensors(
+        output,
+        {
+            "pooled": enc.pooled,
+            "sequence": enc.sequence,
+            "n_segments": enc.n_segments,
+            "n_tokens": enc.n_tokens,
+            "truncated": enc.truncated.to(dtype=enc.n_tokens.dtype),
+        },
+        metadata={"model": str(model_dir), "encoder": model.config.encoder, "texts": str(len(items))},
+    )
+    for i in range(len(items)):
+        cut = " (truncated)" if bool(enc.truncated[i]) else ""
+        console.print(
+            f"text {i}: {int(enc.n_tokens[i])} tokens in {int(enc.n_segments[i])} segment(s){cut} → pooled "
+            f"{tuple(enc.pooled.shape[1:])}, sequence {tuple(enc.sequence.shape[1:])}"
+        )
+    console.print(f"wrote {output}")
+
+
+# ---------------------------------------------------------------------------- eval-memory
+@app.command("eval-memory")
+def eval_memory_cmd(
+    run: Path = typer.Argument(
+        ..., help="Memory run folder (final/ or latest checkpoint) or checkpoint folder."
+    ),
+    data: str = typer.Option("wiki", help=TEXT_DATA_HELP),
+    cache_dir: Path = typer.Option(None, help="Feature-cache root."),
+    max_docs: int = typer.Option(0, min=0, help="Evaluate on the first N held-out documents (0 = all)."),
+    baselines: bool = typer.Option(
+        True, help="Also report the frozen-encoder baselines: truncation, window mean, concatenation."
+    ),
+    json_out: Path = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
+    online: bool = typer.Option(False, help="Allow downloading encoder/teacher weights."),
+) -> None:
+    """Evaluate a trained memory model on held-out documents (m_acc, s_cos, pooled cosine, CV, tail R@1)."""
+    from pentachora.io import CheckpointError
+    from pentachora.memory.recipe import (
+        baseline_outputs,
+        evaluate_memory,
+        fit_student_to_teacher,
+        load_encoders,
+        load_memory_model,
+        prepare_memory_data,
+        retrieval_metrics,
+        same_space,
+    )
+
+    console = Console()
+    try:
+        model = load_memory_model(run)
+        encoders = load_encoders(model.config, local_files_only=not online)
+    except CheckpointError as exc:
+        console.print(f"[red]cannot load {run}: {exc}[/red]")
+        raise typer.Exit(code=2) from exc
+    mdata = prepare_memory_data(
+        model.config, data, cache_root=cache_dir, max_heldout_docs=max_docs or None, encoders=encoders
+    )
+    seq_map = fit_student_to_teacher(mdata.train, same_space(*encoders))
+    results: dict[str, dict[str, float]] = {}
+    if baselines:
+        for name, outs in baseline_outputs(mdata.heldout, seq_map).items():
+            results[name] = retrieval_metrics(outs["pooled"], mdata.heldout, outs["seq_mean"])
+            if name in ("truncate", "concat"):
+                results[name]["s_cos"] = 1.0  # their first W positions ARE the native sequence
+    results["memory"] = evaluate_memory(model, mdata.heldout, seq_map=seq_map)
+    console.print(metrics_table(f"held-out evaluation of {run} ({mdata.heldout.n_docs} documents)", results))
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=2) + "\n")

@@ -14,10 +14,14 @@ Training batches (built from the feature cache, see :mod:`pentachora.memory.cach
     seq_target      (B, L, H)               the encoder's own output on the first window [training]
     seq_mask        (B, L)                  positions of seq_target that count          [training]
 
-The loss is ``w_nce·InfoNCE(pooled, teacher) + w_seq·[MSE(n(pred), n(target)) + (1 − cos)]
+The loss is ``w_nce·InfoNCE(pooled, teacher) + w_pc·(1 − cos(pooled, teacher))
++ w_seq·[MSE(n(pred), n(target)) + (1 − cos)]
 + w_norm·norm-match + w_cv·(CV(anchors) − target_cv(d))² + w_proc·Procrustes(pooled, teacher)``:
 
 * symmetric InfoNCE with a learned temperature clamped to ``[temperature_min, temperature_max]``;
+* a direct cosine term to the teacher (not in the seed: InfoNCE and the centred Procrustes term are
+  blind to a direction shared by all embeddings, which the cosine to the teacher measures; set
+  ``pooled_cos_weight=0`` for the seed's loss);
 * the seed's sequence loss against the frozen encoder's ``target_layer`` output on the first window;
 * a norm-matching term ``((‖pred‖ − ‖target‖)/‖target‖)²`` (not in the seed: the seed's loss is
   scale-free, but a UNet reads absolute values; set ``seq_norm_weight=0`` for the seed's loss);
@@ -58,7 +62,14 @@ __all__ = [
     "MemoryOutput",
 ]
 
-LOSS_WEIGHTS = ("infonce_weight", "seq_weight", "seq_norm_weight", "cv_weight", "procrustes_weight")
+LOSS_WEIGHTS = (
+    "infonce_weight",
+    "pooled_cos_weight",
+    "seq_weight",
+    "seq_norm_weight",
+    "cv_weight",
+    "procrustes_weight",
+)
 
 
 @dataclass
@@ -95,6 +106,7 @@ class MemoryConfig:
         temperature_min: Lower clamp of the learned temperature.
         temperature_max: Upper clamp.
         infonce_weight: Weight of the symmetric InfoNCE loss.
+        pooled_cos_weight: Weight of the direct ``1 − cos(pooled, teacher)`` term.
         seq_weight: Weight of the sequence loss.
         seq_norm_weight: Weight of the per-position norm-matching term.
         cv_weight: Weight of the anchors' CV loss.
@@ -132,6 +144,7 @@ class MemoryConfig:
     temperature_min: float = 0.01
     temperature_max: float = 0.5
     infonce_weight: float = 1.0
+    pooled_cos_weight: float = 1.0
     seq_weight: float = 1.0
     seq_norm_weight: float = 0.1
     cv_weight: float = 1.0
@@ -228,6 +241,7 @@ class MemoryOutput(ModelOutput):
     pooled: torch.Tensor | None = None
     sequence: torch.Tensor | None = None
     infonce: torch.Tensor | None = None
+    pooled_cos_loss: torch.Tensor | None = None
     seq_loss: torch.Tensor | None = None
     seq_norm: torch.Tensor | None = None
     cv_loss: torch.Tensor | None = None
@@ -406,8 +420,10 @@ class GeometricMemory(PentachoraModel):
                 with torch.no_grad():
                     out.m_acc = float((logits.argmax(1) == labels).float().mean())
                     out.temperature = float(t)
-            with torch.no_grad():
-                out.pooled_cos = float(F.cosine_similarity(pooled, teacher, dim=-1).mean())
+            cos = F.cosine_similarity(pooled, teacher, dim=-1)
+            out.pooled_cos_loss = (1.0 - cos).mean()
+            loss = loss + w["pooled_cos_weight"] * out.pooled_cos_loss
+            out.pooled_cos = float(cos.detach().mean())
         if target is not None:
             mask = batch.get("seq_mask")
             if mask is None:

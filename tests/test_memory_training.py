@@ -1,0 +1,182 @@
+"""Training the memory through the shared Trainer (joint and two-phase), the CLI, on tiny encoders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from pentachora.cli import app
+from pentachora.memory import GeometricMemory, MemoryConfig
+from pentachora.memory.recipe import (
+    baseline_outputs,
+    evaluate_memory,
+    mode_callbacks,
+    prepare_memory_data,
+    resolve_config,
+    train_memory,
+)
+from pentachora.training import Callback, TrainConfig
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: OpenMP hand-offs cost more than they save, and on a shared 2-core machine the
+    # contention makes multi-threaded tiny matmuls tens of times slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    g = torch.Generator().manual_seed(0)
+    docs = []
+    for i in range(30):
+        n_words = 20 + 12 * (i % 9)
+        words = [
+            "".join(LETTERS[int(k)] for k in torch.randint(0, 26, (4,), generator=g)) for _ in range(n_words)
+        ]
+        docs.append(" ".join(words) + ".")
+    path = tmp_path_factory.mktemp("corpus") / "docs.txt"
+    path.write_text("\n\n".join(docs))
+    return path
+
+
+def tiny(**kw) -> MemoryConfig:
+    base = dict(
+        encoder="tiny-bert",
+        teacher="tiny-bert",
+        extraction_layers=(1, 2),
+        dim=32,
+        n_heads=4,
+        n_anchors=16,
+        ffn_mult=2,
+        cv_samples=16,
+        max_tokens=300,
+    )
+    base.update(kw)
+    config, _, _ = resolve_config(MemoryConfig(**base))
+    return config
+
+
+class Snapshots(Callback):
+    def __init__(self):
+        self.params: dict[int, dict[str, torch.Tensor]] = {}
+        self.bank_lr: dict[int, float] = {}
+        self.recon_lr: dict[int, float] = {}
+
+    def on_step_end(self, trainer, step, output_scalars):
+        m = trainer.unwrapped_model
+        self.params[step] = {k: v.detach().clone() for k, v in m.named_parameters()}
+        for g in trainer.optimizer.param_groups:
+            (self.bank_lr if g["bank"] else self.recon_lr)[step] = g["lr"]
+
+
+def _changed(a, b, prefix):
+    return any(not torch.equal(a[k], b[k]) for k in a if k.startswith(prefix))
+
+
+def test_two_phase_freezes_and_differential_lrs(tmp_path, corpus_file):
+    config = tiny()
+    data = prepare_memory_data(config, f"text:{corpus_file}", cache_root=tmp_path / "cache", progress=False)
+    torch.manual_seed(0)
+    model = GeometricMemory(config)
+    snaps = Snapshots()
+    cfg = TrainConfig(
+        steps=10, batch_size=4, lr=1e-3, lr_schedule="constant", out_dir=str(tmp_path / "run"),
+        eval_every=5, progress=False, tensorboard=False,
+    )  # fmt: skip
+    run = train_memory(model, data, cfg, mode="two-phase", bank_lr_scale=0.1, callbacks=[snaps])
+    p = snaps.params
+    # stage A (steps 1-4): bank trains, the reconstructor is frozen
+    assert _changed(p[1], p[4], "bank.") and not _changed(p[1], p[4], "reconstructor.")
+    # stage B (5-7): the bank is frozen, the reconstructor trains
+    assert not _changed(p[4], p[7], "bank.") and not _changed(p[4], p[7], "fusion.")
+    assert _changed(p[4], p[7], "reconstructor.")
+    # stage C (8-10): everything trains, the bank at a tenth of the LR
+    assert _changed(p[7], p[10], "bank.") and _changed(p[7], p[10], "reconstructor.")
+    assert snaps.bank_lr[9] == pytest.approx(1e-4) and snaps.recon_lr[9] == pytest.approx(1e-3)
+    assert snaps.bank_lr[3] == pytest.approx(1e-3)
+    for key in ("m_acc", "s_cos", "pooled_cos", "cv", "tail_r1", "seq_tail_r1", "teacher_r1"):
+        assert key in run.evaluation
+    conv = json.loads((tmp_path / "run" / "convergence.json").read_text())
+    assert conv["evaluations"] == 2 and "order" in conv
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+def test_joint_training_learns_and_baselines_are_consistent(tmp_path, corpus_file):
+    config = tiny(seq_norm_weight=0.0)
+    data = prepare_memory_data(config, f"text:{corpus_file}", cache_root=tmp_path / "cache", progress=False)
+    torch.manual_seed(0)
+    model = GeometricMemory(config)
+    before = evaluate_memory(model, data.train)
+    cfg = TrainConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=5, progress=False, tensorboard=False)
+    run = train_memory(model, data, cfg, mode="joint")
+    after = evaluate_memory(run.model, data.train)
+    assert after["s_cos"] > before["s_cos"] + 0.05
+    assert after["teacher_r1"] > before["teacher_r1"] + 0.1
+    assert after["pooled_cos"] > before["pooled_cos"] + 0.1
+    base = baseline_outputs(data.heldout)
+    n = data.heldout.n_docs
+    assert base["truncate"]["pooled"].shape == (n, 32) and base["window_mean"]["seq_mean"] is None
+    # one-segment documents: all three baselines coincide
+    one = data.heldout.tensors["seg_counts"] == 1
+    if one.any():
+        torch.testing.assert_close(base["truncate"]["pooled"][one], base["window_mean"]["pooled"][one])
+    with pytest.raises(ValueError):
+        mode_callbacks("sideways", 10)
+
+
+def test_cli_train_encode_eval(tmp_path, corpus_file):
+    runner = CliRunner()
+    out = tmp_path / "run"
+    cache = tmp_path / "cache"
+    common = ["--set", "encoder=tiny-bert", "--set", "teacher=tiny-bert", "--set", "extraction_layers=[1,2]"]
+    common += ["--set", "dim=32", "--set", "n_heads=4", "--set", "n_anchors=16", "--set", "cv_samples=16"]
+    res = runner.invoke(app, ["train", "memory", "--steps", "0", *common], catch_exceptions=False)
+    assert res.exit_code == 0 and "trainable parameters" in res.output
+    args = ["train", "memory", "--data", f"text:{corpus_file}", "--steps", "4", "--batch-size", "4"]
+    args += ["--eval-every", "2", "--out", str(out), "--cache-dir", str(cache), *common]
+    res = runner.invoke(app, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "tail R@1" in res.output and "convergence order" in res.output
+    target = tmp_path / "prompt.safetensors"
+    long_prompt = " ".join(["abcd efgh ijkl"] * 40)
+    res = runner.invoke(app, ["encode", long_prompt, "short one", "--model", str(out), "-o", str(target)])
+    assert res.exit_code == 0, res.output
+    tensors = load_file(str(target))
+    assert tensors["pooled"].shape == (2, 32) and tensors["sequence"].shape == (2, 77, 32)
+    assert tensors["n_segments"].tolist()[1] == 1 and tensors["n_segments"].tolist()[0] > 1
+    res = runner.invoke(app, ["encode", "", "--model", str(out), "-o", str(target)])
+    assert res.exit_code == 2 and "empty" in res.output
+    js = tmp_path / "eval.json"
+    res = runner.invoke(
+        app,
+        [
+            "eval-memory",
+            str(out),
+            "--data",
+            f"text:{corpus_file}",
+            "--cache-dir",
+            str(cache),
+            "--json",
+            str(js),
+        ],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(js.read_text())
+    assert set(metrics) == {"truncate", "window_mean", "concat", "memory"}
+    assert metrics["truncate"]["s_cos"] == 1.0
