@@ -1,0 +1,876 @@
+"""The CV battery container: a GeoVAE whose frame sectors are K battery slots, with adjudication.
+
+The seed's "CV battery container": a VAE "aligned entirely on the CV spectrum" that "handles
+hundreds of miniature SVD-trained batteries that are directly implanted into the substructure as
+learning starter points", with "a specifically aligned internalized subsystem meant entirely for
+adjudication through a series of embedding arrays". It is a :class:`GeoVAE` in which
+
+* the **encoder-output sector** (the frame M, V×D) is partitioned into K slots of v rows: slot k
+  is battery k's encoder ``Linear(P→h) → GELU → Linear(h→v·D)``, so ``V = K·v``;
+* the **decoder-input sector** (the inverse frame M̂) is partitioned the same way: slot k's rows
+  feed battery k's decoder ``Linear(v·D→h) → GELU → Linear(h→P)``;
+* the **adjudication subsystem** holds one learned embedding array per battery, ``anchors[k]``
+  (v points on S^(D−1)), each held in the CV band of its dimension by the differentiable
+  pentachoron CV towards ``target_cv(D)``, and routes every patch to batteries by geometric
+  proximity: the mean row-wise cosine between the slot's inverse frame and its anchors,
+  ``score_k = (1/v) Σ_i ⟨M̂_k[i], Â_k[i]⟩``, through a softmax with a learned temperature (soft
+  routing, the default) or its top-k;
+* the decoder output is the routed mixture of the battery decoders, ``Σ_k r_k · dec_k(M̂_k)``.
+
+Pipeline (per patch; P = C·p·p, d latent dims; the parts shared with GeoVAE are GeoVAE's code)::
+
+    x ─ patchify ─ ÷ RMS ─► unit patch ──► [slot encoders, K × (P→h→v·D)] ─► M (K·v × D), row sphere-norm
+                                                                    [CV: target_cv(D)]
+        M ─► Linear(V·D→h) ─ GELU ─ Linear(h→2d) ─► μ, log σ² ─► z        (GeoVAE bottleneck)
+    decode: [z ; log-RMS] ─► cross-attention ─► Linear ─ GELU ─ Linear ─► M̂, row sphere-norm · gain
+        M̂ ─► adjudication: score_k = ⟨M̂_k, anchors_k⟩ / v ─► r = softmax(score · scale) (or top-k)
+        M̂ ─► [slot decoders, K × (v·D→h→P)], Σ_k r_k · dec_k ─► unit patch × exp(log-RMS) ─► smooth
+
+There is no SVD or eigendecomposition anywhere (the batteries were trained with one; the container
+is not). Routing reads the **decoder-side** frame M̂, a function of the latent alone, so prior draws
+route too and the latent accounting stays ``d + 1`` floats per patch.
+
+**Implant** (:meth:`BatteryContainer.implant`): slot k's encoder and decoder weights are copied from
+battery k of a :class:`~pentachora.autoencoders.battery.BatteryBank` (trained on unit-RMS patches,
+the space this encoder reads), and ``anchors[k]`` from the battery's prototype (its mean frame rows
+on its regime). The battery's spectral gate is not implanted (the container has no S).
+
+**Linear export** (:class:`LinearExport`): folds the trained container for inference into as few
+linear maps as its structure allows and counts the FLOPs in linear maps (see its docstring).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from pentachora.autoencoders.base import PatchAutoencoder
+from pentachora.autoencoders.battery import BatteryBank
+from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig, GeoVAEOutput, _cv_term
+from pentachora.geometry import target_cv
+from pentachora.io import CheckpointError, atomic_save_tensors, load_tensors, read_tensor_metadata
+from pentachora.modeling import config_from_dict, config_to_dict, register_model
+from pentachora.nn import BoundarySmooth, SpectralCrossAttention, patchify, unpatchify
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "BatteryContainer",
+    "BatteryContainerConfig",
+    "BatteryContainerOutput",
+    "LinearExport",
+    "SlotDecoder",
+    "SlotEncoder",
+    "count_flops",
+]
+
+#: ``format`` value in the safetensors header of a linear export.
+EXPORT_FORMAT = "pentachora-linear-export"
+
+
+# ============================================================================================ config
+@dataclasses.dataclass
+class BatteryContainerConfig(GeoVAEConfig):
+    """A :class:`GeoVAEConfig` with K battery slots and the adjudication subsystem.
+
+    The GeoVAE frame fields are derived: ``V = n_batteries · battery_rows`` and
+    ``enc_hidden = dec_hidden = n_batteries · battery_hidden`` (the concatenated slot widths),
+    ``enc_depth = dec_depth = 0``. Leave them at 0 (or give the derived values).
+
+    Attributes:
+        n_batteries: K slots.
+        battery_rows: v, frame rows per slot (a battery's V).
+        battery_hidden: h, hidden width of a slot's encoder and decoder (a battery's hidden).
+        routing: ``"soft"`` (softmax over all K) or ``"topk"`` (softmax over the top ``top_k``).
+        top_k: batteries per patch for top-k routing.
+        route_temperature: initial softmax temperature τ of the scores (cosines in [−1, 1]).
+        learn_temperature: learn τ (as a log-scale, clamped to ≤ 100) or keep it fixed.
+        cv_anchor_weight: weight of the anchors' CV term (times ``cv_weight``, like every sector).
+        balance_weight: weight of the load-balance term ``K · Σ_k f_k · P_k`` (Switch Transformer:
+            f_k the share of patches whose top choice is k, P_k the mean routing probability).
+
+    Other fields: see :class:`GeoVAEConfig` (defaults here: 8×8 patches, D = 8, d = 15 — i.e. 16
+    latent floats per 8×8×3 patch, 12:1).
+    """
+
+    patch_size: int = 8
+    V: int = 0
+    D: int = 8
+    latent_dim: int = 15
+    enc_hidden: int = 0
+    enc_depth: int = 0
+    dec_hidden: int = 0
+    dec_depth: int = 0
+    bottleneck_hidden: int = 128
+    inverse_hidden: int = 128
+    n_batteries: int = 256
+    battery_rows: int = 8
+    battery_hidden: int = 8
+    routing: Literal["soft", "topk"] = "soft"
+    top_k: int = 8
+    route_temperature: float = 0.1
+    learn_temperature: bool = True
+    cv_anchor_weight: float = 0.1
+    balance_weight: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in ("n_batteries", "battery_rows", "battery_hidden", "top_k"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        derived = {
+            "V": self.n_batteries * self.battery_rows,
+            "enc_hidden": self.n_batteries * self.battery_hidden,
+            "dec_hidden": self.n_batteries * self.battery_hidden,
+        }
+        for name, value in derived.items():
+            given = int(getattr(self, name))
+            if given not in (0, value):
+                raise ValueError(
+                    f"{name}={given} contradicts the slots: it is derived as {value} "
+                    f"(n_batteries={self.n_batteries}, battery_rows={self.battery_rows}, "
+                    f"battery_hidden={self.battery_hidden}); leave it at 0"
+                )
+            setattr(self, name, value)
+        if self.enc_depth or self.dec_depth:
+            raise ValueError("a battery container has no residual blocks: enc_depth and dec_depth must be 0")
+        if self.routing not in ("soft", "topk"):
+            raise ValueError(f"routing must be 'soft' or 'topk', got {self.routing!r}")
+        if self.routing == "topk" and self.top_k > self.n_batteries:
+            raise ValueError(f"top_k={self.top_k} exceeds n_batteries={self.n_batteries}")
+        if self.battery_rows < 5 or self.D < 4:
+            raise ValueError(
+                f"anchor arrays need battery_rows ≥ 5 and D ≥ 4 (pentachoron CV); got {self.battery_rows}, {self.D}"
+            )
+        if not (self.route_temperature > 0 and math.isfinite(self.route_temperature)):
+            raise ValueError(f"route_temperature must be > 0, got {self.route_temperature}")
+        for name in ("cv_anchor_weight", "balance_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number ≥ 0, got {value}")
+        super().__post_init__()
+
+    @property
+    def slot_floats(self) -> int:
+        """``v·D`` frame floats per slot."""
+        return self.battery_rows * self.D
+
+
+@dataclasses.dataclass
+class BatteryContainerOutput(GeoVAEOutput):
+    """:class:`GeoVAEOutput` plus the adjudication terms (0-d; logged by the trainer).
+
+    Attributes:
+        cv_anchor: mean CV of the K anchor arrays (readout).
+        cv_anchor_loss: mean ``(cv − target_cv(D))²`` of the anchor arrays (with gradient).
+        route_balance: load-balance term (1 at uniform use).
+        route_entropy: mean routing entropy divided by log K (1 = uniform, 0 = one battery).
+        route_active: share of batteries that are some patch's top choice in this batch.
+        route_scale: the softmax scale 1/τ.
+    """
+
+    cv_anchor: torch.Tensor | None = None
+    cv_anchor_loss: torch.Tensor | None = None
+    route_balance: torch.Tensor | None = None
+    route_entropy: torch.Tensor | None = None
+    route_active: torch.Tensor | None = None
+    route_scale: torch.Tensor | None = None
+
+
+# ============================================================================================ slots
+class SlotEncoder(nn.Module):
+    """K battery encoders side by side: ``Linear(P→K·h)`` (dense) → GELU → K × ``Linear(h→f)``.
+
+    Slot k's input projection is rows ``[k·h, (k+1)·h)`` of ``in_proj``; its output projection is
+    ``out_w[k]`` (f×h, orthogonal at init as a battery's), ``out_b[k]``.
+
+    Shapes:
+        ``(..., P) → (..., K·f)``.
+    """
+
+    def __init__(self, n_slots: int, in_dim: int, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.n_slots, self.hidden, self.out_dim = n_slots, hidden, out_dim
+        self.in_proj = nn.Linear(in_dim, n_slots * hidden)
+        self.act = nn.GELU()
+        self.out_w = nn.Parameter(torch.empty(n_slots, out_dim, hidden))
+        self.out_b = nn.Parameter(torch.empty(n_slots, out_dim))
+        with torch.no_grad():
+            for k in range(n_slots):
+                nn.init.orthogonal_(self.out_w[k])
+            nn.init.uniform_(self.out_b, -1 / math.sqrt(hidden), 1 / math.sqrt(hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., P) → (..., K·f)``."""
+        lead = x.shape[:-1]
+        h = self.act(self.in_proj(x)).reshape(-1, self.n_slots, self.hidden).transpose(0, 1)  # (K, T, h)
+        y = torch.baddbmm(self.out_b.unsqueeze(1), h, self.out_w.transpose(1, 2))  # (K, T, f)
+        return y.transpose(0, 1).reshape(*lead, self.n_slots * self.out_dim)
+
+
+class SlotDecoder(nn.Module):
+    """K battery decoders, mixed by routing weights: ``Σ_k r_k · (W_k GELU(U_k m_k + c_k) + b_k)``.
+
+    Slot k's input projection is ``in_w[k]`` (h×f), ``in_b[k]``; its output projection is columns
+    ``[k·h, (k+1)·h)`` of ``out_proj`` (no bias) plus ``out_b[k]`` — so the mixture is one dense
+    ``Linear(K·h → P)`` on the routed hidden ``r ⊗ GELU(…)`` plus ``r · out_b``.
+
+    Shapes:
+        ``m (..., K·f)``, ``r (..., K)`` → ``(..., P)`` and the pre-activations ``(..., K·h)``.
+    """
+
+    def __init__(self, n_slots: int, in_dim: int, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.n_slots, self.hidden, self.in_dim = n_slots, hidden, in_dim
+        self.in_w = nn.Parameter(torch.empty(n_slots, hidden, in_dim))
+        self.in_b = nn.Parameter(torch.empty(n_slots, hidden))
+        self.act = nn.GELU()
+        self.out_proj = nn.Linear(n_slots * hidden, out_dim, bias=False)
+        self.out_b = nn.Parameter(torch.empty(n_slots, out_dim))
+        with torch.no_grad():
+            # each slot initialised as a fresh battery decoder (nn.Linear defaults per slot)
+            for t, fan_in in ((self.in_w, in_dim), (self.in_b, in_dim), (self.out_b, hidden)):
+                nn.init.uniform_(t, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+            nn.init.uniform_(self.out_proj.weight, -1 / math.sqrt(hidden), 1 / math.sqrt(hidden))
+
+    def pre_activation(self, m: torch.Tensor) -> torch.Tensor:
+        """``(..., K·f) → (..., K, h)`` slot pre-activations ``U_k m_k + c_k``."""
+        lead = m.shape[:-1]
+        x = m.reshape(-1, self.n_slots, self.in_dim).transpose(0, 1)  # (K, T, f)
+        pre = torch.baddbmm(self.in_b.unsqueeze(1), x, self.in_w.transpose(1, 2))  # (K, T, h)
+        return pre.transpose(0, 1).reshape(*lead, self.n_slots, self.hidden)
+
+    def forward(self, m: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Routed mixture of the slot decoders.
+
+        Args:
+            m: ``(..., K·f)`` decoder-side frames (slot-major).
+            r: ``(..., K)`` routing weights.
+
+        Returns:
+            ``(out (..., P), pre (..., K·h))``.
+        """
+        pre = self.pre_activation(m)
+        hid = self.act(pre) * r.unsqueeze(-1).to(pre.dtype)
+        out = self.out_proj(hid.flatten(-2)) + r.to(pre.dtype) @ self.out_b
+        return out, pre.flatten(-2)
+
+
+# ============================================================================================ model
+@register_model
+class BatteryContainer(GeoVAE):
+    """The CV battery container (see the module docstring).
+
+    Submodules: ``encoder`` (:class:`SlotEncoder`), ``bottleneck``, ``cross_attn``, ``inverse``,
+    ``inverse_gain`` (as GeoVAE), ``decoder`` (:class:`SlotDecoder`), ``smooth``; adjudication:
+    ``anchors`` ``(K, v, D)`` and ``route_logit_scale`` (log 1/τ).
+
+    Args:
+        config: a :class:`BatteryContainerConfig`.
+
+    Example:
+        >>> cfg = BatteryContainerConfig(n_batteries=4, battery_rows=6, D=4, battery_hidden=4, latent_dim=7)
+        >>> model = BatteryContainer(cfg)
+        >>> model(torch.randn(2, 3, 16, 16)).recon.shape
+        torch.Size([2, 3, 16, 16])
+    """
+
+    model_type: ClassVar[str] = "battery_container"
+    config_class: ClassVar[type] = BatteryContainerConfig
+    config: BatteryContainerConfig
+    loss_weight_names: ClassVar[tuple[str, ...]] = (
+        *GeoVAE.loss_weight_names,
+        "cv_anchor_weight",
+        "balance_weight",
+    )
+
+    def __init__(self, config: BatteryContainerConfig) -> None:
+        # GeoVAE.__init__ would build dense ResidualMLPs of the (huge) frame size; the shared
+        # sectors are built here exactly as GeoVAE builds them, the slot sectors replace the MLPs.
+        PatchAutoencoder.__init__(self, config)
+        c = config
+        frame = c.V * c.D
+        pix = self.pixel_floats_per_patch
+        self.encoder = SlotEncoder(c.n_batteries, pix, c.battery_hidden, c.slot_floats)
+        self.bottleneck = nn.Sequential(
+            nn.Linear(frame, c.bottleneck_hidden), nn.GELU(), nn.Linear(c.bottleneck_hidden, 2 * c.latent_dim)
+        )
+        with torch.no_grad():
+            self.bottleneck[2].bias[c.latent_dim :].fill_(c.logvar_init)
+        self.cross_attn = nn.ModuleList(
+            [
+                SpectralCrossAttention(
+                    c.latent_dim, n_heads=c.resolved_n_heads, max_alpha=c.max_alpha, alpha_init=c.alpha_init
+                )
+                for _ in range(c.n_cross)
+            ]
+        )
+        self.inverse = nn.Sequential(
+            nn.Linear(c.latent_dim + 1, c.inverse_hidden), nn.GELU(), nn.Linear(c.inverse_hidden, frame)
+        )
+        self.inverse_gain = nn.Parameter(torch.ones(c.V, 1))
+        self.decoder = SlotDecoder(c.n_batteries, c.slot_floats, c.battery_hidden, pix)
+        self.smooth = BoundarySmooth(c.channels, kernel=c.smooth_kernel, mid=c.resolved_smooth_mid)
+        self.anchors = nn.Parameter(F.normalize(torch.randn(c.n_batteries, c.battery_rows, c.D), dim=-1))
+        self.route_logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / c.route_temperature)), requires_grad=c.learn_temperature
+        )
+        self._targets: dict[str, float] | None = None
+        _ = self.cv_targets
+        self._anchor_target = target_cv(c.D)
+        self._capture: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ adjudication
+    @property
+    def anchor_target(self) -> float:
+        """``target_cv(D)``: the CV band the anchor arrays are held in."""
+        return self._anchor_target
+
+    @property
+    def route_scale(self) -> torch.Tensor:
+        """0-d softmax scale 1/τ (clamped to ≤ 100)."""
+        return self.route_logit_scale.exp().clamp(max=100.0)
+
+    def route_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """Routing logits from sphere-normalised decoder-side frames.
+
+        Args:
+            rows: ``(..., V, D)`` row-normalised M̂ (before the gain), slot-major rows.
+
+        Returns:
+            ``(..., K)`` ``scale · (1/v) Σ_i ⟨rows_k[i], Â_k[i]⟩``.
+        """
+        c = self.config
+        a = F.normalize(self.anchors.float(), dim=-1).reshape(c.n_batteries, c.slot_floats)
+        x = rows.reshape(*rows.shape[:-2], c.n_batteries, c.slot_floats)
+        return (x * a).sum(-1) * (self.route_scale / c.battery_rows)
+
+    def route(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weights, probs)``: the routing weights (soft, or top-k renormalised) and the full softmax."""
+        probs = logits.softmax(-1)
+        if self.config.routing == "soft":
+            return probs, probs
+        top = logits.topk(self.config.top_k, dim=-1)
+        weights = torch.zeros_like(logits).scatter(-1, top.indices, top.values.softmax(-1))
+        return weights, probs
+
+    def anchor_cv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, readout)``: mean ``(cv − target_cv(D))²`` of the K anchor arrays and their mean CV."""
+        pts = F.normalize(self.anchors.float(), dim=-1)
+        return _cv_term(pts, self._anchor_target, self.config.cv_samples)
+
+    # ------------------------------------------------------------------ decode (routing inside)
+    def _decode_tokens(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(B, d+1, gh, gw)`` latent → image, with routing over the battery decoders."""
+        c = self.config
+        if z.dim() != 4 or z.shape[1] != c.latent_floats_per_patch:
+            raise ValueError(
+                f"expected a latent (B, {c.latent_floats_per_patch}, H/{c.patch_size}, W/{c.patch_size}), "
+                f"got {tuple(z.shape)}"
+            )
+        gh, gw = z.shape[-2:]
+        tokens = rearrange(z, "b l gh gw -> b (gh gw) l")
+        zs, mag = tokens[..., : c.latent_dim], tokens[..., c.latent_dim :]
+        for layer in self.cross_attn:
+            zs = layer(zs)
+        inv_in = torch.cat([zs, mag.to(zs.dtype)], dim=-1)
+        rows = F.normalize(rearrange(self.inverse(inv_in), "b n (v d) -> b n v d", v=c.V).float(), dim=-1)
+        mhat = rows * self.inverse_gain
+        weights, probs = self.route(self.route_logits(rows))
+        unit, dec_pre = self.decoder(rearrange(mhat, "b n v d -> b n (v d)"), weights)
+        log_rms = (c.mag_center + c.mag_scale * mag.float()).clamp(max=c.max_log_rms)
+        patches = unit.float() * log_rms.exp()
+        image = unpatchify(patches, c.patch_size, gh * c.patch_size, gw * c.patch_size, c.channels)
+        out = {
+            "image": self.smooth(image),
+            "z": zs,
+            "mhat": mhat,
+            "dec_pre": dec_pre,
+            "route": weights,
+            "route_probs": probs,
+        }
+        if self._capture is not None:
+            self._capture.update(out)
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> BatteryContainerOutput:
+        """GeoVAE's loss (reconstruction, KL, sector CVs) plus the anchors' CV and the load balance.
+
+        Args:
+            x: ``(B, C, H, W)`` images in model space.
+
+        Returns:
+            :class:`BatteryContainerOutput`.
+        """
+        self._capture = {}
+        try:
+            out = super().forward(x)
+            captured = self._capture
+        finally:
+            self._capture = None
+        c, w = self.config, self.loss_weights
+        probs = captured["route_probs"].reshape(-1, c.n_batteries)
+        anchor_loss, anchor_cv = self.anchor_cv()
+        mean_p = probs.mean(0)
+        top1 = F.one_hot(probs.argmax(-1), c.n_batteries).float()
+        share = top1.mean(0)
+        balance = c.n_batteries * (share.detach() * mean_p).sum()
+        loss = out.loss + w["cv_weight"] * w["cv_anchor_weight"] * anchor_loss + w["balance_weight"] * balance
+        with torch.no_grad():
+            ent = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean() / math.log(max(c.n_batteries, 2))
+            active = (top1.sum(0) > 0).float().mean()
+        fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+        fields.update(
+            loss=loss,
+            cv_anchor=anchor_cv,
+            cv_anchor_loss=anchor_loss,
+            route_balance=balance,
+            route_entropy=ent.detach(),
+            route_active=active,
+            route_scale=self.route_scale.detach(),
+        )
+        return BatteryContainerOutput(**fields)
+
+    # ------------------------------------------------------------------ implant
+    @torch.no_grad()
+    def implant(
+        self,
+        bank: BatteryBank,
+        sectors: Sequence[str] = ("encoder", "decoder", "anchors"),
+        indices: Sequence[int] | None = None,
+    ) -> dict[str, Any]:
+        """Copy trained batteries into the slots ("implanted as learning starter points").
+
+        Slot k receives battery ``indices[k]``: its encoder (``encoder.in_proj`` rows
+        ``[k·h, (k+1)·h)``, ``encoder.out_w[k]``, ``encoder.out_b[k]``), its decoder
+        (``decoder.in_w[k]``, ``decoder.in_b[k]``, ``decoder.out_proj`` columns ``[k·h, (k+1)·h)``,
+        ``decoder.out_b[k]``) and its prototype as ``anchors[k]``.
+
+        Args:
+            bank: a trained :class:`BatteryBank` of matching shape.
+            sectors: any of ``"encoder"``, ``"decoder"``, ``"anchors"``.
+            indices: bank batteries for the K slots (default ``0 … K−1``; needs a bank of K).
+
+        Returns:
+            A summary: slots filled, sectors, bank batteries used.
+
+        Raises:
+            ValueError: unknown sector, a shape mismatch between bank and container (patch size,
+                channels, rows, D, hidden), or indices that do not fit.
+        """
+        c, bc = self.config, bank.config
+        unknown = sorted(set(sectors) - {"encoder", "decoder", "anchors"})
+        if unknown:
+            raise ValueError(f"unknown sector(s) {unknown}; choose from encoder, decoder, anchors")
+        pairs = {
+            "patch_size": (bc.patch_size, c.patch_size),
+            "channels": (bc.channels, c.channels),
+            "rows (bank V vs battery_rows)": (bc.V, c.battery_rows),
+            "D": (bc.D, c.D),
+            "hidden (bank hidden vs battery_hidden)": (bc.hidden, c.battery_hidden),
+        }
+        bad = {k: v for k, v in pairs.items() if v[0] != v[1]}
+        if bad:
+            detail = ", ".join(f"{k}: bank {a} vs container {b}" for k, (a, b) in bad.items())
+            raise ValueError(f"the bank does not fit this container's slots ({detail})")
+        if indices is None:
+            if bank.n_batteries != c.n_batteries:
+                raise ValueError(
+                    f"the bank holds {bank.n_batteries} batteries for {c.n_batteries} slots; pass indices "
+                    "to choose which batteries fill the slots"
+                )
+            indices = list(range(c.n_batteries))
+        indices = [int(i) for i in indices]
+        if len(indices) != c.n_batteries or not all(0 <= i < bank.n_batteries for i in indices):
+            raise ValueError(f"indices must name {c.n_batteries} batteries in [0, {bank.n_batteries})")
+        if not math.isclose(bc.magnitude_eps, c.magnitude_eps):
+            raise ValueError(
+                f"the bank was trained with magnitude_eps={bc.magnitude_eps}, the container uses "
+                f"{c.magnitude_eps}: the unit-RMS input spaces differ"
+            )
+        idx = torch.tensor(indices)
+        h = c.battery_hidden
+        if "encoder" in sectors:
+            self.encoder.in_proj.weight.copy_(bank.enc_in_w[idx].reshape(c.n_batteries * h, -1))
+            self.encoder.in_proj.bias.copy_(bank.enc_in_b[idx].reshape(-1))
+            self.encoder.out_w.copy_(bank.enc_out_w[idx])
+            self.encoder.out_b.copy_(bank.enc_out_b[idx])
+        if "decoder" in sectors:
+            self.decoder.in_w.copy_(bank.dec_in_w[idx])
+            self.decoder.in_b.copy_(bank.dec_in_b[idx])
+            # out_proj.weight (P, K·h): column block k = battery k's (P, h)
+            self.decoder.out_proj.weight.copy_(rearrange(bank.dec_out_w[idx], "k p h -> p (k h)"))
+            self.decoder.out_b.copy_(bank.dec_out_b[idx])
+        if "anchors" in sectors:
+            self.anchors.copy_(F.normalize(bank.prototypes[idx].float(), dim=-1))
+        return {"slots": c.n_batteries, "sectors": list(sectors), "batteries": indices}
+
+    # ------------------------------------------------------------------ export
+    def export_linear(self, merge_mu_inverse: bool | None = None) -> LinearExport:
+        """The folded inference model (see :class:`LinearExport`)."""
+        return LinearExport.from_container(self, merge_mu_inverse=merge_mu_inverse)
+
+
+# ============================================================================================ export
+class LinearExport(nn.Module):
+    """The trained container folded for inference into as few linear maps as its structure allows.
+
+    Folds (all exact up to float rounding):
+
+    * **mode only**: the bottleneck's second map keeps only its μ rows (inference decodes the
+      posterior mode; the log σ² rows are dropped);
+    * **LayerNorm affine → next linear**: each cross-attention layer's LayerNorm (γ, β) is folded
+      into its qkv projection;
+    * **μ ∘ inverse**: with no cross-attention layer, the μ map and the inverse's first linear are
+      merged into one ``Linear(h → h_inv)`` (with the magnitude as an extra input column) when that
+      does not increase FLOPs;
+    * **frozen routing + implanted decoder sector**: the inverse gain is folded into the slot
+      decoders' input projections, and the anchors (normalised, × scale / v, i.e. the frozen
+      routing) become one extra output row of each slot's projection — router and decoder-in are
+      one grouped linear map; the routed mixture ``Σ_k r_k (W_k g_k + b_k)`` is one dense linear
+      map on ``[r ⊗ g ; r]``.
+
+    What stays non-linear: the patch RMS split and rescale, row sphere-normalisations, GELUs,
+    cross-attention's softmax/tanh gate, the routing softmax (top-k), BoundarySmooth's GELU. The
+    stage list (:meth:`stages`) names each part, whether it is a linear map, and its FLOPs per patch
+    as measured by :func:`count_flops` (matmul/conv FLOPs by PyTorch's FLOP formulas, every other
+    op one FLOP per output element — GELU etc. counted low, which favours the non-linear side less
+    than its real cost).
+
+    Shapes:
+        ``(B, C, H, W) → (B, C, H, W)`` — the same as ``container.reconstruct``.
+    """
+
+    def __init__(self, config: BatteryContainerConfig, merged_inverse: bool) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.merged_inverse = merged_inverse
+        k, h, f, pix, v = c.n_batteries, c.battery_hidden, c.slot_floats, c.channels * c.patch_size**2, c.V
+        d, bh, ih = c.latent_dim, c.bottleneck_hidden, c.inverse_hidden
+        self.enc_in = nn.Linear(pix, k * h)
+        self.enc_out_w = nn.Parameter(torch.empty(k, f, h))
+        self.enc_out_b = nn.Parameter(torch.empty(k, f))
+        self.b1 = nn.Linear(v * c.D, bh)
+        if merged_inverse:
+            self.mu_inv = nn.Linear(bh + 1, ih)  # [h ; magnitude] → inverse hidden
+        else:
+            self.mu = nn.Linear(bh, d)
+            self.inv1 = nn.Linear(d + 1, ih)
+        self.cross = nn.ModuleList()
+        for _ in range(c.n_cross):
+            layer = nn.ModuleDict({"qkv": nn.Linear(d, 3 * d), "out": nn.Linear(d, d)})
+            layer.register_parameter("alpha", nn.Parameter(torch.zeros(d)))
+            self.cross.append(layer)
+        self.inv2 = nn.Linear(ih, v * c.D)
+        self.route_dec_w = nn.Parameter(torch.empty(k, h + 1, f))  # rows 0..h−1 decoder-in, row h router
+        self.route_dec_b = nn.Parameter(torch.empty(k, h + 1))
+        self.dec_out = nn.Linear(k * h + k, pix, bias=False)
+        self.smooth = BoundarySmooth(c.channels, kernel=c.smooth_kernel, mid=c.resolved_smooth_mid)
+        self.stage_names: list[str] = []
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    @torch.no_grad()
+    def from_container(cls, model: BatteryContainer, merge_mu_inverse: bool | None = None) -> LinearExport:
+        """Fold a (trained) container.
+
+        Args:
+            model: the container.
+            merge_mu_inverse: merge the μ map with the inverse's first linear (possible only without
+                cross-attention). ``None``: merge when it does not increase FLOPs (through a d-dim
+                bottleneck a merged h×h_inv map usually costs more than the two thin maps).
+        """
+        c = model.config
+        k, f, v, d = c.n_batteries, c.slot_floats, c.battery_rows, c.latent_dim
+        bh, ih = c.bottleneck_hidden, c.inverse_hidden
+        if merge_mu_inverse and c.n_cross:
+            raise ValueError("μ and the inverse cannot be merged across cross-attention layers (n_cross > 0)")
+        merge = c.n_cross == 0 and (
+            merge_mu_inverse if merge_mu_inverse is not None else bh * ih <= bh * d + (d + 1) * ih
+        )
+        ex = cls(c, merged_inverse=merge).to(next(model.parameters()).device)
+        ex.enc_in.load_state_dict(model.encoder.in_proj.state_dict())
+        ex.enc_out_w.copy_(model.encoder.out_w)
+        ex.enc_out_b.copy_(model.encoder.out_b)
+        ex.b1.load_state_dict(model.bottleneck[0].state_dict())
+        w2, b2 = model.bottleneck[2].weight[:d], model.bottleneck[2].bias[:d]
+        i1 = model.inverse[0]
+        if merge:
+            ex.mu_inv.weight.copy_(torch.cat([i1.weight[:, :d] @ w2, i1.weight[:, d:]], dim=1))
+            ex.mu_inv.bias.copy_(i1.weight[:, :d] @ b2 + i1.bias)
+        else:
+            ex.mu.weight.copy_(w2)
+            ex.mu.bias.copy_(b2)
+            ex.inv1.load_state_dict(i1.state_dict())
+        for layer, src in zip(ex.cross, model.cross_attn, strict=True):
+            g, beta = src.norm.weight, src.norm.bias
+            layer["qkv"].weight.copy_(src.qkv.weight * g.unsqueeze(0))
+            layer["qkv"].bias.copy_(src.qkv.weight @ beta + src.qkv.bias)
+            layer["out"].load_state_dict(src.out_proj.state_dict())
+            layer.alpha.copy_(src.alpha)
+        ex.inv2.load_state_dict(model.inverse[2].state_dict())
+        gain = model.inverse_gain.reshape(k, v, 1).expand(k, v, c.D).reshape(k, 1, f)
+        anchors = F.normalize(model.anchors.float(), dim=-1).reshape(k, 1, f) * (model.route_scale / v)
+        ex.route_dec_w.copy_(torch.cat([model.decoder.in_w * gain, anchors], dim=1))
+        ex.route_dec_b.copy_(torch.cat([model.decoder.in_b, torch.zeros(k, 1)], dim=1))
+        ex.dec_out.weight.copy_(torch.cat([model.decoder.out_proj.weight, model.decoder.out_b.T], dim=1))
+        ex.smooth.load_state_dict(model.smooth.state_dict())
+        return ex.eval()
+
+    # ------------------------------------------------------------------ stages
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        counter = _ACTIVE_COUNTER[-1] if _ACTIVE_COUNTER else None
+        if counter is not None:
+            counter.stage = name
+        try:
+            yield
+        finally:
+            if counter is not None:
+                counter.stage = "other"
+
+    #: Stage name → whether it is a linear map.
+    STAGES: ClassVar[dict[str, bool]] = {
+        "magnitude (RMS split)": False,
+        "E_in: slot encoders in (dense Linear)": True,
+        "GELU (encoder)": False,
+        "E_out: slot encoders out (grouped Linear)": True,
+        "row sphere-norm (M)": False,
+        "B1: bottleneck in (Linear)": True,
+        "GELU (bottleneck)": False,
+        "mu: bottleneck mode (Linear)": True,
+        "mu∘inv1: merged (Linear)": True,
+        "cross-attn qkv (Linear, LN folded)": True,
+        "cross-attn softmax/gate": False,
+        "cross-attn out (Linear)": True,
+        "inv1: inverse in (Linear)": True,
+        "GELU (inverse)": False,
+        "inv2: inverse out (Linear)": True,
+        "row sphere-norm (M̂)": False,
+        "router ⊕ D_in: grouped Linear (gain, anchors folded)": True,
+        "routing softmax / top-k": False,
+        "GELU (decoder)": False,
+        "D_out: routed mixture (dense Linear)": True,
+        "magnitude rescale + stitch": False,
+        "smooth conv1": True,
+        "GELU (smooth)": False,
+        "smooth conv2 + residual": True,
+    }
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruct ``(B, C, H, W)`` images (the container's ``reconstruct``)."""
+        c = self.config
+        gh, gw = x.shape[-2] // c.patch_size, x.shape[-1] // c.patch_size
+        k, h, v, d = c.n_batteries, c.battery_hidden, c.V, c.latent_dim
+        st = self._stage
+        with st("magnitude (RMS split)"):
+            patches = patchify(x, c.patch_size)
+            rms = (patches.float().square().mean(dim=-1, keepdim=True) + c.magnitude_eps**2).sqrt()
+            mag = (rms.log() - c.mag_center) / c.mag_scale
+            unit = patches / rms
+        with st("E_in: slot encoders in (dense Linear)"):
+            a = self.enc_in(unit)
+        with st("GELU (encoder)"):
+            a = F.gelu(a)
+        with st("E_out: slot encoders out (grouped Linear)"):
+            t = a.reshape(-1, k, h).transpose(0, 1)
+            y = torch.baddbmm(self.enc_out_b.unsqueeze(1), t, self.enc_out_w.transpose(1, 2))
+        with st("row sphere-norm (M)"):
+            m = F.normalize(y.transpose(0, 1).reshape(*unit.shape[:-1], v, c.D), dim=-1)
+        with st("B1: bottleneck in (Linear)"):
+            hb = self.b1(m.flatten(-2))
+        with st("GELU (bottleneck)"):
+            hb = F.gelu(hb)
+        if self.merged_inverse:
+            with st("mu∘inv1: merged (Linear)"):
+                hi = self.mu_inv(torch.cat([hb, mag], dim=-1))
+        else:
+            with st("mu: bottleneck mode (Linear)"):
+                zs = self.mu(hb)
+            for layer in self.cross:
+                with st("cross-attn qkv (Linear, LN folded)"):
+                    qkv = layer["qkv"](F.layer_norm(zs, (d,)))
+                with st("cross-attn softmax/gate"):
+                    heads = c.resolved_n_heads
+                    q, kk, vv = rearrange(qkv, "b n (three h e) -> three b h n e", three=3, h=heads)
+                    attn = rearrange(F.scaled_dot_product_attention(q, kk, vv), "b h n e -> b n (h e)")
+                with st("cross-attn out (Linear)"):
+                    g = layer["out"](attn)
+                with st("cross-attn softmax/gate"):
+                    zs = zs * (1.0 + layer.alpha * torch.tanh(g))
+            with st("inv1: inverse in (Linear)"):
+                hi = self.inv1(torch.cat([zs, mag], dim=-1))
+        with st("GELU (inverse)"):
+            hi = F.gelu(hi)
+        with st("inv2: inverse out (Linear)"):
+            mh = self.inv2(hi)
+        with st("row sphere-norm (M̂)"):
+            rows = F.normalize(mh.reshape(*mh.shape[:-1], v, c.D), dim=-1)
+        with st("router ⊕ D_in: grouped Linear (gain, anchors folded)"):
+            t = rows.reshape(-1, k, c.slot_floats).transpose(0, 1)
+            rd = torch.baddbmm(self.route_dec_b.unsqueeze(1), t, self.route_dec_w.transpose(1, 2)).transpose(
+                0, 1
+            )
+        with st("routing softmax / top-k"):
+            logits = rd[..., h]
+            if c.routing == "soft":
+                r = logits.softmax(-1)
+            else:
+                top = logits.topk(c.top_k, dim=-1)
+                r = torch.zeros_like(logits).scatter(-1, top.indices, top.values.softmax(-1))
+        with st("GELU (decoder)"):
+            g = F.gelu(rd[..., :h]) * r.unsqueeze(-1)
+        with st("D_out: routed mixture (dense Linear)"):
+            out = self.dec_out(torch.cat([g.flatten(-2), r], dim=-1))
+        with st("magnitude rescale + stitch"):
+            log_rms = (c.mag_center + c.mag_scale * mag).clamp(max=c.max_log_rms)
+            out = out.reshape(*unit.shape[:-1], -1) * log_rms.exp()
+            image = unpatchify(out, c.patch_size, gh * c.patch_size, gw * c.patch_size, c.channels)
+        with st("smooth conv1"):
+            s1 = self.smooth.conv1(image)
+        with st("GELU (smooth)"):
+            s1 = F.gelu(s1)
+        with st("smooth conv2 + residual"):
+            return image + self.smooth.conv2(s1)
+
+    def linear_map_count(self) -> int:
+        """Linear maps in the export (a grouped per-slot map counts once): E_in, E_out, B1,
+        μ∘inv1 (or μ, inv1 and two per cross-attention layer), inv2, router⊕D_in, D_out, 2 convs."""
+        return 4 + 2 + 2 + (1 if self.merged_inverse else 2 + 2 * len(self.cross))
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path: str | os.PathLike) -> Path:
+        """One safetensors file with the folded tensors and the container config in the header."""
+        header = {
+            "format": EXPORT_FORMAT,
+            "config": json.dumps(config_to_dict(self.config)),
+            "merged_inverse": json.dumps(self.merged_inverse),
+        }
+        path = Path(path)
+        atomic_save_tensors(path, self.state_dict(), metadata=header)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LinearExport:
+        """Load a file written by :meth:`save` (``CheckpointError`` on anything else)."""
+        meta = read_tensor_metadata(path)
+        if meta.get("format") != EXPORT_FORMAT or "config" not in meta:
+            raise CheckpointError(f"{path} is not a pentachora linear export (header keys {sorted(meta)})")
+        config = config_from_dict(BatteryContainerConfig, json.loads(meta["config"]))
+        ex = cls(config, merged_inverse=bool(json.loads(meta.get("merged_inverse", "false"))))
+        state = load_tensors(path)
+        own = ex.state_dict()
+        bad = sorted(set(own) ^ set(state)) + sorted(
+            k for k in own if k in state and own[k].shape != state[k].shape
+        )
+        if bad:
+            raise CheckpointError(f"{path} does not match its config: {bad[:5]}")
+        ex.load_state_dict(state)
+        return ex.eval()
+
+
+# ============================================================================================ FLOPs
+_ACTIVE_COUNTER: list[_FlopCounter] = []
+
+
+class _FlopCounter(TorchDispatchMode):
+    """Counts FLOPs per stage: matmul/conv by PyTorch's formulas, other ops 1 per output element."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.utils.flop_counter import flop_registry
+
+        self.registry = flop_registry
+        self.stage = "other"
+        self.flops: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if packet in self.registry:
+            n = int(self.registry[packet](*args, **kwargs, out_val=out))
+        else:
+            n = sum(t.numel() for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor))
+            if packet in (
+                torch.ops.aten.view,
+                torch.ops.aten._unsafe_view,
+                torch.ops.aten.t,
+                torch.ops.aten.transpose,
+                torch.ops.aten.permute,
+                torch.ops.aten.expand,
+                torch.ops.aten.slice,
+                torch.ops.aten.select,
+                torch.ops.aten.unsqueeze,
+                torch.ops.aten.squeeze,
+                torch.ops.aten.detach,
+                torch.ops.aten.alias,
+                torch.ops.aten.reshape,
+                torch.ops.aten.split,
+                torch.ops.aten.unbind,
+                torch.ops.aten.as_strided,
+                torch.ops.aten.empty,
+                torch.ops.aten.zeros,
+                torch.ops.aten.zeros_like,
+                torch.ops.aten.empty_like,
+                torch.ops.aten._to_copy,
+                torch.ops.aten.clone,
+                torch.ops.aten.copy_,
+                torch.ops.aten.lift_fresh,
+            ):
+                n = 0  # data movement, not arithmetic
+        self.flops[self.stage] = self.flops.get(self.stage, 0) + n
+        return out
+
+
+def count_flops(export: LinearExport, x: torch.Tensor) -> dict[str, Any]:
+    """Run the export on ``x`` and count FLOPs per stage.
+
+    Args:
+        export: a :class:`LinearExport`.
+        x: ``(B, C, H, W)`` input.
+
+    Returns:
+        ``{"stages": [{"stage", "linear", "flops", "flops_per_patch"}], "linear_flops",
+        "total_flops", "linear_fraction", "patches", "linear_maps"}``.
+    """
+    counter = _FlopCounter()
+    _ACTIVE_COUNTER.append(counter)
+    try:
+        with counter:
+            export(x)
+    finally:
+        _ACTIVE_COUNTER.pop()
+    n_patches = (
+        x.shape[0] * (x.shape[-2] // export.config.patch_size) * (x.shape[-1] // export.config.patch_size)
+    )
+    rows = []
+    for name, flops in counter.flops.items():
+        linear = LinearExport.STAGES.get(name, False)
+        rows.append({"stage": name, "linear": linear, "flops": flops, "flops_per_patch": flops / n_patches})
+    order = list(LinearExport.STAGES)
+    rows.sort(key=lambda r: order.index(r["stage"]) if r["stage"] in order else len(order))
+    lin = sum(r["flops"] for r in rows if r["linear"])
+    tot = sum(r["flops"] for r in rows)
+    maps = sum(1 for r in rows if r["linear"])
+    return {
+        "stages": rows,
+        "linear_flops": lin,
+        "total_flops": tot,
+        "linear_fraction": lin / tot if tot else math.nan,
+        "patches": n_patches,
+        "linear_stage_kinds": maps,
+    }

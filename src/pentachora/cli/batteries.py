@@ -1,0 +1,564 @@
+"""Battery commands and their recipes.
+
+Commands (registered on the existing ``train`` group and on the root app)::
+
+    pentachora train batteries --regimes noise-types|tiers|patch-clusters:K[+...] --out bank.safetensors
+    pentachora train container --batteries bank.safetensors --data images --steps 500 --out runs/container
+    pentachora export-linear runs/container -o runs/container/linear.safetensors
+
+Recipes (importable, no printing): :func:`train_battery_bank` (the one Trainer on a
+:class:`~pentachora.autoencoders.battery.BatteryBank`), :func:`time_batched_vs_loop` (the batched
+bank against a Python loop over the same batteries, in one process), :func:`container_phases`
+(geometry-first CV schedule) and :func:`build_container`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pentachora.autoencoders.battery import BatteryBank, BatteryConfig, RegimeSource, parse_regimes
+from pentachora.autoencoders.container import BatteryContainer, BatteryContainerConfig, count_flops
+from pentachora.cli import app
+from pentachora.cli.autoencoders import DATA_HELP, parse_overrides, print_model_card, run_training, train_app
+from pentachora.training import PhaseCallback, TrainConfig, Trainer
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "build_container",
+    "container_phases",
+    "export_report",
+    "time_batched_vs_loop",
+    "train_battery_bank",
+]
+
+#: CV sector weights of the container: geometry-first alignment, then hand-off (GeoVAE's benchmark
+#: schedule; the anchors are held at the same weight as the frames).
+ALIGN_WEIGHTS = {"cv_enc_weight": 1.0, "cv_inv_weight": 1.0, "cv_lat_weight": 0.1, "cv_dec_weight": 0.1}
+HANDOFF_WEIGHTS = {"cv_enc_weight": 0.1, "cv_inv_weight": 0.1, "cv_lat_weight": 0.01, "cv_dec_weight": 0.01}
+
+
+# ============================================================================================ recipes
+def train_battery_bank(
+    regimes: str,
+    config: BatteryConfig,
+    steps: int = 400,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    out_file: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    eval_patches: int = 64,
+    noise_image_size: int = 32,
+    heavy_tails: str = "clamp",
+    cluster_patches: int = 32768,
+    source: RegimeSource | None = None,
+) -> tuple[BatteryBank, dict[str, Any]]:
+    """Train K batteries at once (one batched module, the one Trainer) and summarise them.
+
+    The bank's loss is the sum of the battery losses and gradient clipping is off (a global clip
+    would couple the batteries), so this is K independent AdamW trainings in one module.
+
+    Args:
+        regimes: a :func:`~pentachora.autoencoders.battery.parse_regimes` spec; K = its length.
+        config: battery shape (``n_batteries`` is replaced by K).
+        steps, batch_size, lr, weight_decay, seed: training settings (batch_size = patches per battery).
+        out_file: write the bank here (one safetensors file) when given.
+        run_dir: trainer run folder (metrics, checkpoints) when given; in memory otherwise.
+        progress: tqdm progress bar.
+        eval_patches: held-out patches per battery for the metadata.
+        noise_image_size, heavy_tails, cluster_patches: :class:`RegimeSource` settings.
+        source: a prebuilt source (its regimes must match ``regimes``).
+
+    Returns:
+        ``(bank, report)``: the trained bank (``bank.info`` filled) and timings/aggregates.
+    """
+    parsed = parse_regimes(regimes)
+    config = dataclasses.replace(config, n_batteries=len(parsed))
+    t0 = time.perf_counter()
+    if source is None:
+        source = RegimeSource(
+            parsed,
+            batch_size,
+            patch_size=config.patch_size,
+            channels=config.channels,
+            seed=seed,
+            noise_image_size=noise_image_size,
+            heavy_tails=heavy_tails,  # type: ignore[arg-type]
+            cluster_patches=cluster_patches,
+            magnitude_eps=config.magnitude_eps,
+        )
+    source_s = time.perf_counter() - t0
+    torch.manual_seed(seed)
+    bank = BatteryBank(config)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=max(1, steps // 20),
+        grad_clip=None,
+        seed=seed,
+        log_every=max(1, steps // 20),
+        out_dir=str(run_dir) if run_dir is not None else None,
+        progress=progress,
+        tensorboard=False,
+    )
+    trainer = Trainer(bank, cfg, source, param_groups=bank.param_groups(weight_decay))
+    t1 = time.perf_counter()
+    result = trainer.fit(resume=run_dir is not None)
+    train_s = time.perf_counter() - t1
+    bank = trainer.unwrapped_model.to("cpu")
+    records = bank.summarize(
+        source.eval_batch(eval_patches), [source.describe(k) for k in range(len(parsed))]
+    )
+    mses = [r["final_mse"] for r in records]
+    report = {
+        "regimes": regimes,
+        "n_batteries": len(parsed),
+        "params_per_battery": config.params_per_battery,
+        "params_total": bank.num_parameters(),
+        "steps": result.steps,
+        "batch_size": batch_size,
+        "train_wall_s": train_s,
+        "source_build_s": source_s,
+        "nonfinite_steps": result.nonfinite_steps,
+        "final_mse_mean": statistics.mean(mses),
+        "final_mse_median": statistics.median(mses),
+        "final_mse_worst": max(mses),
+        "cv_mean": statistics.mean(r["cv"] for r in records),
+        "cv_target": bank.cv_target,
+        "erank_mean": statistics.mean(r["erank"] for r in records),
+        "prototype_coherence_mean": statistics.mean(r["prototype_coherence"] for r in records),
+        "by_kind": _by_kind(records),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if out_file is not None:
+        bank.save(out_file, extra_metadata={k: v for k, v in report.items() if k != "by_kind"})
+        report["out_file"] = str(out_file)
+    return bank, report
+
+
+def _by_kind(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for kind in sorted({r.get("kind", "?") for r in records}):
+        rs = [r for r in records if r.get("kind", "?") == kind]
+        out[kind] = {
+            "n": len(rs),
+            "final_mse_mean": statistics.mean(r["final_mse"] for r in rs),
+            "cv_mean": statistics.mean(r["cv"] for r in rs),
+            "erank_mean": statistics.mean(r["erank"] for r in rs),
+        }
+    return out
+
+
+def _adamw_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    out = model(x)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def time_batched_vs_loop(
+    config: BatteryConfig,
+    source: RegimeSource,
+    steps: int = 3,
+    lr: float = 1e-3,
+    seed: int = 0,
+    patch_svae_steps: int = 1,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Time train steps (forward, backward, AdamW) of the batched bank against a loop of batteries.
+
+    Three contenders on the same batches, in this process, interleaved per step (the machine may be
+    shared, so only ratios are meaningful):
+
+    * ``batched``: the K-battery :class:`BatteryBank` (one module);
+    * ``loop_bank1``: a Python loop over K one-battery banks (identical code at K = 1);
+    * ``loop_patchsvae``: a Python loop over the K batteries as standalone :class:`PatchSVAE`
+      modules (``bank.battery(k)``; what "K separately run batteries" means; it also computes
+      PatchSVAE's per-step readouts), timed for ``patch_svae_steps`` steps.
+
+    Returns:
+        Median seconds per step of each and the speed-ups ``loop / batched``.
+    """
+    from tqdm.auto import tqdm
+
+    k = config.n_batteries
+    torch.manual_seed(seed)
+    bank = BatteryBank(config)
+    singles = [BatteryBank(dataclasses.replace(config, n_batteries=1)) for _ in range(k)]
+    with torch.no_grad():
+        for i, one in enumerate(singles):
+            for (_, p1), (_, pk) in zip(one.named_parameters(), bank.named_parameters(), strict=True):
+                p1.copy_(pk[i : i + 1])
+    svaes = [bank.battery(i) for i in range(k)] if patch_svae_steps else []
+    opt_b = torch.optim.AdamW(bank.param_groups(0.01), lr=lr)
+    opt_1 = [torch.optim.AdamW(one.param_groups(0.01), lr=lr) for one in singles]
+    opt_s = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr) for m in svaes]
+    times: dict[str, list[float]] = {"batched": [], "loop_bank1": [], "loop_patchsvae": []}
+    for step in tqdm(range(1, steps + 2), desc="batched vs loop", disable=not progress):
+        x = source.batch(step)
+        t = time.perf_counter()
+        _adamw_step(bank, opt_b, x)
+        tb = time.perf_counter() - t
+        t = time.perf_counter()
+        for i in range(k):
+            _adamw_step(singles[i], opt_1[i], x[i : i + 1])
+        tl = time.perf_counter() - t
+        if step > 1:  # step 1 warms up allocators and caches
+            times["batched"].append(tb)
+            times["loop_bank1"].append(tl)
+        if svaes and 1 < step <= 1 + patch_svae_steps:
+            t = time.perf_counter()
+            for i in range(k):
+                _adamw_step(svaes[i], opt_s[i], x[i])
+            times["loop_patchsvae"].append(time.perf_counter() - t)
+    med = {name: statistics.median(v) for name, v in times.items() if v}
+    out: dict[str, Any] = {
+        "n_batteries": k,
+        "steps_timed": steps,
+        "patch_svae_steps_timed": patch_svae_steps,
+        "batch_size": source.batch_size,
+        "s_per_step": med,
+        "samples": times,
+        "speedup_vs_loop_bank1": med["loop_bank1"] / med["batched"],
+        "torch_threads": torch.get_num_threads(),
+    }
+    if "loop_patchsvae" in med:
+        out["speedup_vs_loop_patchsvae"] = med["loop_patchsvae"] / med["batched"]
+    return out
+
+
+def container_phases(steps: int, align_fraction: float = 0.1) -> PhaseCallback:
+    """Geometry-first CV schedule: :data:`ALIGN_WEIGHTS` for the first steps, then :data:`HANDOFF_WEIGHTS`."""
+    hand = max(1, round(steps * align_fraction))
+    return PhaseCallback([(0, dict(ALIGN_WEIGHTS)), (hand + 1, dict(HANDOFF_WEIGHTS))])
+
+
+def build_container(
+    bank: BatteryBank | None,
+    implant: bool = True,
+    seed: int = 0,
+    sectors: tuple[str, ...] = ("encoder", "decoder", "anchors"),
+    **overrides: Any,
+) -> BatteryContainer:
+    """A container shaped like ``bank`` (or by ``overrides`` alone), implanted or randomly initialised.
+
+    The model is built under ``torch.manual_seed(seed)`` either way, so an implanted and a random
+    container of the same seed differ only in the implanted sectors.
+    """
+    shape: dict[str, Any] = {}
+    if bank is not None:
+        bc = bank.config
+        shape = dict(
+            patch_size=bc.patch_size,
+            channels=bc.channels,
+            n_batteries=bc.n_batteries,
+            battery_rows=bc.V,
+            D=bc.D,
+            battery_hidden=bc.hidden,
+            magnitude_eps=bc.magnitude_eps,
+        )
+    config = BatteryContainerConfig(**{**shape, **overrides})
+    torch.manual_seed(seed)
+    model = BatteryContainer(config)
+    if implant:
+        if bank is None:
+            raise ValueError("implant=True needs a bank")
+        model.implant(bank, sectors=sectors)
+    return model
+
+
+@torch.no_grad()
+def export_report(
+    model: BatteryContainer, x: torch.Tensor, merge_mu_inverse: bool | None = None
+) -> dict[str, Any]:
+    """Fold ``model``, compare it with ``model.reconstruct`` on ``x`` and count FLOPs.
+
+    Returns:
+        ``max_abs_diff``, ``linear_fraction`` (1 FLOP per element for non-matmul ops),
+        ``linear_fraction_elementwise_x10`` (each non-linear element costs 10), stage table,
+        linear-map counts before and after folding.
+    """
+    model.eval()
+    export = model.export_linear(merge_mu_inverse=merge_mu_inverse)
+    ref = model.reconstruct(x)
+    got = export(x)
+    flops = count_flops(export, x)
+    nonlin = flops["total_flops"] - flops["linear_flops"]
+    c = model.config
+    # unfolded: slot enc in/out, slot dec in/out (K each, or 4 grouped), B1, B2, I1, I2, gain, router,
+    # per cross-attention layer LN affine + qkv + out, smooth conv1/conv2
+    before_grouped = 4 + 2 + 2 + 1 + 1 + 3 * c.n_cross + 2
+    return {
+        "max_abs_diff": float((ref - got).abs().max()),
+        "ref_abs_max": float(ref.abs().max()),
+        "linear_fraction": flops["linear_fraction"],
+        "linear_fraction_elementwise_x10": flops["linear_flops"] / (flops["linear_flops"] + 10 * nonlin),
+        "flops_per_patch": flops["total_flops"] / flops["patches"],
+        "linear_flops_per_patch": flops["linear_flops"] / flops["patches"],
+        "linear_maps_after": export.linear_map_count(),
+        "linear_maps_before_grouped": before_grouped,
+        "linear_maps_before_per_battery": before_grouped - 4 + 4 * c.n_batteries,
+        "merged_mu_inverse": export.merged_inverse,
+        "stages": flops["stages"],
+        "export": export,
+    }
+
+
+# ============================================================================================ CLI
+def _bank_table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"battery bank: {report['n_batteries']} batteries ({report['regimes']})")
+    table.add_column("regime kind")
+    for col in ("n", "final MSE (unit-RMS)", "CV", "erank"):
+        table.add_column(col, justify="right")
+    for kind, row in report["by_kind"].items():
+        table.add_row(
+            kind,
+            f"{row['n']:.0f}",
+            f"{row['final_mse_mean']:.4f}",
+            f"{row['cv_mean']:.3f}",
+            f"{row['erank_mean']:.2f}",
+        )
+    return table
+
+
+@train_app.command("batteries")
+def train_batteries(
+    regimes: str = typer.Option(
+        "patch-clusters:256",
+        help="noise-types[:K] | tiers[:K] | patch-clusters:K, '+'-concatenated "
+        "(e.g. patch-clusters:192+noise-types:64). K batteries in total.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Bank file to write (one .safetensors)."),
+    steps: int = typer.Option(400, min=1, help="Optimizer steps (every battery steps together)."),
+    batch_size: int = typer.Option(32, min=1, help="Patches per battery per step."),
+    lr: float = typer.Option(3e-3, help="Peak learning rate (AdamW, cosine)."),
+    patch_size: int = typer.Option(8, min=1, help="Patch side p (the container's patch)."),
+    rows: int = typer.Option(8, min=5, help="Frame rows V per battery."),
+    dim: int = typer.Option(8, min=4, help="Frame dimension D."),
+    hidden: int = typer.Option(8, min=1, help="Hidden width of a battery's encoder/decoder."),
+    n_cross: int = typer.Option(1, min=0, help="Spectral self-gate layers on S."),
+    cv_weight: float = typer.Option(0.3, min=0.0, help="Weight of the differentiable CV term."),
+    heavy_tails: str = typer.Option("clamp", help="Noise heavy tails: clamp or raw."),
+    cluster_patches: int = typer.Option(32768, min=64, help="Photo patches sampled for the k-means."),
+    seed: int = typer.Option(0, help="Seed (regimes, init, batches)."),
+    run_dir: Path = typer.Option(None, help="Optional trainer run folder (metrics, checkpoints, resume)."),
+    compare_loop: int = typer.Option(
+        0, min=0, help="Also time N steps of a Python loop over the batteries (speed-up report)."
+    ),
+    threads: int = typer.Option(0, min=0, help="torch threads (0 = torch's default)."),
+) -> None:
+    """Train K miniature PatchSVAE batteries in ONE batched module and save them as one file.
+
+    Example: pentachora train batteries --regimes patch-clusters:192+noise-types:64 --out bank.safetensors
+    """
+    console = Console()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        parsed = parse_regimes(regimes)
+        config = BatteryConfig(
+            n_batteries=len(parsed),
+            patch_size=patch_size,
+            V=rows,
+            D=dim,
+            hidden=hidden,
+            n_cross=n_cross,
+            cv_weight=cv_weight,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if heavy_tails not in ("clamp", "raw"):
+        raise typer.BadParameter("clamp or raw", param_hint="--heavy-tails")
+    console.print(
+        f"{len(parsed)} batteries × {config.params_per_battery:,} parameters "
+        f"(patch {patch_size}, frame {rows}×{dim}, hidden {hidden}); building regimes…"
+    )
+    source = RegimeSource(
+        parsed,
+        batch_size,
+        patch_size=patch_size,
+        seed=seed,
+        heavy_tails=heavy_tails,  # type: ignore[arg-type]
+        cluster_patches=cluster_patches,
+    )
+    bank, report = train_battery_bank(
+        regimes, config, steps, batch_size, lr, seed=seed, out_file=out, run_dir=run_dir, source=source
+    )
+    console.print(_bank_table(report))
+    console.print(
+        f"trained {report['n_batteries']} batteries in one batched module: {report['train_wall_s']:.1f} s for "
+        f"{report['steps']} steps ({torch.get_num_threads()} torch threads); mean final MSE "
+        f"{report['final_mse_mean']:.4f}, CV {report['cv_mean']:.3f} (target {report['cv_target']:.3f}) → {out}"
+    )
+    if compare_loop:
+        timing = time_batched_vs_loop(bank.config, source, steps=compare_loop, progress=True)
+        console.print(
+            f"per step: batched {timing['s_per_step']['batched']:.3f} s, loop of one-battery banks "
+            f"{timing['s_per_step']['loop_bank1']:.3f} s (×{timing['speedup_vs_loop_bank1']:.1f})"
+            + (
+                f", loop of PatchSVAEs {timing['s_per_step']['loop_patchsvae']:.3f} s "
+                f"(×{timing['speedup_vs_loop_patchsvae']:.1f})"
+                if "speedup_vs_loop_patchsvae" in timing
+                else ""
+            )
+        )
+
+
+@train_app.command("container")
+def train_container(
+    batteries: Path = typer.Option(
+        None, "--batteries", help="Bank file from `pentachora train batteries` (sets the slot shape)."
+    ),
+    implant: bool = typer.Option(True, help="Implant the batteries (--no-implant: same shape, random init)."),
+    sectors: str = typer.Option("encoder,decoder,anchors", help="Sectors to implant."),
+    n_batteries: int = typer.Option(64, help="Slots K when no bank is given."),
+    data: str = typer.Option("images", help=DATA_HELP),
+    steps: int = typer.Option(500, min=0, help="Optimizer steps (0 = build and describe only)."),
+    batch_size: int = typer.Option(16, min=1, help="Images per batch."),
+    image_size: int = typer.Option(32, min=1, help="Crop / noise side in pixels (multiple of the patch)."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate."),
+    warmup: int = typer.Option(25, min=0, help="Warm-up steps."),
+    grad_clip: float = typer.Option(1.0, help="Fixed gradient-norm clip."),
+    latent_dim: int = typer.Option(15, min=1, help="Stochastic latent dims d per patch (+1 magnitude)."),
+    routing: str = typer.Option("soft", help="'soft' or 'topk'."),
+    top_k: int = typer.Option(8, min=1, help="Batteries per patch for --routing topk."),
+    set_: list[str] = typer.Option(None, "--set", help="Container config override KEY=VALUE (repeatable)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default runs/container)."),
+    seed: int = typer.Option(0, help="Seed."),
+    eval_every: int = typer.Option(100, min=0, help="Evaluate every N steps."),
+    save_every: int = typer.Option(250, min=0, help="Checkpoint every N steps."),
+    noise_per_type: int = typer.Option(8, min=1, help="Evaluation images per noise type."),
+    eval_tiles: int = typer.Option(16, min=0, help="Cap on evaluation tiles per held-out image (0 = all)."),
+) -> None:
+    """Train the CV battery container (a GeoVAE with K implanted battery slots and adjudication).
+
+    Example: pentachora train container --batteries bank.safetensors --data images --steps 500 --out runs/c
+    """
+    from pentachora.io import CheckpointError
+
+    console = Console()
+    bank = None
+    if batteries is not None:
+        try:
+            bank = BatteryBank.load(batteries)
+        except CheckpointError as exc:
+            console.print(f"[red]cannot use {batteries}: {exc}[/red]")
+            raise typer.Exit(code=2) from exc
+    elif implant:
+        raise typer.BadParameter(
+            "implanting needs --batteries (or pass --no-implant)", param_hint="--batteries"
+        )
+    overrides = parse_overrides(set_)
+    overrides.update(latent_dim=latent_dim, routing=routing, top_k=top_k)
+    if bank is None:
+        overrides.setdefault("n_batteries", n_batteries)
+    try:
+        model = build_container(
+            bank, implant=implant, seed=seed, sectors=tuple(s for s in sectors.split(",") if s), **overrides
+        )
+    except (TypeError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    label = f"BatteryContainer[K={model.config.n_batteries}, {'implanted' if implant else 'random init'}]"
+    print_model_card(console, model, label)
+    if steps == 0:
+        return
+    run_training(
+        console,
+        model,
+        label,
+        data,
+        steps,
+        batch_size,
+        image_size,
+        lr,
+        warmup,
+        grad_clip,
+        False,
+        out or Path("runs") / "container",
+        seed,
+        eval_every,
+        save_every,
+        False,
+        noise_per_type,
+        callbacks=(container_phases(steps),),
+        eval_tiles=eval_tiles,
+    )
+
+
+@app.command("export-linear")
+def export_linear(
+    run: Path = typer.Argument(..., help="Container run folder (final/ or latest checkpoint) or checkpoint."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write the folded model here (.safetensors)."),
+    image_size: int = typer.Option(32, min=1, help="Side of the held-out tiles the outputs are compared on."),
+    tiles: int = typer.Option(8, min=1, help="Held-out tiles per photo for the comparison."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
+) -> None:
+    """Fold a trained container into linear maps; report linear-FLOP share and max |Δ| vs the model."""
+    from pentachora.data.images import heldout_tiles, load_sample_photos, to_model_space
+    from pentachora.io import CheckpointError
+    from pentachora.recipes import load_run_model
+
+    console = Console()
+    try:
+        model = load_run_model(run)
+    except CheckpointError as exc:
+        console.print(f"[red]cannot load {run}: {exc}[/red]")
+        raise typer.Exit(code=2) from exc
+    if not isinstance(model, BatteryContainer):
+        console.print(f"[red]{run} holds a {model.model_type!r}, not a battery container[/red]")
+        raise typer.Exit(code=2)
+    if image_size % model.patch_size:
+        raise typer.BadParameter(
+            f"not a multiple of the patch size {model.patch_size}", param_hint="--image-size"
+        )
+    x = to_model_space(heldout_tiles(load_sample_photos("heldout"), image_size, max_per_image=tiles))
+    rep = export_report(model, x)
+    table = Table(title=f"linear export of {run}")
+    for col, just in (
+        ("stage", "left"),
+        ("linear", "center"),
+        ("FLOPs / patch", "right"),
+        ("share", "right"),
+    ):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    total = sum(r["flops"] for r in rep["stages"])
+    for r in rep["stages"]:
+        table.add_row(
+            r["stage"],
+            "✓" if r["linear"] else "",
+            f"{r['flops_per_patch']:,.0f}",
+            f"{r['flops'] / total:.2%}",
+        )
+    console.print(table)
+    console.print(
+        f"linear maps: {rep['linear_maps_before_grouped']} → {rep['linear_maps_after']} after folding "
+        f"(grouped per-slot maps count once; {rep['linear_maps_before_per_battery']} counting every battery's); "
+        f"FLOPs in linear maps: {rep['linear_fraction']:.2%} "
+        f"({rep['linear_fraction_elementwise_x10']:.2%} if every non-linear element costs 10); "
+        f"max |export − model| on {x.shape[0]} held-out tiles: {rep['max_abs_diff']:.2e}"
+    )
+    if output is not None:
+        rep["export"].save(output)
+        console.print(f"folded model → {output}")
+    if json_out is not None:
+        payload = {k: v for k, v in rep.items() if k != "export"}
+        json_out.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    if not math.isfinite(rep["max_abs_diff"]):
+        raise typer.Exit(code=1)
