@@ -181,7 +181,9 @@ def evaluate(model: PentachoraModel, images01: list[torch.Tensor], noise: dict[s
         "ssim_heldout": statistics.mean(ss),
         "psnr_per_image": ps,
         "mse_noise": per_type,
-        "mse_noise_mean": statistics.mean(finite) if len(finite) == len(per_type) else math.inf,
+        "mse_noise_mean": (statistics.mean(finite) if len(finite) == len(per_type) else math.inf)
+        if per_type
+        else math.nan,
         "noise_nonfinite_images": nonfinite,
     }
 

@@ -73,22 +73,27 @@ def test_shapes_tiny_presets(preset):
     assert out.recon.shape == x.shape
     assert out.loss.shape == () and torch.isfinite(out.loss)
     q = model.encode(x)
-    d = model.config.latent_dim
-    assert q.mean.shape == (2, d, 2, 2) and q.fixed.shape == (2, 1, 2, 2)
-    assert q.sample().shape == q.mode().shape == (2, d + 1, 2, 2)
+    d, g = model.config.latent_dim, 32 // model.patch_size
+    assert q.mean.shape == (2, d, g, g) and q.fixed.shape == (2, 1, g, g)
+    assert q.sample().shape == q.mode().shape == (2, d + 1, g, g)
     assert model.decode(q.mode()).shape == x.shape
     assert model.decode(q).shape == x.shape
 
 
-@pytest.mark.parametrize(("preset", "floats"), [("48:1", 16), ("12:1", 64), ("tiny-48", 16), ("tiny-12", 64)])
-def test_latent_floats_and_ratio(preset, floats):
+@pytest.mark.parametrize(
+    ("preset", "floats", "ratio"),
+    [("48:1", 16, 48.0), ("12:1", 64, 12.0), ("tiny-48", 16, 48.0), ("tiny-12", 16, 12.0)],
+)
+def test_latent_floats_and_ratio(preset, floats, ratio):
     cfg = GeoVAEConfig.preset(preset)
     assert cfg.latent_floats_per_patch == floats
-    assert 3 * cfg.patch_size**2 / floats == pytest.approx(48.0 if floats == 16 else 12.0)
+    assert 3 * cfg.patch_size**2 / floats == pytest.approx(ratio)
+    # per 16×16×3 patch: 16 floats at 48:1, 64 at 12:1 whatever the patch size
+    assert floats * (16 / cfg.patch_size) ** 2 == pytest.approx(768 / ratio)
     if preset.startswith("tiny"):
         model = GeoVAE(cfg)
         assert model.latent_floats_per_patch == floats
-        assert model.compression_ratio == pytest.approx(768 / floats)
+        assert model.compression_ratio == pytest.approx(ratio)
 
 
 def test_presets_are_known():
