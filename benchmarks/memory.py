@@ -19,7 +19,7 @@ peak resident memory, each contender in a fresh subprocess.
 
 Usage::
 
-    python benchmarks/memory.py                      # trains minilm-tiny (600 steps) then benchmarks
+    python benchmarks/memory.py                      # trains minilm-tiny (500 steps) then benchmarks
     python benchmarks/memory.py --model runs/memory  # benchmark an already-trained run
 
 Writes ``benchmarks/results/memory.json`` and ``benchmarks/results/memory.md``.
@@ -59,16 +59,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model", type=Path, default=None, help="trained memory run/checkpoint (default: train one)"
     )
     p.add_argument("--preset", default="minilm-tiny", help="preset when training here")
-    p.add_argument("--steps", type=int, default=600, help="training steps when training here")
+    p.add_argument("--steps", type=int, default=500, help="training steps when training here")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--mode", default="joint", help="training mode when training here")
     p.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "bench-memory", help="where to train")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature-cache root")
     p.add_argument(
         "--throughput-docs", type=int, default=64, help="held-out docs encoded from raw text per method"
     )
-    p.add_argument("--threads", type=int, default=2, help="torch threads in every measurement")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in every measurement (1 is fastest on a busy 2-core machine)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory")
     p.add_argument("--no-throughput", action="store_true", help="skip the subprocess timings")
     return p.parse_args(argv)

@@ -3,12 +3,14 @@ updates and the segment firebreak.
 
 For a text cut into segments ``s = 1..S`` (each a window of W tokens read by the frozen encoder)::
 
-    c_s  = LN(Linear(concat_l LN(h_s^l)))  + e_seg[s]        depth profile → content tokens (W, d)
+    c_s  = LN(Linear(concat_l LN(h_s^l))) + e_seg[s] + PE     depth profile → content tokens (W, d)
     r    = CrossAttn(q = LN(M), kv = [c_s ; A])              memory reads the segment (and the anchors)
     M'   = GRUCell(r, M)                                      gated state update, per memory token
     M    = LN_firebreak(M')      (only where segment s exists; absent segments leave M unchanged)
     b_s  = LN(mean(c_s) + softmax(mean(c_s) Âᵀ / τ_route) A)   the segment's bank entry
 
+``e_seg`` is a learned segment-index embedding and ``PE`` the same sinusoidal position encoding the
+reconstructor's queries carry, so every content token is addressed by (segment, position in window).
 ``M`` starts from ``n_memory`` learned memory tokens and ``A`` are ``n_anchors`` learned bank anchors;
 both live on the sphere of radius √d (the scale LayerNorm produces), and the pentachoron CV loss
 acts on the anchor directions. The firebreak — a LayerNorm between segments — keeps the sequential
@@ -28,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from pentachora.memory.reconstructor import sinusoidal_positions
 
 __all__ = ["BankState", "DepthProfileFusion", "MemoryBank"]
 
@@ -98,14 +102,23 @@ class MemoryBank(nn.Module):
         n_anchors: Bank anchors K (default 64).
         n_heads: Heads of the memory → segment cross-attention.
         max_segments: Size of the segment-index embedding.
+        window: Window W (length of the within-window position encoding).
         dropout: Attention dropout.
     """
 
     def __init__(
-        self, dim: int, n_memory: int, n_anchors: int, n_heads: int, max_segments: int, dropout: float = 0.0
+        self,
+        dim: int,
+        n_memory: int,
+        n_anchors: int,
+        n_heads: int,
+        max_segments: int,
+        window: int = 77,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.dim = dim
+        self.register_buffer("positions", sinusoidal_positions(window, dim), persistent=False)
         self.memory_tokens = nn.Parameter(torch.randn(n_memory, dim))
         self.anchors = nn.Parameter(torch.randn(n_anchors, dim))
         self.segment_embed = nn.Parameter(torch.randn(max_segments, dim) * 0.02)
@@ -154,13 +167,17 @@ class MemoryBank(nn.Module):
         k = anchors.shape[0]
         kv_anchors = anchors.unsqueeze(0).expand(b, -1, -1)
         anchor_pad = torch.zeros(b, k, dtype=torch.bool, device=content.device)
-        content = content + self.segment_embed[:s].view(1, s, 1, d) * token_mask.unsqueeze(-1)
+        if w > self.positions.shape[0]:
+            raise ValueError(f"windows of {w} tokens > the model's window {self.positions.shape[0]}")
+        address = self.segment_embed[:s].view(1, s, 1, d) + self.positions[:w].view(1, 1, w, d)
+        content = content + address * token_mask.unsqueeze(-1)
         memory = self.initial_memory(b)
         n_mem = memory.shape[1]
         entries = []
         route_scale = self.route_logit_scale.exp().clamp(max=100.0)
-        for i in range(s):
-            c, m_tok = content[:, i], token_mask[:, i]
+        # unbind once: indexing content[:, i] in the loop would make autograd build a full-size zero
+        # tensor per segment in the backward pass
+        for i, (c, m_tok) in enumerate(zip(content.unbind(1), token_mask.unbind(1), strict=True)):
             kv = torch.cat([c, kv_anchors], dim=1)
             pad = torch.cat([~m_tok, anchor_pad], dim=1)
             read, _ = self.cross(self.read_norm(memory), kv, kv, key_padding_mask=pad, need_weights=False)

@@ -5,6 +5,10 @@ sequence reconstructor, temperature); the frozen student encoder and the teacher
 config and loaded on demand (offline by default), so a checkpoint is small and never contains
 someone else's weights.
 
+The pooled output is ``MLP(LN([mean of the memory tokens ; mean of the per-segment bank entries]))``
+projected to the teacher's dimension; the sequence comes from the
+:class:`~pentachora.memory.reconstructor.SequenceReconstructor`.
+
 Training batches (built from the feature cache, see :mod:`pentachora.memory.cache`) are dicts::
 
     states          (B, S, n_layers, W, H)  frozen encoder states of the extraction layers, per segment
@@ -25,6 +29,11 @@ The loss is ``w_nce·InfoNCE(pooled, teacher) + w_pc·(1 − cos(pooled, teacher
 * the seed's sequence loss against the frozen encoder's ``target_layer`` output on the first window;
 * a norm-matching term ``((‖pred‖ − ‖target‖)/‖target‖)²`` (not in the seed: the seed's loss is
   scale-free, but a UNet reads absolute values; set ``seq_norm_weight=0`` for the seed's loss);
+* optionally (``seq_pool_weight > 0``, off by default, not in the seed) InfoNCE + (1 − cos) between
+  the *mean of the output sequence* and the teacher, asking the sequence itself to carry the whole
+  text (the seed's sequence target is the first window only, which a reconstructor can meet by
+  copying that window); it needs the student's mean-pooled space to be the teacher's
+  (``hidden_size == teacher_dim``, e.g. MiniLM teaching MiniLM);
 * the differentiable pentachoron CV loss on the bank anchors, aimed at ``target_cv(d)`` of the
   anchors' dimension (never a hard-coded 0.2 — DESIGN.md §4);
 * the Procrustes residual of the batch (pooled vs teacher), see
@@ -66,6 +75,7 @@ LOSS_WEIGHTS = (
     "infonce_weight",
     "pooled_cos_weight",
     "seq_weight",
+    "seq_pool_weight",
     "seq_norm_weight",
     "cv_weight",
     "procrustes_weight",
@@ -109,6 +119,7 @@ class MemoryConfig:
         pooled_cos_weight: Weight of the direct ``1 − cos(pooled, teacher)`` term.
         seq_weight: Weight of the sequence loss.
         seq_norm_weight: Weight of the per-position norm-matching term.
+        seq_pool_weight: Weight of the sequence-mean ↔ teacher term (0 = the seed's loss).
         cv_weight: Weight of the anchors' CV loss.
         procrustes_weight: Weight of the Procrustes alignment term.
         cv_target: CV target of the anchors; ``None`` = ``target_cv(dim)``.
@@ -147,6 +158,7 @@ class MemoryConfig:
     pooled_cos_weight: float = 1.0
     seq_weight: float = 1.0
     seq_norm_weight: float = 0.1
+    seq_pool_weight: float = 0.0
     cv_weight: float = 1.0
     procrustes_weight: float = 0.1
     cv_target: float | None = None
@@ -171,6 +183,8 @@ class MemoryConfig:
             problems.append("need 0 < temperature_min <= temperature_init <= temperature_max")
         if not self.extraction_layers:
             problems.append("need at least one extraction layer")
+        if self.seq_pool_weight > 0 and self.hidden_size != self.teacher_dim:
+            problems.append("seq_pool_weight > 0 needs hidden_size == teacher_dim (a shared space)")
         if problems:
             raise ValueError("invalid MemoryConfig: " + "; ".join(problems))
 
@@ -244,6 +258,7 @@ class MemoryOutput(ModelOutput):
     pooled_cos_loss: torch.Tensor | None = None
     seq_loss: torch.Tensor | None = None
     seq_norm: torch.Tensor | None = None
+    seq_pool: torch.Tensor | None = None
     cv_loss: torch.Tensor | None = None
     procrustes: torch.Tensor | None = None
     m_acc: float | None = None
@@ -287,9 +302,19 @@ class GeometricMemory(PentachoraModel):
         super().__init__(config)
         c = config
         self.fusion = DepthProfileFusion(len(c.extraction_layers), c.hidden_size, c.dim)
-        self.bank = MemoryBank(c.dim, c.n_memory_tokens, c.n_anchors, c.n_heads, c.max_segments, c.dropout)
-        self.pool_norm = nn.LayerNorm(c.dim)
-        self.projector = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, c.teacher_dim))
+        self.bank = MemoryBank(
+            c.dim,
+            c.n_memory_tokens,
+            c.n_anchors,
+            c.n_heads,
+            c.max_segments,
+            window=c.window,
+            dropout=c.dropout,
+        )
+        self.pool_norm = nn.LayerNorm(2 * c.dim)
+        self.projector = nn.Sequential(
+            nn.Linear(2 * c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, c.teacher_dim)
+        )
         self.reconstructor = SequenceReconstructor(
             c.dim,
             c.hidden_size,
@@ -376,7 +401,9 @@ class GeometricMemory(PentachoraModel):
         token_mask = attention_mask.bool() & segment_mask.bool().unsqueeze(-1)
         content = self.fusion(states.float(), token_mask)
         state = self.bank(content, token_mask, segment_mask.bool())
-        pooled = self.projector(self.pool_norm(state.memory.mean(dim=1)))
+        seg = state.entry_mask.unsqueeze(-1).to(state.entries.dtype)
+        bank_mean = (state.entries * seg).sum(1) / seg.sum(1).clamp_min(1.0)
+        pooled = self.projector(self.pool_norm(torch.cat([state.memory.mean(dim=1), bank_mean], dim=-1)))
         return state, pooled
 
     def reconstruct(self, state: BankState) -> torch.Tensor:
@@ -440,6 +467,13 @@ class GeometricMemory(PentachoraModel):
             loss = loss + w["seq_weight"] * out.seq_loss + w["seq_norm_weight"] * out.seq_norm
             with torch.no_grad():
                 out.s_cos = float(masked_sequence_cosine(sequence, target, mask))
+        if teacher is not None and w["seq_pool_weight"] > 0 and sequence.shape[0] >= 2:
+            seq_mean = sequence.mean(dim=1)
+            logits = F.normalize(seq_mean, dim=-1) @ F.normalize(teacher, dim=-1).T / self.temperature
+            labels = torch.arange(logits.shape[0], device=device)
+            nce = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+            out.seq_pool = nce + (1.0 - F.cosine_similarity(seq_mean, teacher, dim=-1)).mean()
+            loss = loss + w["seq_pool_weight"] * out.seq_pool
         anchors = self.bank.anchor_directions()
         if w["cv_weight"] > 0:
             out.cv_loss = cv_loss(anchors, self._cv_target, n_samples=self.config.cv_samples)

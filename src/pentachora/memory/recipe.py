@@ -474,6 +474,7 @@ def mode_callbacks(
     bank_lr_scale: float = 0.1,
     pretrained_bank: bool = False,
     fractions: Sequence[float] = (),
+    weights: dict[str, float] | None = None,
 ) -> list[Callback]:
     """Callbacks that implement a training mode (see the module docstring).
 
@@ -484,6 +485,7 @@ def mode_callbacks(
         pretrained_bank: Skip the pooled-only stage (the bank was loaded from a checkpoint).
         fractions: Stage lengths of ``two-phase`` as fractions of ``steps`` (default: A 0.4, B 0.3,
             C 0.3; without stage A: B 0.5, C 0.5).
+        weights: The model's configured loss weights (restored when the sequence losses switch on).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -491,7 +493,10 @@ def mode_callbacks(
     recon = list(GeometricMemory.RECONSTRUCTOR_PREFIXES)
     if mode == "joint":
         return []
-    pooled_only = {"seq_weight": 0.0, "seq_norm_weight": 0.0, "freeze": recon}
+    seq_keys = ("seq_weight", "seq_norm_weight", "seq_pool_weight")
+    defaults = {"seq_weight": 1.0, "seq_norm_weight": 0.1, "seq_pool_weight": 0.0}
+    seq_on = {k: float((weights or defaults).get(k, defaults[k])) for k in seq_keys}
+    pooled_only = {**dict.fromkeys(seq_keys, 0.0), "freeze": recon}
     if mode == "pooled":
         return [PhaseCallback([(0, pooled_only)])]
     if pretrained_bank:
@@ -503,7 +508,6 @@ def mode_callbacks(
     phases: list[tuple[int, dict[str, Any]]] = []
     if a_end > 0:
         phases.append((0, pooled_only))
-    seq_on = {"seq_weight": 1.0, "seq_norm_weight": 0.1}
     phases.append((a_end + 1, {**seq_on, "freeze": bank, "unfreeze": recon}))
     phases.append((b_end + 1, {"unfreeze": bank + recon}))
     return [PhaseCallback(phases), LRScaleCallback([(0, 1.0), (b_end + 1, bank_lr_scale)])]
@@ -552,7 +556,13 @@ def train_memory(
     source = CachedDocumentSource(data.train, train_config.batch_size, seed=train_config.seed)
     seq_map = fit_student_to_teacher(data.train, same_space(data.encoder, data.teacher))
     monitor = ConvergenceMonitor()
-    cbs = [*mode_callbacks(mode, train_config.steps, bank_lr_scale, pretrained_bank), monitor, *callbacks]
+    cbs = [
+        *mode_callbacks(
+            mode, train_config.steps, bank_lr_scale, pretrained_bank, weights=dict(model.loss_weights)
+        ),
+        monitor,
+        *callbacks,
+    ]
     groups = model.parameter_groups(train_config.lr, 1.0, train_config.weight_decay)
     out_dir = Path(train_config.out_dir) if train_config.out_dir else None
     if out_dir is not None:
