@@ -178,7 +178,10 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_memory_model(args.model)
         config, student, teacher = resolve_config(model.config)
         model_dir = args.model
-        data = prepare_memory_data(config, "wiki", cache_root=args.cache_dir, encoders=(student, teacher))
+        data = prepare_memory_data(
+            config, "wiki", cache_root=args.cache_dir, encoders=(student, teacher),
+            include_train=not same_space(student, teacher),
+        )  # fmt: skip
         eval_json = (args.model / "eval.json") if (args.model / "eval.json").is_file() else None
         if eval_json is not None:
             training = {"from": str(args.model), **json.loads(eval_json.read_text())}
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
         "data": {
             "corpus": data.corpus.description,
             "licence": data.corpus.licence,
-            "train_documents": data.train.n_docs,
+            "train_documents": len(data.corpus.train),
             "heldout_documents": held.n_docs,
             "heldout_with_tail": int(held.tensors["has_tail"].sum()),
             "heldout_mean_segments": float(held.tensors["seg_counts"].float().mean()),

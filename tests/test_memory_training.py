@@ -139,6 +139,15 @@ def test_joint_training_learns_and_baselines_are_consistent(tmp_path, corpus_fil
         mode_callbacks("sideways", 10)
 
 
+def test_bf16_autocast_steps_stay_finite(tmp_path, corpus_file):
+    config = tiny()
+    data = prepare_memory_data(config, f"text:{corpus_file}", cache_root=tmp_path / "cache", progress=False)
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=3, batch_size=4, mixed_precision="bf16", progress=False, tensorboard=False)
+    run = train_memory(GeometricMemory(config), data, cfg, periodic_eval_docs=4)
+    assert run.result.nonfinite_steps == 0 and run.model.fusion.proj.weight.dtype == torch.float32
+
+
 def test_cli_train_encode_eval(tmp_path, corpus_file):
     runner = CliRunner()
     out = tmp_path / "run"

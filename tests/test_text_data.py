@@ -89,3 +89,18 @@ def test_text_specs_and_heldout_split(tmp_path):
     assert held == ["b"] and train == ["a"]
     with pytest.raises(ValueError, match="invalid text spec"):
         parse_text_spec("csv:whatever")
+
+
+def test_hf_loader_reads_a_local_json_dataset(tmp_path):
+    pytest.importorskip("datasets")
+    from pentachora.data.text import load_hf_texts
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps({"body": f"row {i}"}) for i in range(5)))
+    assert load_hf_texts("json", column="body", max_docs=3, data_files=str(path)) == [
+        "row 0",
+        "row 1",
+        "row 2",
+    ]
+    with pytest.raises(KeyError):
+        load_hf_texts("json", column="text", data_files=str(path))

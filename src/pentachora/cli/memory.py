@@ -312,7 +312,12 @@ def eval_memory_cmd(
         console.print(f"[red]cannot load {run}: {exc}[/red]")
         raise typer.Exit(code=2) from exc
     mdata = prepare_memory_data(
-        model.config, data, cache_root=cache_dir, max_heldout_docs=max_docs or None, encoders=encoders
+        model.config,
+        data,
+        cache_root=cache_dir,
+        max_heldout_docs=max_docs or None,
+        encoders=encoders,
+        include_train=not same_space(*encoders),
     )
     seq_map = fit_student_to_teacher(mdata.train, same_space(*encoders))
     results: dict[str, dict[str, float]] = {}

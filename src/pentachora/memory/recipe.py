@@ -174,14 +174,14 @@ class MemoryData:
 
     Attributes:
         corpus: The corpus.
-        train: Feature cache of the training documents.
+        train: Feature cache of the training documents (None when not loaded).
         heldout: Feature cache of the held-out documents (with tails).
         encoder: The frozen student.
         teacher: The teacher.
     """
 
     corpus: TextCorpus
-    train: FeatureCache
+    train: FeatureCache | None
     heldout: FeatureCache
     encoder: FrozenTextEncoder
     teacher: FrozenTextEncoder
@@ -191,9 +191,9 @@ class MemoryData:
             "corpus": self.corpus.name,
             "licence": self.corpus.licence,
             "description": self.corpus.description,
-            "train_documents": self.train.n_docs,
+            "train_documents": self.train.n_docs if self.train is not None else None,
             "heldout_documents": self.heldout.n_docs,
-            "train_cache": str(self.train.path),
+            "train_cache": str(self.train.path) if self.train is not None else None,
             "heldout_cache": str(self.heldout.path),
             "encoder": self.encoder.describe(),
             "teacher": self.teacher.describe(),
@@ -209,6 +209,7 @@ def prepare_memory_data(
     encoders: tuple[FrozenTextEncoder, FrozenTextEncoder] | None = None,
     local_files_only: bool = True,
     progress: bool = True,
+    include_train: bool = True,
 ) -> MemoryData:
     """Load the corpus and build (or reuse) its feature caches.
 
@@ -221,6 +222,8 @@ def prepare_memory_data(
         encoders: Already loaded ``(student, teacher)``.
         local_files_only: Never download models.
         progress: Progress bars while caching.
+        include_train: Also build/load the training cache (evaluation alone does not need it when
+            the student and teacher share a space).
     """
     corpus = parse_text_spec(corpus) if isinstance(corpus, str) else corpus
     student, teacher = encoders or load_encoders(config, local_files_only)
@@ -229,7 +232,11 @@ def prepare_memory_data(
     held_docs = corpus.heldout[:max_heldout_docs] if max_heldout_docs else corpus.heldout
     common = {"root": cache_root, "teacher_max_length": config.teacher_max_length, "progress": progress}
     held = build_feature_cache(held_docs, student, teacher, seg, split="heldout", tails=True, **common)
-    train = build_feature_cache(train_docs, student, teacher, seg, split="train", tails=False, **common)
+    train = (
+        build_feature_cache(train_docs, student, teacher, seg, split="train", tails=False, **common)
+        if include_train
+        else None
+    )
     return MemoryData(corpus=corpus, train=train, heldout=held, encoder=student, teacher=teacher)
 
 
@@ -254,12 +261,14 @@ def window_target_means(cache: FeatureCache) -> tuple[torch.Tensor, torch.Tensor
     return first, concat
 
 
-def fit_student_to_teacher(train: FeatureCache, identity: bool) -> ProcrustesMap | None:
+def fit_student_to_teacher(train: FeatureCache | None, identity: bool) -> ProcrustesMap | None:
     """Map from the student's (pooled / sequence-mean) space into the teacher's, fitted on training
     documents by orthogonal Procrustes (cross-dimensional); ``None`` (identity) when they share a space.
     """
     if identity:
         return None
+    if train is None:
+        raise ValueError("the student and teacher spaces differ: fitting the map needs the training cache")
     _, concat = window_target_means(train)
     return orthogonal_procrustes(concat, train.tensors["teacher"].float(), center=True)
 
@@ -551,6 +560,8 @@ def train_memory(
         callbacks: Extra callbacks.
         resume: Passed to :meth:`Trainer.fit`.
     """
+    if data.train is None:
+        raise ValueError("train_memory needs the training cache (prepare_memory_data(include_train=True))")
     model.check_encoder(data.encoder)
     model.attach_encoder(data.encoder)
     source = CachedDocumentSource(data.train, train_config.batch_size, seed=train_config.seed)
