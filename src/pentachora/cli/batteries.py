@@ -107,7 +107,7 @@ def train_battery_bank(
     bank = BatteryBank(config)
     cfg = TrainConfig(
         steps=steps,
-        batch_size=batch_size,
+        batch_size=len(parsed),  # the leading axis of a (K, B, C, p, p) batch; B is per battery
         lr=lr,
         weight_decay=weight_decay,
         warmup_steps=max(1, steps // 20),

@@ -1,0 +1,516 @@
+"""Battery benchmark: 256 batteries in one batched run, and the transfer claim of the battery container.
+
+One process, one seed set. Sections:
+
+1. **Bank.** Train K = 256 batteries (miniature PatchSVAEs, one regime each) as one batched module
+   with the one Trainer; wall time; then, in the same process, train-step time of the batched bank
+   against a Python loop over the same 256 batteries (one-battery banks, and standalone PatchSVAEs).
+2. **Transfer.** On the same data (photo crops + the 16 noise types), seed and step budget:
+   (a) the container with implanted batteries, (b) the same container randomly initialised,
+   (c) a plain GeoVAE at the same patch and latent size. Every ``--eval-every`` steps: held-out
+   PSNR / MSE (pixel space) on tiles of the held-out photos and MSE per noise tier (model space).
+   Reported: the steps and training wall time each needs to reach (b)'s *final* value.
+3. **Ablations** (a vs b each): K ∈ {16, 64} (256 is section 2), battery width, routing soft vs
+   top-k — on a reduced budget when ``--ablation-steps`` is smaller.
+4. **Linear export** of the trained (a): linear-FLOP fraction and max |export − model|.
+
+Usage::
+
+    python benchmarks/batteries.py                 # the full run that wrote results/batteries.*
+    python benchmarks/batteries.py --quick         # minutes; a smoke test of the whole pipeline
+
+The machine is shared (2 cores, other jobs running): absolute times are noisy; compare rows of
+one run. Results: ``benchmarks/results/batteries.json`` and ``batteries.md`` (with this command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from autoencoders import MixedSource
+from pentachora.autoencoders.battery import BatteryBank, BatteryConfig, RegimeSource, parse_regimes
+from pentachora.autoencoders.container import BatteryContainer
+from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
+from pentachora.cli.batteries import (
+    build_container,
+    container_phases,
+    export_report,
+    time_batched_vs_loop,
+    train_battery_bank,
+)
+from pentachora.data import (
+    CURRICULUM_TIERS,
+    NOISE_TYPES,
+    heldout_tiles,
+    load_sample_photos,
+    noise_eval_sets,
+    psnr,
+    to_model_space,
+    to_pixel_space,
+)
+from pentachora.modeling import PentachoraModel
+from pentachora.training import Callback, TrainConfig, Trainer
+
+RESULTS = Path(__file__).parent / "results"
+logger = logging.getLogger("benchmarks.batteries")
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+class EvalSet:
+    """Fixed held-out photo tiles (pixel space) and noise batches per type (model space)."""
+
+    def __init__(self, image_size: int, tiles_per_image: int, noise_per_type: int, seed: int) -> None:
+        self.tiles01 = heldout_tiles(load_sample_photos("heldout"), image_size, max_per_image=tiles_per_image)
+        self.noise = noise_eval_sets(
+            NOISE_TYPES, noise_per_type, image_size, seed=seed + 7, heavy_tails="clamp"
+        )
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        model.eval()
+        rec = torch.cat([model.reconstruct(to_model_space(t)) for t in self.tiles01.split(64)])
+        rec01 = to_pixel_space(rec.float())
+        out = {
+            "psnr": float(psnr(rec01, self.tiles01).clamp_max(100).mean()),
+            "mse": float((rec01 - self.tiles01).square().mean()),
+        }
+        per_type = {
+            k: float((model.reconstruct(x).float() - x).square().mean()) for k, x in self.noise.items()
+        }
+        for tier, types in CURRICULUM_TIERS.items():
+            out[f"tier{tier}_mse"] = statistics.mean(per_type[t] for t in types)
+        out["noise_mse"] = statistics.mean(per_type.values())
+        return out
+
+
+class Recorder(Callback):
+    """Accumulates pure training time (batch + step) and evaluates at the steps of ``schedule``.
+
+    Evaluation runs outside the timed part, in eval mode without gradients (train mode restored).
+    """
+
+    def __init__(self, evaluator: EvalSet, schedule: set[int]) -> None:
+        self.evaluator = evaluator
+        self.schedule = schedule
+        self.train_s = 0.0
+        self._t0 = 0.0
+        self.curve: list[dict[str, float]] = []
+
+    def on_step_start(self, trainer: Trainer, step: int) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, trainer: Trainer, step: int, output_scalars: dict[str, float]) -> None:
+        self.train_s += time.perf_counter() - self._t0
+        if step in self.schedule:
+            model = trainer.unwrapped_model
+            was = model.training
+            with torch.no_grad():
+                metrics = self.evaluator(model)
+            model.train(was)
+            self.curve.append({"step": step, "train_s": self.train_s, **metrics})
+
+
+def eval_schedule(steps: int, early: int, every: int) -> set[int]:
+    """Every ``early`` steps up to 50 (the transfer happens early), then every ``every``, and the end."""
+    return set(range(early, min(50, steps) + 1, early)) | set(range(every, steps + 1, every)) | {steps}
+
+
+def train_eval(
+    model: PentachoraModel, args: argparse.Namespace, steps: int, evaluator: EvalSet, geo: bool
+) -> dict[str, Any]:
+    """Train with the one Trainer on the mixed source; evaluate on the schedule."""
+    rec = Recorder(evaluator, eval_schedule(steps, args.eval_early, args.eval_every))
+    source = MixedSource(args.batch_size, args.image_size, args.noise_fraction, "clamp", args.seed)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=max(1, steps // 20),
+        grad_clip=1.0,
+        seed=args.seed,
+        eval_every=0,
+        log_every=max(1, steps // 10),
+        out_dir=None,
+        progress=args.progress,
+        tensorboard=False,
+    )
+    callbacks: list[Callback] = [container_phases(steps)] if geo else []
+    trainer = Trainer(model, cfg, source, callbacks=[*callbacks, rec])
+    res = trainer.fit(resume=False)
+    final = rec.curve[-1]
+    last = trainer.last_metrics
+    keep = ("route_entropy", "route_active", "route_scale", "cv_anchor", "cv_enc", "kl", "recon_loss")
+    return {
+        "params": model.num_parameters(),
+        "steps": res.steps,
+        "nonfinite_steps": res.nonfinite_steps,
+        "train_s": rec.train_s,
+        "s_per_step": rec.train_s / max(res.steps, 1),
+        "final": {k: v for k, v in final.items() if k not in ("step", "train_s")},
+        "curve": rec.curve,
+        "last_scalars": {k: float(last[k]) for k in keep if k in last},
+    }
+
+
+METRICS = ("psnr", "mse", "tier0_mse", "tier1_mse", "tier2_mse", "tier3_mse", "tier4_mse")
+
+
+def reach(curve: list[dict[str, float]], metric: str, target: float) -> tuple[int | None, float | None]:
+    """First evaluation step (and training seconds) at which ``metric`` reaches ``target``."""
+    higher = metric == "psnr"
+    for row in curve:
+        v = row[metric]
+        if (v >= target) if higher else (v <= target):
+            return int(row["step"]), float(row["train_s"])
+    return None, None
+
+
+def transfer_table(runs: dict[str, dict[str, Any]], reference: str) -> dict[str, dict[str, Any]]:
+    """For every metric: (b)'s final value and each run's steps / seconds to reach it."""
+    table: dict[str, dict[str, Any]] = {}
+    for metric in METRICS:
+        target = runs[reference]["final"][metric]
+        row: dict[str, Any] = {"target": target}
+        for name, run in runs.items():
+            step, secs = reach(run["curve"], metric, target)
+            row[name] = {"final": run["final"][metric], "steps": step, "train_s": secs}
+        table[metric] = row
+    return table
+
+
+# ---------------------------------------------------------------------------------------- sections
+def bank_regimes(k: int) -> str:
+    """Photo-patch clusters for ¾ of the batteries, noise regimes for the rest (the training mix)."""
+    noise = max(1, k // 4)
+    return f"patch-clusters:{k - noise}+" + (f"noise-types:{noise}" if noise >= 16 else f"tiers:{noise}")
+
+
+def train_bank(args: argparse.Namespace, k: int, hidden: int) -> tuple[BatteryBank, dict[str, Any]]:
+    config = BatteryConfig(patch_size=args.patch_size, V=args.rows, D=args.dim, hidden=hidden)
+    return train_battery_bank(
+        bank_regimes(k),
+        config,
+        steps=args.bank_steps,
+        batch_size=args.bank_batch,
+        lr=args.bank_lr,
+        seed=args.seed,
+        progress=args.progress,
+        cluster_patches=args.cluster_patches,
+    )
+
+
+def pair(
+    args: argparse.Namespace, bank: BatteryBank, steps: int, evaluator: EvalSet, **overrides: Any
+) -> dict[str, dict[str, Any]]:
+    """(a) implanted and (b) random containers of the same shape, seed and budget."""
+    out = {}
+    for name, implant in (("a_implanted", True), ("b_random", False)):
+        model = build_container(
+            bank, implant=implant, seed=args.seed, latent_dim=args.latent_dim, **overrides
+        )
+        logger.info("training %s (K=%d, %s)", name, model.config.n_batteries, overrides or "")
+        out[name] = train_eval(model, args, steps, evaluator, geo=True)
+        out[name]["model"] = model
+    return out
+
+
+def plain_geovae(args: argparse.Namespace) -> GeoVAE:
+    torch.manual_seed(args.seed)
+    return GeoVAE(GeoVAEConfig.preset("tiny-12", patch_size=args.patch_size, latent_dim=args.latent_dim))
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if hasattr(os, "getloadavg"):
+        info["loadavg_at_start"] = os.getloadavg()
+    return info
+
+
+def strip_models(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: strip_models(v) for k, v in obj.items() if k not in ("model", "export")}
+    if isinstance(obj, list):
+        return [strip_models(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------- markdown
+def _f(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "not reached"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.{nd}f}" if abs(v) >= 0.01 else f"{v:.2e}"
+    return str(v)
+
+
+def markdown(res: dict[str, Any], command: str) -> str:
+    lines = ["# Battery container benchmark", "", f"Command: `{command}`", ""]
+    m = res["machine"]
+    lines += [
+        f"Machine: {m['platform']}, {m['cpu_count']} CPU cores shared with other jobs (load average at start "
+        f"{', '.join(f'{x:.1f}' for x in m.get('loadavg_at_start', []))}), torch {m['torch']}, "
+        f"{m['torch_threads']} threads. Absolute times are noisy; compare rows of this run.",
+        "",
+    ]
+    b = res["bank"]
+    t = res["bank_timing"]
+    lines += [
+        f"## 1. {b['n_batteries']} batteries in one batched run",
+        "",
+        f"Regimes `{b['regimes']}`; {b['params_per_battery']:,} parameters per battery "
+        f"({b['params_total']:,} in the bank); {b['steps']} steps × {b['batch_size']} patches per battery.",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| wall time, {b['n_batteries']} batteries, {b['steps']} steps (batched, one module) | "
+        f"{b['train_wall_s']:.1f} s |",
+        f"| k-means + regime setup | {b['source_build_s']:.1f} s |",
+        f"| train step, batched bank (median) | {t['s_per_step']['batched']:.3f} s |",
+        f"| train step, loop over {t['n_batteries']} one-battery banks | {t['s_per_step']['loop_bank1']:.3f} s |",
+        f"| **speed-up batched vs loop (same code)** | **×{t['speedup_vs_loop_bank1']:.1f}** |",
+    ]
+    if "loop_patchsvae" in t["s_per_step"]:
+        lines += [
+            f"| train step, loop over {t['n_batteries']} standalone PatchSVAEs | "
+            f"{t['s_per_step']['loop_patchsvae']:.3f} s |",
+            f"| **speed-up batched vs PatchSVAE loop** | **×{t['speedup_vs_loop_patchsvae']:.1f}** |",
+        ]
+    lines += [
+        f"| final MSE (unit-RMS patches), mean / median / worst | {b['final_mse_mean']:.4f} / "
+        f"{b['final_mse_median']:.4f} / {b['final_mse_worst']:.4f} |",
+        f"| CV of battery frames (target_cv({res['args']['dim']}) = {b['cv_target']:.3f}) | {b['cv_mean']:.3f} |",
+        f"| effective rank of S (of {res['args']['dim']}) | {b['erank_mean']:.2f} |",
+        "",
+        "Per regime kind: "
+        + "; ".join(
+            f"{k} (n={v['n']}): MSE {v['final_mse_mean']:.4f}, CV {v['cv_mean']:.3f}"
+            for k, v in b["by_kind"].items()
+        ),
+        "",
+    ]
+    tr = res["transfer"]
+    names = list(tr["runs"])
+    lines += [
+        "## 2. Transfer: steps to reach (b)'s final value",
+        "",
+        f"(a) container with {tr['K']} implanted batteries, (b) the same container randomly initialised, "
+        f"(c) plain GeoVAE (`tiny-12` at patch {res['args']['patch_size']}, d={res['args']['latent_dim']}); "
+        f"{tr['steps']} steps each, batch {res['args']['batch_size']} × {res['args']['image_size']}² "
+        f"(noise fraction {res['args']['noise_fraction']}), evaluated every {res['args']['eval_early']} steps up to "
+        f"step 50, then every {res['args']['eval_every']} (a run reaching a target before its first evaluation "
+        "shows that first step). "
+        "PSNR/MSE on held-out photo tiles in [0,1] pixels; tier MSE = mean MSE of that tier's noise types.",
+        "",
+        "| run | params | s/step | final PSNR | final MSE | NaN/inf steps |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        r = tr["runs"][n]
+        lines.append(
+            f"| {n} | {r['params']:,} | {r['s_per_step']:.3f} | {r['final']['psnr']:.2f} | "
+            f"{r['final']['mse']:.5f} | {r['nonfinite_steps']} |"
+        )
+    lines += [
+        "",
+        "| metric | target = final of (b) | " + " | ".join(f"{n}: steps (train s)" for n in names) + " |",
+    ]
+    lines.append("|---|---|" + "---|" * len(names))
+    for metric, row in tr["table"].items():
+        cells = []
+        for n in names:
+            c = row[n]
+            cells.append(
+                "not reached (final " + _f(c["final"], 4) + ")"
+                if c["steps"] is None
+                else f"{c['steps']} ({c['train_s']:.0f} s)"
+            )
+        lines.append(f"| {metric} | {_f(row['target'], 4)} | " + " | ".join(cells) + " |")
+    sp = tr.get("speedup")
+    if sp:
+        lines += ["", "Transfer speed-up (steps of b / steps of a to reach b's final): " + sp, ""]
+    lines += ["", "## 3. Ablations (a vs b at each setting)", ""]
+    lines += [
+        "| setting | K | h | routing | steps | a: final PSNR | b: final PSNR | a: steps to b's final PSNR | "
+        "a: noise MSE | b: noise MSE | a route entropy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, ab in res["ablations"].items():
+        a, bb = ab["runs"]["a_implanted"], ab["runs"]["b_random"]
+        st, _ = reach(a["curve"], "psnr", bb["final"]["psnr"])
+        lines.append(
+            f"| {name} | {ab['K']} | {ab['hidden']} | {ab['routing']} | {ab['steps']} | {a['final']['psnr']:.2f} | "
+            f"{bb['final']['psnr']:.2f} | {_f(st)} | {a['final']['noise_mse']:.4f} | {bb['final']['noise_mse']:.4f} | "
+            f"{_f(a['last_scalars'].get('route_entropy'))} |"
+        )
+    e = res.get("export")
+    if e:
+        lines += [
+            "",
+            "## 4. Linear export of (a)",
+            "",
+            f"Linear maps {e['linear_maps_before_grouped']} → {e['linear_maps_after']} after folding "
+            f"({e['linear_maps_before_per_battery']} counting every battery's maps). "
+            f"FLOPs in linear maps: **{e['linear_fraction']:.2%}** (1 FLOP per element for non-matmul ops; "
+            f"{e['linear_fraction_elementwise_x10']:.2%} if each costs 10). "
+            f"Max |export − model| on held-out tiles: **{e['max_abs_diff']:.2e}** "
+            f"(outputs up to {e['ref_abs_max']:.2f}). {e['flops_per_patch'] / 1e6:.2f} MFLOP per patch.",
+            "",
+            "| stage | linear | FLOPs / patch |",
+            "|---|---|---|",
+        ]
+        for s in e["stages"]:
+            lines.append(f"| {s['stage']} | {'✓' if s['linear'] else ''} | {s['flops_per_patch']:,.0f} |")
+    lines += ["", f"Total benchmark wall time: {res['wall_s'] / 60:.1f} min.", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="Tiny budgets: a smoke test of every section.")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: no oversubscription on a shared box; 0 = default)",
+    )
+    p.add_argument("--patch-size", type=int, default=8)
+    p.add_argument("--rows", type=int, default=8)
+    p.add_argument("--dim", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=8)
+    p.add_argument("--latent-dim", type=int, default=15)
+    p.add_argument("--K", type=int, default=256)
+    p.add_argument("--bank-steps", type=int, default=400)
+    p.add_argument("--bank-batch", type=int, default=32)
+    p.add_argument("--bank-lr", type=float, default=3e-3)
+    p.add_argument("--cluster-patches", type=int, default=32768)
+    p.add_argument("--loop-steps", type=int, default=3)
+    p.add_argument("--patchsvae-loop-steps", type=int, default=1)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--ablation-steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--noise-fraction", type=float, default=0.25)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-every", type=int, default=25, help="evaluate every N steps (after step 50)")
+    p.add_argument("--eval-early", type=int, default=5, help="evaluate every N steps up to step 50")
+    p.add_argument("--eval-tiles", type=int, default=32, help="held-out tiles per photo")
+    p.add_argument("--eval-noise", type=int, default=4, help="noise images per type")
+    p.add_argument("--ablations", default="K16,K64,h4,h16,topk", help="comma list (empty: none)")
+    p.add_argument("--ablation-K", type=int, default=64, help="K of the width and routing ablations")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.K, args.bank_steps, args.steps, args.ablation_steps = 32, 20, 12, 8
+        args.eval_every, args.eval_early, args.eval_tiles, args.eval_noise = 4, 4, 4, 2
+        args.cluster_patches = 4096
+        args.ablation_K, args.loop_steps, args.ablations = 16, 1, "K16,h4,topk"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    command = "python benchmarks/batteries.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    t_start = time.perf_counter()
+    res: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    res["machine"] = machine_info()
+    evaluator = EvalSet(args.image_size, args.eval_tiles, args.eval_noise, args.seed)
+
+    # 1. the bank of K batteries, and batched vs loop
+    logger.info("section 1: %d batteries (%s)", args.K, bank_regimes(args.K))
+    bank, report = train_bank(args, args.K, args.hidden)
+    res["bank"] = report
+    timing_source = RegimeSource(
+        parse_regimes(bank_regimes(args.K)),
+        args.bank_batch,
+        patch_size=args.patch_size,
+        seed=args.seed + 1,
+        cluster_patches=args.cluster_patches,
+    )
+    res["bank_timing"] = time_batched_vs_loop(
+        bank.config,
+        timing_source,
+        steps=args.loop_steps,
+        seed=args.seed,
+        patch_svae_steps=args.patchsvae_loop_steps,
+        progress=args.progress,
+    )
+    logger.info("bank: %.1f s; speed-up %s", report["train_wall_s"], res["bank_timing"]["s_per_step"])
+
+    # 2. transfer at K
+    logger.info("section 2: transfer at K=%d", args.K)
+    runs = pair(args, bank, args.steps, evaluator)
+    torch.manual_seed(args.seed)
+    runs["c_geovae"] = train_eval(plain_geovae(args), args, args.steps, evaluator, geo=True)
+    table = transfer_table(runs, "b_random")
+    st_a, st_b = table["psnr"]["a_implanted"]["steps"], table["psnr"]["b_random"]["steps"]
+    speed = (
+        f"PSNR ×{st_b / st_a:.2f} ({st_a} vs {st_b} steps)"
+        if st_a
+        else f"none: (a) did not reach (b)'s final PSNR in {args.steps} steps"
+    )
+    res["transfer"] = {"K": args.K, "steps": args.steps, "runs": runs, "table": table, "speedup": speed}
+
+    # 4. export of (a) (before the ablations free memory)
+    x = to_model_space(evaluator.tiles01[:16])
+    model_a: BatteryContainer = runs["a_implanted"]["model"]
+    res["export"] = export_report(model_a, x)
+
+    # 3. ablations
+    res["ablations"] = {}
+    wanted = [a for a in args.ablations.split(",") if a]
+    banks: dict[tuple[int, int], BatteryBank] = {(args.K, args.hidden): bank}
+    for name in wanted:
+        if name.startswith("K"):
+            k, h, overrides = int(name[1:]), args.hidden, {}
+        elif name.startswith("h"):
+            k, h, overrides = args.ablation_K, int(name[1:]), {}
+        elif name == "topk":
+            k, h, overrides = args.ablation_K, args.hidden, {"routing": "topk", "top_k": 8}
+        else:
+            raise SystemExit(f"unknown ablation {name!r}")
+        if (k, h) not in banks:
+            logger.info("ablation %s: bank K=%d h=%d", name, k, h)
+            banks[(k, h)], rep = train_bank(args, k, h)
+            res.setdefault("ablation_banks", {})[f"K{k}_h{h}"] = rep
+        ab = pair(args, banks[(k, h)], args.ablation_steps, evaluator, **overrides)
+        res["ablations"][name] = {
+            "K": k,
+            "hidden": h,
+            "routing": overrides.get("routing", "soft"),
+            "steps": args.ablation_steps,
+            "runs": ab,
+        }
+    res["wall_s"] = time.perf_counter() - t_start
+    res["command"] = command
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "batteries_quick" if args.quick else "batteries"
+    clean = strip_models(res)
+    (args.out / f"{name}.json").write_text(json.dumps(clean, indent=2, default=float) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(clean, command) + "\n")
+    logger.info("wrote %s/%s.{json,md} in %.1f min", args.out, name, res["wall_s"] / 60)
+
+
+if __name__ == "__main__":
+    main()
