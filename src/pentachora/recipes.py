@@ -32,6 +32,7 @@ from pentachora.modeling import PentachoraModel, load_model
 from pentachora.training import (
     METRICS_NAME,
     Callback,
+    PhaseCallback,
     SoftHandCallback,
     TrainConfig,
     Trainer,
@@ -39,11 +40,40 @@ from pentachora.training import (
     read_metrics,
 )
 
-__all__ = ["AutoencoderRun", "build_eval_data", "load_run_model", "train_autoencoder"]
+__all__ = ["AutoencoderRun", "build_eval_data", "geovae_schedule", "load_run_model", "train_autoencoder"]
 
 logger = logging.getLogger(__name__)
 
 FINAL_DIR = "final"
+
+#: GeoVAE's per-sector CV weights: geometry first (alignment phase), then the hand-off.
+GEOVAE_ALIGN_WEIGHTS = {
+    "cv_enc_weight": 1.0,
+    "cv_inv_weight": 1.0,
+    "cv_lat_weight": 0.1,
+    "cv_dec_weight": 0.1,
+}
+GEOVAE_HANDOFF_WEIGHTS = {
+    "cv_enc_weight": 0.1,
+    "cv_inv_weight": 0.1,
+    "cv_lat_weight": 0.01,
+    "cv_dec_weight": 0.01,
+}
+
+
+def geovae_schedule(
+    steps: int,
+    align: dict[str, float] | None = None,
+    handoff: dict[str, float] | None = None,
+    align_fraction: float = 0.1,
+) -> PhaseCallback:
+    """GeoVAE's CV schedule as a :class:`PhaseCallback`: the alignment phase for the first
+    ``align_fraction`` of the steps, then the hand-off weights (the seeds used 20 then 10 on one
+    sector; GeoVAE's loss is normalised per sector, see ``benchmarks/autoencoders.py``)."""
+    hand = max(1, round(steps * align_fraction))
+    return PhaseCallback(
+        [(0, dict(align or GEOVAE_ALIGN_WEIGHTS)), (hand + 1, dict(handoff or GEOVAE_HANDOFF_WEIGHTS))]
+    )
 
 
 @dataclass

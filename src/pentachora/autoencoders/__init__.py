@@ -3,13 +3,34 @@
 * :class:`PatchAutoencoder`, :class:`AutoencoderOutput` — the shared API.
 * :class:`PatchSVAE`, :class:`PatchSVAEConfig`, :class:`SpectralLatent` — the canonical patch
   spectral autoencoder (the SVD peer) and its NoSVD ablation (``readout="linear"``).
+* :class:`GeoVAE`, :class:`GeoVAEConfig` — the SVD-free geometric VAE; :class:`DiagonalGaussian`
+  is its posterior.
+* :class:`AutoencoderKLAdapter` — diffusers' ``AutoencoderKL`` behind the same API (a baseline).
+* :class:`BatteryBank`, :class:`BatteryContainer` — K miniature SVD-trained batteries trained as
+  one batched module, and the GeoVAE variant they are implanted into.
+
+Importing this package registers every model type with :func:`pentachora.modeling.load_model`.
 """
 
 from pentachora.autoencoders.base import AutoencoderOutput, PatchAutoencoder
+from pentachora.autoencoders.battery import BatteryBank, BatteryConfig
+from pentachora.autoencoders.container import BatteryContainer, BatteryContainerConfig
+from pentachora.autoencoders.distributions import DiagonalGaussian
+from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
+from pentachora.autoencoders.kl_baseline import AutoencoderKLAdapter, AutoencoderKLAdapterConfig
 from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig, SpectralLatent
 
 __all__ = [
+    "AutoencoderKLAdapter",
+    "AutoencoderKLAdapterConfig",
     "AutoencoderOutput",
+    "BatteryBank",
+    "BatteryConfig",
+    "BatteryContainer",
+    "BatteryContainerConfig",
+    "DiagonalGaussian",
+    "GeoVAE",
+    "GeoVAEConfig",
     "PatchAutoencoder",
     "PatchSVAE",
     "PatchSVAEConfig",

@@ -18,24 +18,32 @@ from rich.console import Console
 from pentachora.cli import app
 
 
-def _svae():
+def _svae(steps: int):
     from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig
 
-    return PatchSVAE(PatchSVAEConfig.preset("tiny"))
+    return PatchSVAE(PatchSVAEConfig.preset("tiny")), ()
 
 
-def _nosvd():
+def _nosvd(steps: int):
     from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig
 
-    return PatchSVAE(PatchSVAEConfig.preset("tiny", readout="linear"))
+    return PatchSVAE(PatchSVAEConfig.preset("tiny", readout="linear")), ()
 
 
-#: Contenders the demo can train: name → (label, builder). The default list is DEFAULT_MODELS.
-DEMO_MODELS: dict[str, tuple[str, Callable[[], object]]] = {
+def _geovae(steps: int):
+    from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
+    from pentachora.recipes import geovae_schedule
+
+    return GeoVAE(GeoVAEConfig.preset("tiny-12")), (geovae_schedule(steps),)
+
+
+#: Contenders the demo can train: name → (label, builder(steps) → (model, callbacks)).
+DEMO_MODELS: dict[str, tuple[str, Callable[[int], tuple[object, tuple]]]] = {
+    "geovae": ("GeoVAE (tiny-12)", _geovae),
     "svae": ("PatchSVAE (tiny)", _svae),
     "nosvd": ("NoSVD ablation (tiny)", _nosvd),
 }
-DEFAULT_MODELS = ("svae",)
+DEFAULT_MODELS = ("geovae", "svae")
 
 
 @app.command()
@@ -95,7 +103,7 @@ def demo(
         if fresh and run_dir.exists():
             shutil.rmtree(run_dir)
         torch.manual_seed(seed)
-        model = build()
+        model, callbacks = build(steps)
         before = evaluate_autoencoder(model, eval_data.subset(max_tiles=24, n_noise=4))
         cfg = make_train_config(
             steps,
@@ -110,7 +118,9 @@ def demo(
             warmup=min(50, steps // 10),
         )
         console.print(f"→ {label}: {model.num_parameters():,} parameters")
-        run = train_autoencoder(model, spec, cfg, image_size=image_size, name=label, eval_data=eval_data)
+        run = train_autoencoder(
+            model, spec, cfg, image_size=image_size, name=label, eval_data=eval_data, callbacks=callbacks
+        )
         runs[label] = run
         results[label] = {
             **run.evaluation,

@@ -52,7 +52,7 @@ def save_grid(images01, path: Path, nrow: int | None = None, pad: int = 2) -> Pa
 
 @app.command()
 def sample(
-    directory: Path = typer.Argument(..., help="A checkpoint folder (config.json + model.safetensors)."),
+    directory: Path = typer.Argument(..., help="A run folder (final/ or latest checkpoint) or a checkpoint folder."),
     n: int = typer.Option(16, "-n", "--num", min=1, help="Number of samples."),
     output: Path = typer.Option(Path("samples.png"), "-o", "--output", help="PNG grid to write."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prior draws."),
@@ -63,15 +63,12 @@ def sample(
     """Draw z ~ N(0, I), decode it and save a PNG grid (variational autoencoders only)."""
     import torch
 
-    # importing the families registers them with load_model
-    import pentachora.autoencoders.geovae
-    import pentachora.autoencoders.kl_baseline  # noqa: F401
     from pentachora.data.images import to_pixel_space
     from pentachora.io import CheckpointError
-    from pentachora.modeling import load_model
+    from pentachora.recipes import load_run_model
 
     try:
-        model = load_model(directory)
+        model = load_run_model(directory)
     except CheckpointError as exc:
         raise typer.BadParameter(str(exc), param_hint="DIR") from exc
     if not callable(getattr(model, "sample_prior", None)):
