@@ -76,6 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory")
     p.add_argument("--no-throughput", action="store_true", help="skip the subprocess timings")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also evaluate another trained memory run (quality only; same architecture ⇒ same throughput)",
+    )
     return p.parse_args(argv)
 
 
@@ -219,6 +226,16 @@ def main(argv: list[str] | None = None) -> dict:
         quality[name]["sequence_positions"] = outs["seq_len"]
     quality["memory"] = evaluate_memory(model, held, seq_map=seq_map)
     quality["memory"]["sequence_positions"] = float(model.config.seq_len)
+    variants: dict[str, dict] = {}
+    for spec in args.variant:
+        label, _, path = spec.partition("=")
+        vmodel = load_memory_model(path)
+        variants[label] = {
+            "dir": path,
+            "config_changes": {k: v for k, v in vars(vmodel.config).items() if getattr(model.config, k) != v},
+            **evaluate_memory(vmodel, held, seq_map=seq_map),
+            "sequence_positions": float(vmodel.config.seq_len),
+        }
     throughput = {}
     if not args.no_throughput:
         texts = data.corpus.heldout[: args.throughput_docs]
@@ -259,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "training": training,
         "quality": quality,
+        "variants": variants,
         "throughput": throughput,
         "goals": goals,
         "benchmark_wall_s": time.perf_counter() - t_start,
@@ -277,7 +295,14 @@ def _fmt(v, fmt: str) -> str:
 
 
 def render_markdown(r: dict) -> str:
-    q, t = r["quality"], r["throughput"]
+    q, t = dict(r["quality"]), r["throughput"]
+    methods = list(METHODS)
+    labels = dict(LABELS)
+    for name, v in r.get("variants", {}).items():
+        q[name] = v
+        methods.append(name)
+        changes = ", ".join(f"{k}={val}" for k, val in v.get("config_changes", {}).items())
+        labels[name] = f"(d′) {name}" + (f" ({changes})" if changes else "")
     rows = [
         ("teacher cosine (pooled) ↑", "pooled_cos", "{:.4f}"),
         ("teacher R@1 (all held-out) ↑", "teacher_r1", "{:.3f}"),
@@ -303,27 +328,28 @@ def render_markdown(r: dict) -> str:
         f"(d={r['model']['config']['dim']}, {r['model']['config']['n_memory_tokens']} memory tokens, "
         f"{r['model']['config']['n_anchors']} anchors).",
         "",
-        "| metric | " + " | ".join(LABELS[m] for m in METHODS) + " |",
-        "|---|" + "---:|" * len(METHODS),
+        "| metric | " + " | ".join(labels[m] for m in methods) + " |",
+        "|---|" + "---:|" * len(methods),
     ]
     for label, key, fmt in rows:
         cells = []
-        for m in METHODS:
+        for m in methods:
             v = q[m].get(key)
-            if key == "cv" and m == "memory":
+            if key == "cv" and "cv_target" in q[m]:
                 cells.append(f"{v:.4f} ({q[m]['cv_target']:.4f})")
             else:
                 cells.append(_fmt(v, fmt))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if t:
+        t = {**t, **{m: t["memory"] for m in methods if m not in t}}  # variants share (d)'s architecture
         lines.append(
             "| docs/s from raw text (ratio to (c)) | "
-            + " | ".join(f"{t[m]['docs_per_s']:.2f} ({t[m]['ratio_to_concat']:.2f}×)" for m in METHODS)
+            + " | ".join(f"{t[m]['docs_per_s']:.2f} ({t[m]['ratio_to_concat']:.2f}×)" for m in methods)
             + " |"
         )
         lines.append(
             "| peak RSS of the process (MiB) | "
-            + " | ".join(f"{t[m]['peak_rss_mib']:.0f}" for m in METHODS)
+            + " | ".join(f"{t[m]['peak_rss_mib']:.0f}" for m in methods)
             + " |"
         )
     tr = r["training"]

@@ -198,7 +198,14 @@ def train_memory_cmd(
         raise typer.Exit(code=2) from exc
     from pentachora.diagnostics.plots import save_training_curves
 
-    curves = save_training_curves({preset: run.metrics}, out / "curves.png") if run.metrics else None
+    curves = None
+    if run.metrics:
+        split = {
+            "train": [r for r in run.metrics if r.get("split") == "train"],
+            "held-out": [r for r in run.metrics if r.get("split") == "eval"],
+        }
+        keys = ("loss", "m_acc", "pooled_cos", "s_cos", "tail_r1", "cv")
+        curves = save_training_curves(split, out / "curves.png", keys=keys)
     console.print(
         metrics_table(
             f"held-out evaluation after {run.result.steps} steps ({mode})", {preset: run.evaluation}
