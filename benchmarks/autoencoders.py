@@ -110,7 +110,21 @@ def heldout_images(multiple: int = 16) -> list[torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------- contenders
-def contenders(ratio: int) -> dict[str, Callable[[], PentachoraModel]]:
+def _parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["logvar_init=-8", "free_bits=0.1"]`` → ``{"logvar_init": -8.0, "free_bits": 0.1}`` (JSON values)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def contenders(
+    ratio: int, geo_overrides: dict[str, Any] | None = None
+) -> dict[str, Callable[[], PentachoraModel]]:
     """Model factories at one ratio (48 or 12), CPU-sized, comparable parameter counts (~1.2–1.8M)."""
     if ratio == 48:
         geo, svae_patch, kl = "tiny-48", 16, "tiny-f8c4"
@@ -120,7 +134,7 @@ def contenders(ratio: int) -> dict[str, Callable[[], PentachoraModel]]:
         raise ValueError(f"ratio must be 48 or 12, got {ratio}")
     svae_kw = dict(patch_size=svae_patch, V=64, D=16, hidden=256, depth=2)
     return {
-        "GeoVAE": lambda: GeoVAE(GeoVAEConfig.preset(geo)),
+        "GeoVAE": lambda: GeoVAE(GeoVAEConfig.preset(geo, **(geo_overrides or {}))),
         "PatchSVAE": lambda: PatchSVAE(PatchSVAEConfig.preset("tiny", **svae_kw)),
         "NoSVD": lambda: PatchSVAE(PatchSVAEConfig.preset("tiny", readout="linear", **svae_kw)),
         "AutoencoderKL": lambda: AutoencoderKLAdapter(AutoencoderKLAdapterConfig.preset(kl)),
@@ -230,11 +244,13 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def _memory_probe(ratio: int, name: str, batch_size: int, image_size: int, queue: mp.Queue) -> None:
+def _memory_probe(
+    ratio: int, name: str, batch_size: int, image_size: int, geo: dict[str, Any], queue: mp.Queue
+) -> None:
     """Child process: peak RSS growth (VmHWM after a reset, minus VmRSS) over two train steps."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = contenders(ratio)[name]()
+    model = contenders(ratio, geo)[name]()
     x = torch.randn(batch_size, 3, image_size, image_size).clamp(-1, 1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     try:
@@ -255,11 +271,13 @@ def _memory_probe(ratio: int, name: str, batch_size: int, image_size: int, queue
     queue.put(max(peak - base, 0) * 1024)
 
 
-def peak_memory_mib(ratio: int, name: str, batch_size: int, image_size: int, device: torch.device) -> float:
+def peak_memory_mib(
+    ratio: int, name: str, batch_size: int, image_size: int, device: torch.device, geo: dict[str, Any]
+) -> float:
     """Peak memory of a train step in MiB (CUDA allocator peak, or CPU RSS growth in a subprocess)."""
     if device.type == "cuda":
         torch.manual_seed(0)
-        model = contenders(ratio)[name]().to(device)
+        model = contenders(ratio, geo)[name]().to(device)
         x = torch.randn(batch_size, 3, image_size, image_size, device=device).clamp(-1, 1)
         torch.cuda.reset_peak_memory_stats(device)
         out = model(x)
@@ -270,7 +288,7 @@ def peak_memory_mib(ratio: int, name: str, batch_size: int, image_size: int, dev
         return mib
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_memory_probe, args=(ratio, name, batch_size, image_size, q))
+    p = ctx.Process(target=_memory_probe, args=(ratio, name, batch_size, image_size, geo, q))
     p.start()
     p.join()
     return q.get(timeout=5) / 2**20 if p.exitcode == 0 else math.nan
@@ -357,7 +375,7 @@ def run_bench(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     results: dict[str, Any] = {"ratios": {}}
     for ratio in args.ratios:
         rows: dict[str, Any] = {}
-        factories = contenders(ratio)
+        factories = contenders(ratio, _parse_overrides(args.geo_set))
         models: dict[str, PentachoraModel] = {}
         for name, factory in factories.items():
             if args.only and name not in args.only:
@@ -630,6 +648,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--geo-align", default=ALIGN_WEIGHTS, help="GeoVAE CV weights in the alignment phase.")
     p.add_argument("--geo-handoff", default=HANDOFF_WEIGHTS, help="GeoVAE CV weights after the hand-off.")
+    p.add_argument("--geo-set", nargs="+", default=None, help="GeoVAEConfig overrides, e.g. logvar_init=-8.")
     p.add_argument(
         "--align-fraction", type=float, default=0.1, help="Fraction of steps in the alignment phase."
     )
@@ -639,7 +658,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     defaults = (
-        dict(steps=600, batch_size=16, image_size=64)
+        dict(steps=500, batch_size=16, image_size=32)
         if args.quick
         else dict(steps=3000, batch_size=32, image_size=64)
     )
