@@ -213,13 +213,19 @@ def train_bank(args: argparse.Namespace, k: int, hidden: int) -> tuple[BatteryBa
 
 
 def pair(
-    args: argparse.Namespace, bank: BatteryBank, steps: int, evaluator: EvalSet, **overrides: Any
+    args: argparse.Namespace,
+    bank: BatteryBank,
+    steps: int,
+    evaluator: EvalSet,
+    sectors: tuple[str, ...] = ("encoder", "decoder", "anchors"),
+    with_b: bool = True,
+    **overrides: Any,
 ) -> dict[str, dict[str, Any]]:
-    """(a) implanted and (b) random containers of the same shape, seed and budget."""
+    """(a) implanted (``sectors``) and (b) random containers of the same shape, seed and budget."""
     out = {}
-    for name, implant in (("a_implanted", True), ("b_random", False)):
+    for name, implant in (("a_implanted", True), ("b_random", False))[: 2 if with_b else 1]:
         model = build_container(
-            bank, implant=implant, seed=args.seed, latent_dim=args.latent_dim, **overrides
+            bank, implant=implant, seed=args.seed, sectors=sectors, latent_dim=args.latent_dim, **overrides
         )
         logger.info("training %s (K=%d, %s)", name, model.config.n_batteries, overrides or "")
         out[name] = train_eval(model, args, steps, evaluator, geo=True)
@@ -247,7 +253,7 @@ def machine_info() -> dict[str, Any]:
 
 def strip_models(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: strip_models(v) for k, v in obj.items() if k not in ("model", "export")}
+        return {k: strip_models(v) for k, v in obj.items() if k not in ("model", "module")}
     if isinstance(obj, list):
         return [strip_models(v) for v in obj]
     return obj
@@ -273,96 +279,112 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"{m['torch_threads']} threads. Absolute times are noisy; compare rows of this run.",
         "",
     ]
-    b = res["bank"]
-    t = res["bank_timing"]
-    lines += [
-        f"## 1. {b['n_batteries']} batteries in one batched run",
-        "",
-        f"Regimes `{b['regimes']}`; {b['params_per_battery']:,} parameters per battery "
-        f"({b['params_total']:,} in the bank); {b['steps']} steps × {b['batch_size']} patches per battery.",
-        "",
-        "| quantity | value |",
-        "|---|---|",
-        f"| wall time, {b['n_batteries']} batteries, {b['steps']} steps (batched, one module) | "
-        f"{b['train_wall_s']:.1f} s |",
-        f"| k-means + regime setup | {b['source_build_s']:.1f} s |",
-        f"| train step, batched bank (median) | {t['s_per_step']['batched']:.3f} s |",
-        f"| train step, loop over {t['n_batteries']} one-battery banks | {t['s_per_step']['loop_bank1']:.3f} s |",
-        f"| **speed-up batched vs loop (same code)** | **×{t['speedup_vs_loop_bank1']:.1f}** |",
-    ]
-    if "loop_patchsvae" in t["s_per_step"]:
+    if "bank_timing" in res:
+        b = res["bank"]
+        t = res["bank_timing"]
         lines += [
-            f"| train step, loop over {t['n_batteries']} standalone PatchSVAEs | "
-            f"{t['s_per_step']['loop_patchsvae']:.3f} s |",
-            f"| **speed-up batched vs PatchSVAE loop** | **×{t['speedup_vs_loop_patchsvae']:.1f}** |",
+            f"## 1. {b['n_batteries']} batteries in one batched run",
+            "",
+            f"Regimes `{b['regimes']}`; {b['params_per_battery']:,} parameters per battery "
+            f"({b['params_total']:,} in the bank); {b['steps']} steps × {b['batch_size']} patches per battery.",
+            "",
+            "| quantity | value |",
+            "|---|---|",
+            f"| wall time, {b['n_batteries']} batteries, {b['steps']} steps (batched, one module) | "
+            f"{b['train_wall_s']:.1f} s |",
+            f"| k-means + regime setup | {b['source_build_s']:.1f} s |",
+            f"| train step, batched bank (median) | {t['s_per_step']['batched']:.3f} s |",
+            f"| train step, loop over {t['n_batteries']} one-battery banks | {t['s_per_step']['loop_bank1']:.3f} s |",
+            f"| **speed-up batched vs loop (same code)** | **×{t['speedup_vs_loop_bank1']:.1f}** |",
         ]
-    lines += [
-        f"| final MSE (unit-RMS patches), mean / median / worst | {b['final_mse_mean']:.4f} / "
-        f"{b['final_mse_median']:.4f} / {b['final_mse_worst']:.4f} |",
-        f"| CV of battery frames (target_cv({res['args']['dim']}) = {b['cv_target']:.3f}) | {b['cv_mean']:.3f} |",
-        f"| effective rank of S (of {res['args']['dim']}) | {b['erank_mean']:.2f} |",
-        "",
-        "Per regime kind: "
-        + "; ".join(
-            f"{k} (n={v['n']}): MSE {v['final_mse_mean']:.4f}, CV {v['cv_mean']:.3f}"
-            for k, v in b["by_kind"].items()
-        ),
-        "",
-    ]
-    tr = res["transfer"]
-    names = list(tr["runs"])
-    lines += [
-        "## 2. Transfer: steps to reach (b)'s final value",
-        "",
-        f"(a) container with {tr['K']} implanted batteries, (b) the same container randomly initialised, "
-        f"(c) plain GeoVAE (`tiny-12` at patch {res['args']['patch_size']}, d={res['args']['latent_dim']}); "
-        f"{tr['steps']} steps each, batch {res['args']['batch_size']} × {res['args']['image_size']}² "
-        f"(noise fraction {res['args']['noise_fraction']}), evaluated every {res['args']['eval_early']} steps up to "
-        f"step 50, then every {res['args']['eval_every']} (a run reaching a target before its first evaluation "
-        "shows that first step). "
-        "PSNR/MSE on held-out photo tiles in [0,1] pixels; tier MSE = mean MSE of that tier's noise types.",
-        "",
-        "| run | params | s/step | final PSNR | final MSE | NaN/inf steps |",
-        "|---|---|---|---|---|---|",
-    ]
-    for n in names:
-        r = tr["runs"][n]
-        lines.append(
-            f"| {n} | {r['params']:,} | {r['s_per_step']:.3f} | {r['final']['psnr']:.2f} | "
-            f"{r['final']['mse']:.5f} | {r['nonfinite_steps']} |"
-        )
-    lines += [
-        "",
-        "| metric | target = final of (b) | " + " | ".join(f"{n}: steps (train s)" for n in names) + " |",
-    ]
-    lines.append("|---|---|" + "---|" * len(names))
-    for metric, row in tr["table"].items():
-        cells = []
+        if "loop_patchsvae" in t["s_per_step"]:
+            lines += [
+                f"| train step, loop over {t['n_batteries']} standalone PatchSVAEs | "
+                f"{t['s_per_step']['loop_patchsvae']:.3f} s |",
+                f"| **speed-up batched vs PatchSVAE loop** | **×{t['speedup_vs_loop_patchsvae']:.1f}** |",
+            ]
+        lines += [
+            f"| final MSE (unit-RMS patches), mean / median / worst | {b['final_mse_mean']:.4f} / "
+            f"{b['final_mse_median']:.4f} / {b['final_mse_worst']:.4f} |",
+            f"| CV of battery frames (target_cv({res['args']['dim']}) = {b['cv_target']:.3f}) | {b['cv_mean']:.3f} |",
+            f"| effective rank of S (of {res['args']['dim']}) | {b['erank_mean']:.2f} |",
+            "",
+            "Per regime kind: "
+            + "; ".join(
+                f"{k} (n={v['n']}): MSE {v['final_mse_mean']:.4f}, CV {v['cv_mean']:.3f}"
+                for k, v in b["by_kind"].items()
+            ),
+            "",
+        ]
+    if "transfer" in res:
+        tr = res["transfer"]
+        names = list(tr["runs"])
+        lines += [
+            "## 2. Transfer: steps to reach (b)'s final value",
+            "",
+            f"(a) container with {tr['K']} implanted batteries, (b) the same container randomly initialised, "
+            f"(c) plain GeoVAE (`tiny-12` at patch {res['args']['patch_size']}, d={res['args']['latent_dim']}); "
+            f"{tr['steps']} steps each, batch {res['args']['batch_size']} × {res['args']['image_size']}² "
+            f"(noise fraction {res['args']['noise_fraction']}), evaluated every {res['args']['eval_early']} steps up to "
+            f"step 50, then every {res['args']['eval_every']} (a run reaching a target before its first evaluation "
+            "shows that first step). "
+            "PSNR/MSE on held-out photo tiles in [0,1] pixels; tier MSE = mean MSE of that tier's noise types.",
+            "",
+            "| run | params | s/step | final PSNR | final MSE | NaN/inf steps |",
+            "|---|---|---|---|---|---|",
+        ]
         for n in names:
-            c = row[n]
-            cells.append(
-                "not reached (final " + _f(c["final"], 4) + ")"
-                if c["steps"] is None
-                else f"{c['steps']} ({c['train_s']:.0f} s)"
+            r = tr["runs"][n]
+            lines.append(
+                f"| {n} | {r['params']:,} | {r['s_per_step']:.3f} | {r['final']['psnr']:.2f} | "
+                f"{r['final']['mse']:.5f} | {r['nonfinite_steps']} |"
             )
-        lines.append(f"| {metric} | {_f(row['target'], 4)} | " + " | ".join(cells) + " |")
-    sp = tr.get("speedup")
-    if sp:
-        lines += ["", "Transfer speed-up (steps of b / steps of a to reach b's final): " + sp, ""]
-    lines += ["", "## 3. Ablations (a vs b at each setting)", ""]
-    lines += [
-        "| setting | K | h | routing | steps | a: final PSNR | b: final PSNR | a: steps to b's final PSNR | "
-        "a: noise MSE | b: noise MSE | a route entropy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, ab in res["ablations"].items():
-        a, bb = ab["runs"]["a_implanted"], ab["runs"]["b_random"]
-        st, _ = reach(a["curve"], "psnr", bb["final"]["psnr"])
-        lines.append(
-            f"| {name} | {ab['K']} | {ab['hidden']} | {ab['routing']} | {ab['steps']} | {a['final']['psnr']:.2f} | "
-            f"{bb['final']['psnr']:.2f} | {_f(st)} | {a['final']['noise_mse']:.4f} | {bb['final']['noise_mse']:.4f} | "
-            f"{_f(a['last_scalars'].get('route_entropy'))} |"
-        )
+        lines += [
+            "",
+            "| metric | target = final of (b) | " + " | ".join(f"{n}: steps (train s)" for n in names) + " |",
+        ]
+        lines.append("|---|---|" + "---|" * len(names))
+        for metric, row in tr["table"].items():
+            cells = []
+            for n in names:
+                c = row[n]
+                cells.append(
+                    "not reached (final " + _f(c["final"], 4) + ")"
+                    if c["steps"] is None
+                    else f"{c['steps']} ({c['train_s']:.0f} s)"
+                )
+            lines.append(f"| {metric} | {_f(row['target'], 4)} | " + " | ".join(cells) + " |")
+        marks = [s for s in (10, 25, 50, 100, 200, tr["steps"]) if s <= tr["steps"]]
+        by_step = {n: {int(c["step"]): c for c in tr["runs"][n]["curve"]} for n in names}
+        lines += [
+            "",
+            "Held-out PSNR (dB) during training:",
+            "",
+            "| step | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for st in marks:
+            cells = [_f(by_step[n][st]["psnr"]) if st in by_step[n] else "—" for n in names]
+            lines.append(f"| {st} | " + " | ".join(cells) + " |")
+        sp = tr.get("speedup")
+        if sp:
+            lines += ["", "Transfer speed-up (steps of b / steps of a to reach b's final): " + sp, ""]
+    if res["ablations"]:
+        lines += ["", "## 3. Ablations (a vs b at each setting)", ""]
+        lines += [
+            "| setting | K | h | routing | implanted sectors | steps | a: final PSNR | b: final PSNR | "
+            "a: steps to b's final PSNR | a: noise MSE | b: noise MSE | a route entropy |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, ab in res["ablations"].items():
+            a, bb = ab["runs"]["a_implanted"], ab["runs"]["b_random"]
+            st, _ = reach(a["curve"], "psnr", bb["final"]["psnr"])
+            lines.append(
+                f"| {name} | {ab['K']} | {ab['hidden']} | {ab['routing']} | {'+'.join(ab.get('sectors', ['all']))} | "
+                f"{ab['steps']} | {a['final']['psnr']:.2f} | "
+                f"{bb['final']['psnr']:.2f} | {_f(st)} | {a['final']['noise_mse']:.4f} | {bb['final']['noise_mse']:.4f} | "
+                f"{_f(a['last_scalars'].get('route_entropy'))} |"
+            )
     e = res.get("export")
     if e:
         lines += [
@@ -418,16 +440,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-early", type=int, default=5, help="evaluate every N steps up to step 50")
     p.add_argument("--eval-tiles", type=int, default=32, help="held-out tiles per photo")
     p.add_argument("--eval-noise", type=int, default=4, help="noise images per type")
-    p.add_argument("--ablations", default="K16,K64,h4,h16,topk", help="comma list (empty: none)")
+    p.add_argument(
+        "--ablations",
+        default="K16,K64,h4,h16,topk,enc,dec,anchors",
+        help="comma list (empty: none): K<n>, h<n> (width at --ablation-K), topk, and implanted-sector "
+        "subsets enc, dec, anchors, enc+dec (at --ablation-K; (b) shared with K<ablation-K>)",
+    )
     p.add_argument("--ablation-K", type=int, default=64, help="K of the width and routing ablations")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--name", default="", help="results file stem (default batteries / batteries_quick)")
+    p.add_argument(
+        "--sections", default="bank,transfer,export,ablations", help="comma list of sections to run"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.K, args.bank_steps, args.steps, args.ablation_steps = 32, 20, 12, 8
         args.eval_every, args.eval_early, args.eval_tiles, args.eval_noise = 4, 4, 4, 2
         args.cluster_patches = 4096
-        args.ablation_K, args.loop_steps, args.ablations = 16, 1, "K16,h4,topk"
+        args.ablation_K, args.loop_steps, args.ablations = 16, 1, "K16,h4,topk,dec"
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -437,75 +468,102 @@ def main(argv: list[str] | None = None) -> None:
     res["machine"] = machine_info()
     evaluator = EvalSet(args.image_size, args.eval_tiles, args.eval_noise, args.seed)
 
+    sections = {x for x in args.sections.split(",") if x}
+    unknown = sections - {"bank", "transfer", "export", "ablations"}
+    if unknown:
+        raise SystemExit(f"unknown section(s) {sorted(unknown)}")
+    banks: dict[tuple[int, int], BatteryBank] = {}
+
     # 1. the bank of K batteries, and batched vs loop
-    logger.info("section 1: %d batteries (%s)", args.K, bank_regimes(args.K))
-    bank, report = train_bank(args, args.K, args.hidden)
-    res["bank"] = report
-    timing_source = RegimeSource(
-        parse_regimes(bank_regimes(args.K)),
-        args.bank_batch,
-        patch_size=args.patch_size,
-        seed=args.seed + 1,
-        cluster_patches=args.cluster_patches,
-    )
-    res["bank_timing"] = time_batched_vs_loop(
-        bank.config,
-        timing_source,
-        steps=args.loop_steps,
-        seed=args.seed,
-        patch_svae_steps=args.patchsvae_loop_steps,
-        progress=args.progress,
-    )
-    logger.info("bank: %.1f s; speed-up %s", report["train_wall_s"], res["bank_timing"]["s_per_step"])
+    if sections & {"bank", "transfer", "export"}:
+        logger.info("section 1: %d batteries (%s)", args.K, bank_regimes(args.K))
+        bank, report = train_bank(args, args.K, args.hidden)
+        banks[(args.K, args.hidden)] = bank
+        res["bank"] = report
+    if "bank" in sections:
+        timing_source = RegimeSource(
+            parse_regimes(bank_regimes(args.K)),
+            args.bank_batch,
+            patch_size=args.patch_size,
+            seed=args.seed + 1,
+            cluster_patches=args.cluster_patches,
+        )
+        res["bank_timing"] = time_batched_vs_loop(
+            bank.config,
+            timing_source,
+            steps=args.loop_steps,
+            seed=args.seed,
+            patch_svae_steps=args.patchsvae_loop_steps,
+            progress=args.progress,
+        )
+        logger.info("bank: %.1f s; speed-up %s", report["train_wall_s"], res["bank_timing"]["s_per_step"])
 
     # 2. transfer at K
-    logger.info("section 2: transfer at K=%d", args.K)
-    runs = pair(args, bank, args.steps, evaluator)
-    torch.manual_seed(args.seed)
-    runs["c_geovae"] = train_eval(plain_geovae(args), args, args.steps, evaluator, geo=True)
-    table = transfer_table(runs, "b_random")
-    st_a, st_b = table["psnr"]["a_implanted"]["steps"], table["psnr"]["b_random"]["steps"]
-    speed = (
-        f"PSNR ×{st_b / st_a:.2f} ({st_a} vs {st_b} steps)"
-        if st_a
-        else f"none: (a) did not reach (b)'s final PSNR in {args.steps} steps"
-    )
-    res["transfer"] = {"K": args.K, "steps": args.steps, "runs": runs, "table": table, "speedup": speed}
+    if sections & {"transfer", "export"}:
+        logger.info("section 2: transfer at K=%d", args.K)
+        runs = pair(args, bank, args.steps, evaluator)
+        torch.manual_seed(args.seed)
+        runs["c_geovae"] = train_eval(plain_geovae(args), args, args.steps, evaluator, geo=True)
+        table = transfer_table(runs, "b_random")
+        st_a, st_b = table["psnr"]["a_implanted"]["steps"], table["psnr"]["b_random"]["steps"]
+        speed = (
+            f"PSNR ×{st_b / st_a:.2f} ({st_a} vs {st_b} steps)"
+            if st_a
+            else f"none: (a) did not reach (b)'s final PSNR in {args.steps} steps"
+        )
+        res["transfer"] = {"K": args.K, "steps": args.steps, "runs": runs, "table": table, "speedup": speed}
 
-    # 4. export of (a) (before the ablations free memory)
-    x = to_model_space(evaluator.tiles01[:16])
-    model_a: BatteryContainer = runs["a_implanted"]["model"]
-    res["export"] = export_report(model_a, x)
+        # 4. export of (a)
+        x = to_model_space(evaluator.tiles01[:16])
+        model_a: BatteryContainer = runs["a_implanted"]["model"]
+        res["export"] = export_report(model_a, x)
 
     # 3. ablations
     res["ablations"] = {}
-    wanted = [a for a in args.ablations.split(",") if a]
-    banks: dict[tuple[int, int], BatteryBank] = {(args.K, args.hidden): bank}
+    wanted = [a for a in args.ablations.split(",") if a] if "ablations" in sections else []
+    sector_names = {
+        "enc": ("encoder",),
+        "dec": ("decoder",),
+        "anchors": ("anchors",),
+        "enc+dec": ("encoder", "decoder"),
+    }
     for name in wanted:
+        sectors: tuple[str, ...] = ("encoder", "decoder", "anchors")
         if name.startswith("K"):
             k, h, overrides = int(name[1:]), args.hidden, {}
         elif name.startswith("h"):
             k, h, overrides = args.ablation_K, int(name[1:]), {}
         elif name == "topk":
             k, h, overrides = args.ablation_K, args.hidden, {"routing": "topk", "top_k": 8}
+        elif name in sector_names:
+            k, h, overrides, sectors = args.ablation_K, args.hidden, {}, sector_names[name]
         else:
             raise SystemExit(f"unknown ablation {name!r}")
         if (k, h) not in banks:
             logger.info("ablation %s: bank K=%d h=%d", name, k, h)
             banks[(k, h)], rep = train_bank(args, k, h)
             res.setdefault("ablation_banks", {})[f"K{k}_h{h}"] = rep
-        ab = pair(args, banks[(k, h)], args.ablation_steps, evaluator, **overrides)
+        # sector ablations share (b) with the K ablation of the same shape when it ran
+        shared_b = (
+            res["ablations"].get(f"K{k}", {}).get("runs", {}).get("b_random")
+            if name in sector_names
+            else None
+        )
+        ab = pair(args, banks[(k, h)], args.ablation_steps, evaluator, sectors, shared_b is None, **overrides)
+        if shared_b is not None:
+            ab["b_random"] = shared_b
         res["ablations"][name] = {
             "K": k,
             "hidden": h,
             "routing": overrides.get("routing", "soft"),
+            "sectors": list(sectors),
             "steps": args.ablation_steps,
             "runs": ab,
         }
     res["wall_s"] = time.perf_counter() - t_start
     res["command"] = command
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "batteries_quick" if args.quick else "batteries"
+    name = args.name or ("batteries_quick" if args.quick else "batteries")
     clean = strip_models(res)
     (args.out / f"{name}.json").write_text(json.dumps(clean, indent=2, default=float) + "\n")
     (args.out / f"{name}.md").write_text(markdown(clean, command) + "\n")

@@ -286,6 +286,7 @@ class BatteryBank(PentachoraModel):
         self.dec_out_b = nn.Parameter(torch.empty(k, p))
         self.register_buffer("prototypes", F.normalize(torch.ones(k, c.V, d), dim=-1))
         self.info: list[dict[str, Any]] = []
+        self.run_metadata: dict[str, Any] = {}
         self.reset_parameters()
         self._target: float = target_cv(c.D)
 

@@ -578,7 +578,7 @@ class LinearExport(nn.Module):
         self.route_dec_b = nn.Parameter(torch.empty(k, h + 1))
         self.dec_out = nn.Linear(k * h + k, pix, bias=False)
         self.smooth = BoundarySmooth(c.channels, kernel=c.smooth_kernel, mid=c.resolved_smooth_mid)
-        self.stage_names: list[str] = []
+        self._flop_counter: _FlopCounter | None = None  # set by count_flops while it runs
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -632,7 +632,7 @@ class LinearExport(nn.Module):
     # ------------------------------------------------------------------ stages
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[None]:
-        counter = _ACTIVE_COUNTER[-1] if _ACTIVE_COUNTER else None
+        counter = self._flop_counter
         if counter is not None:
             counter.stage = name
         try:
@@ -783,9 +783,6 @@ class LinearExport(nn.Module):
 
 
 # ============================================================================================ FLOPs
-_ACTIVE_COUNTER: list[_FlopCounter] = []
-
-
 class _FlopCounter(TorchDispatchMode):
     """Counts FLOPs per stage: matmul/conv by PyTorch's formulas, other ops 1 per output element."""
 
@@ -845,15 +842,16 @@ def count_flops(export: LinearExport, x: torch.Tensor) -> dict[str, Any]:
 
     Returns:
         ``{"stages": [{"stage", "linear", "flops", "flops_per_patch"}], "linear_flops",
-        "total_flops", "linear_fraction", "patches", "linear_maps"}``.
+        "total_flops", "linear_fraction", "patches", "linear_stage_kinds"}`` (stages in pipeline
+        order; ``linear_stage_kinds`` counts the distinct linear stages that ran).
     """
     counter = _FlopCounter()
-    _ACTIVE_COUNTER.append(counter)
+    export._flop_counter = counter
     try:
         with counter:
             export(x)
     finally:
-        _ACTIVE_COUNTER.pop()
+        export._flop_counter = None
     n_patches = (
         x.shape[0] * (x.shape[-2] // export.config.patch_size) * (x.shape[-1] // export.config.patch_size)
     )

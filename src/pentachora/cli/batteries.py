@@ -293,7 +293,7 @@ def export_report(
     Returns:
         ``max_abs_diff``, ``linear_fraction`` (1 FLOP per element for non-matmul ops),
         ``linear_fraction_elementwise_x10`` (each non-linear element costs 10), stage table,
-        linear-map counts before and after folding.
+        linear-map counts before and after folding, and the folded ``module``.
     """
     model.eval()
     export = model.export_linear(merge_mu_inverse=merge_mu_inverse)
@@ -317,7 +317,7 @@ def export_report(
         "linear_maps_before_per_battery": before_grouped - 4 + 4 * c.n_batteries,
         "merged_mu_inverse": export.merged_inverse,
         "stages": flops["stages"],
-        "export": export,
+        "module": export,
     }
 
 
@@ -555,10 +555,10 @@ def export_linear(
         f"max |export − model| on {x.shape[0]} held-out tiles: {rep['max_abs_diff']:.2e}"
     )
     if output is not None:
-        rep["export"].save(output)
+        rep["module"].save(output)
         console.print(f"folded model → {output}")
     if json_out is not None:
-        payload = {k: v for k, v in rep.items() if k != "export"}
+        payload = {k: v for k, v in rep.items() if k != "module"}
         json_out.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     if not math.isfinite(rep["max_abs_diff"]):
         raise typer.Exit(code=1)
