@@ -428,15 +428,23 @@ def train_geovae(
     data: str = typer.Option("images", help=DATA_HELP),
     steps: int = typer.Option(500, min=0, help="Optimizer steps (0 = build and describe the model only)."),
     batch_size: int = typer.Option(16, min=1, help="Images per batch."),
-    image_size: int = typer.Option(64, min=1, help="Crop / noise image side in pixels (multiple of the patch)."),
+    image_size: int = typer.Option(
+        64, min=1, help="Crop / noise image side in pixels (multiple of the patch)."
+    ),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, cosine schedule)."),
     warmup: int = typer.Option(50, min=0, help="Linear warm-up steps."),
     grad_clip: float = typer.Option(1.0, help="Fixed gradient-norm clip (0 = off)."),
-    align_fraction: float = typer.Option(0.1, help="Fraction of steps in the geometry-first CV alignment phase."),
+    align_fraction: float = typer.Option(
+        0.1, help="Fraction of steps in the geometry-first CV alignment phase."
+    ),
     set_: list[str] = typer.Option(None, "--set", help="Model config override KEY=VALUE (repeatable)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default runs/geovae-<preset>). Rerun to resume."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Run folder (default runs/geovae-<preset>). Rerun to resume."
+    ),
     seed: int = typer.Option(0, help="Seed (data, init, per-step randomness)."),
-    eval_every: int = typer.Option(100, min=0, help="Evaluate on held-out data every N steps (0 = end only)."),
+    eval_every: int = typer.Option(
+        100, min=0, help="Evaluate on held-out data every N steps (0 = end only)."
+    ),
     save_every: int = typer.Option(250, min=0, help="Checkpoint every N steps (0 = end only)."),
     bf16: bool = typer.Option(False, help="bf16 autocast (geometry stays fp32/fp64)."),
     noise_per_type: int = typer.Option(16, min=1, help="Evaluation images per noise type."),

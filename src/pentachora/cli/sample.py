@@ -52,7 +52,9 @@ def save_grid(images01, path: Path, nrow: int | None = None, pad: int = 2) -> Pa
 
 @app.command()
 def sample(
-    directory: Path = typer.Argument(..., help="A run folder (final/ or latest checkpoint) or a checkpoint folder."),
+    directory: Path = typer.Argument(
+        ..., help="A run folder (final/ or latest checkpoint) or a checkpoint folder."
+    ),
     n: int = typer.Option(16, "-n", "--num", min=1, help="Number of samples."),
     output: Path = typer.Option(Path("samples.png"), "-o", "--output", help="PNG grid to write."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prior draws."),
