@@ -87,7 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------- throughput (subprocess)
-def _throughput_worker(method: str, model_dir: str, texts: list[str], threads: int, queue) -> None:
+def _throughput_worker(
+    method: str, model_dir: str, texts: list[str], threads: int, queue, repeats: int = 2
+) -> None:
     torch.set_num_threads(threads)
     from pentachora.memory.cache import segment_features
     from pentachora.memory.recipe import load_encoders, load_memory_model
@@ -122,12 +124,15 @@ def _throughput_worker(method: str, model_dir: str, texts: list[str], threads: i
 
     with torch.no_grad():
         run_once(texts[:4])  # warm-up
-        rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        t0 = time.perf_counter()
-        n = 0
-        for start in range(0, len(texts), batch):
-            n += run_once(texts[start : start + batch])
-        dt = time.perf_counter() - t0
+        times = []
+        with _RssSampler() as sampler:
+            for _ in range(repeats):  # best of `repeats` passes: the machine is shared and noisy
+                t0 = time.perf_counter()
+                n = 0
+                for start in range(0, len(texts), batch):
+                    n += run_once(texts[start : start + batch])
+                times.append(time.perf_counter() - t0)
+        dt = min(times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     queue.put(
         {
@@ -135,10 +140,45 @@ def _throughput_worker(method: str, model_dir: str, texts: list[str], threads: i
             "docs": n,
             "seconds": dt,
             "docs_per_s": n / dt,
+            "all_seconds": times,
             "peak_rss_mib": peak / 1024,
-            "rss_after_warmup_mib": rss_loaded / 1024,
+            "rss_before_mib": sampler.start_mib,
+            "peak_rss_increase_mib": sampler.peak_mib - sampler.start_mib,
         }
     )
+
+
+class _RssSampler:
+    """Samples this process's resident set size every 2 ms in a thread (Linux ``/proc/self/statm``)."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        import os
+        import threading
+
+        self.interval = interval
+        self.page_mib = os.sysconf("SC_PAGE_SIZE") / 2**20
+        self.start_mib = self.peak_mib = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> float:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self.page_mib
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mib = max(self.peak_mib, self._rss())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> _RssSampler:
+        self.start_mib = self.peak_mib = self._rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mib = max(self.peak_mib, self._rss())
 
 
 def measure_throughput(model_dir: Path, texts: list[str], threads: int) -> dict[str, dict[str, float]]:
@@ -152,12 +192,57 @@ def measure_throughput(model_dir: Path, texts: list[str], threads: int) -> dict[
         proc.join()
         results[method] = res
         logging.info(
-            "throughput %s: %.2f docs/s, peak RSS %.0f MiB", method, res["docs_per_s"], res["peak_rss_mib"]
+            "throughput %s: %.2f docs/s, peak RSS %.0f MiB (+%.0f MiB while encoding)",
+            method,
+            res["docs_per_s"],
+            res["peak_rss_mib"],
+            res["peak_rss_increase_mib"],
         )
     ref = results["concat"]["docs_per_s"]
     for r in results.values():
         r["ratio_to_concat"] = r["docs_per_s"] / ref
     return results
+
+
+# ----------------------------------------------------------------------------- run folders
+def run_folder_training(run_dir: Path) -> dict:
+    """Steps, wall time, mode, convergence order and the equivalent CLI command of a training run."""
+    from pentachora.memory import MemoryConfig
+
+    run_dir = Path(run_dir)
+    info: dict = {"dir": str(run_dir)}
+    files = {
+        name: run_dir / f"{name}.json"
+        for name in ("eval", "convergence", "train_config", "data", "model_config")
+    }
+    loaded = {k: json.loads(p.read_text()) for k, p in files.items() if p.is_file()}
+    ev, tc = loaded.get("eval", {}), loaded.get("train_config", {})
+    info.update(
+        steps=ev.get("train_steps"),
+        wall_s=ev.get("train_wall_s"),
+        nonfinite_steps=ev.get("nonfinite_steps"),
+        mode=loaded.get("data", {}).get("mode"),
+        convergence={k: v for k, v in loaded.get("convergence", {}).items() if k != "history"},
+    )
+    cfg = loaded.get("model_config", {}).get("config")
+    if tc and cfg:
+        base = vars(MemoryConfig.preset("minilm-tiny"))
+        resolved = ("hidden_size", "teacher_dim", "max_segments")
+        sets = [
+            f"--set {k}={json.dumps(v, separators=(',', ':'))}"
+            for k, v in cfg.items()
+            if k not in resolved and (list(base[k]) if isinstance(base[k], tuple) else base[k]) != v
+        ]
+        info["command"] = " ".join(
+            [
+                "pentachora train memory --preset minilm-tiny",
+                f"--steps {tc['steps']} --batch-size {tc['batch_size']} --lr {tc['lr']:g}",
+                f"--mode {info['mode']}" if info.get("mode") not in (None, "joint") else "",
+                *sets,
+                f"--seed {tc['seed']} --threads 1 --out {run_dir}",
+            ]
+        ).replace("  ", " ")
+    return info
 
 
 # ----------------------------------------------------------------------------- main
@@ -189,9 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
             config, "wiki", cache_root=args.cache_dir, encoders=(student, teacher),
             include_train=not same_space(student, teacher),
         )  # fmt: skip
-        eval_json = (args.model / "eval.json") if (args.model / "eval.json").is_file() else None
-        if eval_json is not None:
-            training = {"from": str(args.model), **json.loads(eval_json.read_text())}
+        training = run_folder_training(args.model)
     else:
         config, student, teacher = resolve_config(MemoryConfig.preset(args.preset))
         data = prepare_memory_data(config, "wiki", cache_root=args.cache_dir, encoders=(student, teacher))
@@ -210,13 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
         run = train_memory(model, data, cfg, mode=args.mode, periodic_eval_docs=128)
         model = run.model
         model_dir = args.run_dir
-        training = {
-            "steps": run.result.steps,
-            "wall_s": run.result.wall_time_s,
-            "nonfinite_steps": run.result.nonfinite_steps,
-            "mode": args.mode,
-            "convergence": run.convergence,
-        }
+        training = run_folder_training(args.run_dir)
     seq_map = fit_student_to_teacher(data.train, same_space(student, teacher))
     held = data.heldout
     quality: dict[str, dict[str, float]] = {}
@@ -232,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
         vmodel = load_memory_model(path)
         variants[label] = {
             "dir": path,
+            "training": run_folder_training(Path(path)),
             "config_changes": {k: v for k, v in vars(vmodel.config).items() if getattr(model.config, k) != v},
             **evaluate_memory(vmodel, held, seq_map=seq_map),
             "sequence_positions": float(vmodel.config.seq_len),
@@ -348,30 +426,55 @@ def render_markdown(r: dict) -> str:
             + " |"
         )
         lines.append(
-            "| peak RSS of the process (MiB) | "
+            "| peak RSS while encoding, above the loaded process (MiB) | "
+            + " | ".join(f"+{t[m]['peak_rss_increase_mib']:.0f}" for m in methods)
+            + " |"
+        )
+        lines.append(
+            "| peak RSS of the whole process (MiB) | "
             + " | ".join(f"{t[m]['peak_rss_mib']:.0f}" for m in methods)
             + " |"
         )
-    tr = r["training"]
+    lines += [
+        "",
+        "Reading the table. The default teacher is the student model itself over 512 tokens, mean pooled — so "
+        "(b) and (c), which average the same model's per-window outputs, are near-oracles of the teacher; "
+        "(c)'s token-weighted mean is closest to the teacher's token mean. The memory model has to learn that "
+        "function from 1,979 training documents, and its held-out teacher cosine stays well below theirs "
+        "(training documents reach ≈0.87; held-out articles are unseen topics). Retrieval (m_acc, R@1) "
+        "saturates for (b), (c) and (d). s_cos of (a) and (c) is 1 by construction (their first 77 positions "
+        "are the native sequence) and says nothing about the rest of the text; *tail R@1 (sequence mean)* "
+        "asks whether the 77-position sequence itself carries the text beyond the first window: with the "
+        "seed's loss (d) it barely does (≈ truncation); the sequence-mean loss of (d′) makes it carry the "
+        "tail at a cost in s_cos. m_acc is measured on consecutive held-out documents (runs of the same "
+        "article), harder than random training batches.",
+    ]
     lines += ["", "Goals (from issue 6):", ""]
     for goal, ok in r["goals"].items():
         lines.append(f"- {goal.replace('_', ' ')}: **{'met' if ok else 'NOT met'}**")
-    if tr.get("wall_s") is not None:
+    trainings = {
+        "(d)": r["training"],
+        **{f"(d′) {k}": v.get("training", {}) for k, v in r.get("variants", {}).items()},
+    }
+    lines += ["", "Training (CPU, 1 thread, shared 2-core machine):", ""]
+    for name, tr in trainings.items():
+        if not tr or tr.get("wall_s") is None:
+            continue
         conv = tr.get("convergence", {})
-        lines += [
-            "",
-            f"Training: {tr.get('steps')} steps ({tr.get('mode')}) in {tr['wall_s']:.0f} s on CPU "
-            f"({r['machine']['threads']} threads, shared machine), {tr.get('nonfinite_steps', 0)} non-finite steps. "
-            f"Convergence order: {' → '.join(conv.get('order', [])) or 'n/a'} "
-            f"(CV lock step {conv.get('cv_lock_step')}, m_acc climb {conv.get('m_acc_climb_step')}, "
-            f"s_cos climb {conv.get('s_cos_climb_step')}).",
-        ]
+        lines.append(
+            f"- {name}: {tr.get('steps'):.0f} steps ({tr.get('mode')}) in {tr['wall_s']:.0f} s, "
+            f"{tr.get('nonfinite_steps') or 0:.0f} non-finite steps; convergence order "
+            f"{' → '.join(conv.get('order', [])) or 'n/a'} (CV lock step {conv.get('cv_lock_step')}, m_acc climb "
+            f"{conv.get('m_acc_climb_step')}, s_cos climb {conv.get('s_cos_climb_step')}). "
+            f"Command: `{tr.get('command', '?')}`"
+        )
     lines += [
         "",
         f"Machine: {r['machine']['platform']}, torch {r['machine']['torch']}, {r['machine']['threads']} threads, CPU. "
         "Throughput is measured from raw text (tokenisation + frozen encoder + method) on the first "
-        f"{r['data']['throughput_documents']} held-out documents in batches of 16, each method in a fresh "
-        "process; only the ratios are meaningful on this shared machine.",
+        f"{r['data']['throughput_documents']} held-out documents in batches of 16 (best of 2 passes), each method in "
+        "a fresh process; only the ratios are meaningful on this shared machine. Peak RSS above the loaded "
+        "process is sampled every 2 ms during the timed passes.",
         "",
     ]
     return "\n".join(lines)

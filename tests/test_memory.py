@@ -297,6 +297,19 @@ def test_clip_path_native_sequence_and_pooled(clip):
     torch.testing.assert_close(pen.encode_windows(input_ids, am).target, hidden[-2])
 
 
+def test_clip_with_projection_pools_text_embeds(clip):
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.CLIPTextModelWithProjection(clip.model.config).eval()
+    enc = FrozenTextEncoder(model, clip.tokenizer, layers=(1, 2), target_layer="penultimate")
+    assert enc.pooling == "projection" and enc.pooled_dim == clip.model.config.projection_dim
+    ids, mask = enc.pad_windows([enc.with_specials(enc.tokenize(["a red cube"])[0])])
+    out = enc.encode_windows(ids, mask)
+    torch.testing.assert_close(out.pooled, model(input_ids=ids).text_embeds)
+    assert enc.embed(["a red cube", words(120, 9)]).shape == (2, enc.pooled_dim)  # truncated to 77
+
+
 def test_clip_training_step_and_cache(tmp_path, clip):
     texts = [words(n, i) for i, n in enumerate((40, 120, 200, 300))]
     seg = Segmenter(clip)

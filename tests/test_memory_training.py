@@ -137,6 +137,9 @@ def test_joint_training_learns_and_baselines_are_consistent(tmp_path, corpus_fil
         torch.testing.assert_close(base["truncate"]["pooled"][one], base["window_mean"]["pooled"][one])
     with pytest.raises(ValueError):
         mode_callbacks("sideways", 10)
+    phase, lr = mode_callbacks("two-phase", 10, pretrained_bank=True)  # a trained bank: B then C
+    assert [start for start, _ in phase.phases] == [1, 6] and lr.phases == [(0, 1.0), (6, 0.1)]
+    assert mode_callbacks("joint", 10) == [] and len(mode_callbacks("pooled", 10)) == 1
 
 
 def test_bf16_autocast_steps_stay_finite(tmp_path, corpus_file):
