@@ -4,8 +4,9 @@ embedded default of real, human-written long text.
 **Embedded default** (:func:`wikipedia_corpus`, spec ``wiki``): the English Wikipedia excerpt that
 the PyPI package ``gensim`` ships among its test data
 (``gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2``,
-107 non-redirect articles such as *Anarchism*, *Albedo*, *Alabama*, *Atlantic Ocean*). It installs
-offline with ``pip install gensim`` and nothing is downloaded at run time. Cleaning:
+107 non-redirect articles such as *Anarchism*, *Albedo*, *Alabama*, *Atlantic Ocean*, 96 of which
+yield documents). It installs offline with ``pip install gensim`` and nothing is downloaded at run
+time. Cleaning:
 
 1. ``gensim.corpora.wikicorpus.filter_wiki`` strips templates, links, references and tables;
 2. bold/italic quote marks are removed; headings, list items, table remnants and lines that are
@@ -352,7 +353,8 @@ def wikipedia_corpus(
         skew: Target length ``min + (max − min)·u**skew`` with ``u ~ U(0, 1)``; > 1 favours short docs.
 
     Returns:
-        A :class:`TextCorpus` (about 2,400 documents with the defaults).
+        A :class:`TextCorpus` (2,227 documents with the defaults: 1,979 for training, 248 held out from
+        11 whole articles; 502k tokens, median 182 per document).
 
     Raises:
         ImportError: ``gensim`` (or the MiniLM tokenizer package) is not installed.
