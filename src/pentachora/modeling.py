@@ -19,6 +19,7 @@ rejects unknown config keys and loads the weights with ``strict=True``; every fa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import typing
@@ -221,6 +222,10 @@ class PentachoraModel(nn.Module):
 
 def load_model(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> PentachoraModel:
     """Load any registered pentachora model from a checkpoint folder, dispatching on ``model_type``."""
-    import pentachora.autoencoders  # noqa: F401  (registers the model families)
+    import importlib
+
+    importlib.import_module("pentachora.autoencoders")  # registers the autoencoder families
+    with contextlib.suppress(ImportError):  # the geometric memory needs the `memory` extra
+        importlib.import_module("pentachora.memory")
 
     return PentachoraModel.from_pretrained(directory, map_location=map_location)
