@@ -270,6 +270,40 @@ def _f(v: Any, nd: int = 2) -> str:
     return str(v)
 
 
+def verdict(tr: dict[str, Any]) -> list[str]:
+    """Generated reading of the transfer table: (a) against (b), and against the plain GeoVAE (c)."""
+    runs, table = tr["runs"], tr["table"]
+    if not {"a_implanted", "b_random", "c_geovae"} <= set(runs):
+        return []
+    a, b, c = runs["a_implanted"], runs["b_random"], runs["c_geovae"]
+    ra, rc = table["psnr"]["a_implanted"], table["psnr"]["c_geovae"]
+    ca = {int(x["step"]): x["psnr"] for x in a["curve"]}
+    cc = {int(x["step"]): x["psnr"] for x in c["curve"]}
+    lead = [st for st in sorted(ca) if st in cc and ca[st] > cc[st]]
+    out = ["**Reading (generated from the numbers above).**", ""]
+    out.append(
+        f"* (a) vs (b): implanting reaches (b)'s final held-out PSNR after {_f(ra['steps'])} steps instead of "
+        f"{table['psnr']['b_random']['steps']}, and ends {a['final']['psnr'] - b['final']['psnr']:+.2f} dB above it."
+    )
+    beats = a["final"]["psnr"] > c["final"]["psnr"]
+    diff = a["final"]["psnr"] - c["final"]["psnr"]
+    out.append(
+        f"* (a) vs (c): the implanted container ends {abs(diff):.2f} dB {'above' if beats else 'below'} the plain "
+        f"GeoVAE ({'it beats it' if beats else 'it does not beat it'}); it reaches (b)'s final PSNR in "
+        f"{_f(ra['steps'])} steps ({_f(ra['train_s'], 0)} s) against {_f(rc['steps'])} steps "
+        f"({_f(rc['train_s'], 0)} s) for (c); a step of (a) costs {a['s_per_step'] / c['s_per_step']:.1f}× a step "
+        "of (c). "
+        + (
+            f"Per step, (a) is ahead of (c) at {len(lead)} of {len(ca)} evaluations "
+            f"(steps {lead[0]}–{lead[-1]})."
+            if lead
+            else "(a) is never ahead of (c) at equal steps."
+        )
+    )
+    out.append("")
+    return out
+
+
 def markdown(res: dict[str, Any], command: str) -> str:
     lines = ["# Battery container benchmark", "", f"Command: `{command}`", ""]
     m = res["machine"]
@@ -369,6 +403,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
         sp = tr.get("speedup")
         if sp:
             lines += ["", "Transfer speed-up (steps of b / steps of a to reach b's final): " + sp, ""]
+        lines += verdict(tr)
     if res["ablations"]:
         lines += ["", "## 3. Ablations (a vs b at each setting)", ""]
         lines += [
@@ -451,9 +486,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default="", help="results file stem (default batteries / batteries_quick)")
     p.add_argument(
+        "--render", type=Path, default=None, help="only re-render the markdown of this results JSON"
+    )
+    p.add_argument(
         "--sections", default="bank,transfer,export,ablations", help="comma list of sections to run"
     )
     args = p.parse_args(argv)
+    if args.render is not None:  # re-render the markdown of an existing results file
+        res = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(markdown(res, res["command"]) + "\n")
+        return
     if args.quick:
         args.K, args.bank_steps, args.steps, args.ablation_steps = 32, 20, 12, 8
         args.eval_every, args.eval_early, args.eval_tiles, args.eval_noise = 4, 4, 4, 2
