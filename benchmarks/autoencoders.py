@@ -427,7 +427,7 @@ def run_bench(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             rows[name]["train_step_vs_ref"] = rows[name]["train_step_s"] / min(step_t[ref])
             rows[name]["throughput_vs_ref"] = rows[name]["throughput_img_s"] / max(thr[ref])
             rows[name]["peak_mem_mib"] = peak_memory_mib(
-                ratio, name, args.batch_size, args.image_size, device
+                ratio, name, args.batch_size, args.image_size, device, _parse_overrides(args.geo_set)
             )
         results["ratios"][str(ratio)] = rows
         del models
