@@ -75,6 +75,18 @@ def make_train_config(
     )
 
 
+def load_model_or_exit(console: Console, run: Path):
+    """Load a model from a run or checkpoint folder; on a bad folder print why and exit with code 2."""
+    from pentachora.io import CheckpointError
+    from pentachora.recipes import load_run_model
+
+    try:
+        return load_run_model(run)
+    except CheckpointError as exc:
+        console.print(f"[red]cannot load {run}: {exc}[/red]")
+        raise typer.Exit(code=2) from exc
+
+
 def describe_model(model) -> dict[str, Any]:
     """Parameter count and honest latent accounting of an autoencoder."""
     return {
@@ -323,15 +335,10 @@ def eval_cmd(
     from pentachora.data.noise import NOISE_TYPES
     from pentachora.data.sources import parse_data_spec
     from pentachora.diagnostics.evaluation import evaluate_autoencoder
-    from pentachora.io import CheckpointError
-    from pentachora.recipes import build_eval_data, load_run_model
+    from pentachora.recipes import build_eval_data
 
     console = Console()
-    try:
-        model = load_run_model(run)
-    except CheckpointError as exc:
-        console.print(f"[red]cannot load {run}: {exc}[/red]")
-        raise typer.Exit(code=2) from exc
+    model = load_model_or_exit(console, run)
     try:
         spec = parse_data_spec(data)
     except ValueError as exc:
@@ -370,15 +377,9 @@ def reconstruct_cmd(
     import torch
 
     from pentachora.data.images import load_image_file, psnr, to_model_space, to_pixel_space
-    from pentachora.io import CheckpointError
-    from pentachora.recipes import load_run_model
 
     console = Console()
-    try:
-        model = load_run_model(run)
-    except CheckpointError as exc:
-        console.print(f"[red]cannot load {run}: {exc}[/red]")
-        raise typer.Exit(code=2) from exc
+    model = load_model_or_exit(console, run)
     if not image.is_file():
         raise typer.BadParameter(f"{image} does not exist", param_hint="IMAGE")
     x01 = load_image_file(image)  # (3, H, W)
