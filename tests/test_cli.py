@@ -125,6 +125,25 @@ def test_clear_errors_for_bad_runs_and_data(tmp_path):
     assert result.exit_code != 0
 
 
+def test_train_svae_nosvd_with_the_reference_clip_rule(tmp_path):
+    out = tmp_path / "nosvd"
+    result = invoke(
+        "train", "svae", "--preset", "tiny", "--readout", "linear", "--data", "noise:raw", "--steps", "2",
+        "--batch-size", "2", "--image-size", "16", "--noise-per-type", "1", "--grad-clip-mode", "adaptive",
+        "--weight-decay", "0", "--out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((out / "train_config.json").read_text())
+    assert cfg["grad_clip_mode"] == "adaptive" and cfg["weight_decay"] == 0.0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("clip_threshold" in r for r in records if r.get("split") == "train")
+    result = runner.invoke(
+        app, ["train", "svae", "--steps", "1", "--grad-clip-mode", "adaptive", "--grad-clip", "0",
+              "--out", str(tmp_path / "z")],
+    )  # fmt: skip
+    assert result.exit_code != 0 and "adaptive" in result.output
+
+
 def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
     result = invoke(
         "demo", "--steps", "2", "--batch-size", "2", "--image-size", "32", "--eval-tiles", "3",

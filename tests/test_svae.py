@@ -265,6 +265,29 @@ def test_nosvd_variant_shapes_and_accounting(round_name):
     assert (model.omega_norm is not None) == model.config.omega_layernorm
 
 
+def test_svd_bounds_the_decoder_input_and_the_linear_readout_does_not():
+    """The seed's load-bearing property #1: ‖M̂‖_F = ‖S′‖ ≤ (1 + max_alpha)^n_cross · √V, whatever the
+    input or the weights; the NoSVD inverse readout scales M̂ with its weights (no bound)."""
+    svd = make_model()
+    c = svd.config
+    bound = (1 + c.max_alpha) ** c.n_cross * math.sqrt(c.V)
+    with torch.no_grad():
+        for p in svd.encoder.parameters():  # a wildly trained encoder cannot break the bound
+            p.mul_(50.0)
+        for x in (raw_cauchy(), 1e4 * images()):
+            norms = svd.matrix_from_latent(svd.encode(x)).norm(dim=(-2, -1))
+            assert norms.max() <= bound * (1 + 1e-5)
+            assert norms.min() >= (1 - c.max_alpha) ** c.n_cross * math.sqrt(c.V) * (1 - 1e-5)
+    lin = make_model(**NOSVD_ROUNDS["round1"])
+    with torch.no_grad():
+        x = raw_cauchy()
+        before = lin.matrix_from_latent(lin.encode(x)).norm(dim=(-2, -1)).max()
+        lin.inverse_readout.weight.mul_(100.0)
+        lin.inverse_readout.bias.mul_(100.0)
+        after = lin.matrix_from_latent(lin.encode(x)).norm(dim=(-2, -1)).max()
+    assert after == pytest.approx(100 * before, rel=1e-4) and after > 10 * bound
+
+
 def test_nosvd_round2_uses_orthogonal_gain_half():
     model = make_model(**NOSVD_ROUNDS["round2"])
     w = model.readout.weight  # (D, V·D): orthonormal rows scaled by 0.5

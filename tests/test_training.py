@@ -538,3 +538,60 @@ def test_early_stop_on_plateau(tmp_path: Path) -> None:
         make_model(), config, ToySource(), eval_fn=lambda m: {"score": 1.0}, callbacks=[stop]
     ).fit()
     assert result.stopped_early and result.steps == 15 and result.checkpoint.name == "step-0000015"
+
+
+class UpdateWatch(Callback):
+    """Records, per step, the norm of the parameter update and the step's scalars."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[float, dict[str, float]]] = []
+
+    def on_step_start(self, trainer: Trainer, step: int) -> None:
+        self._before = [p.detach().clone() for p in trainer.unwrapped_model.parameters()]
+
+    def on_step_end(self, trainer: Trainer, step: int, output_scalars: dict[str, float]) -> None:
+        after = list(trainer.unwrapped_model.parameters())
+        sq = sum(float((a.detach() - b).square().sum()) for a, b in zip(after, self._before, strict=True))
+        self.records.append((math.sqrt(sq), dict(output_scalars)))
+
+
+@pytest.mark.parametrize("mode", ["fixed", "adaptive"])
+def test_grad_clip_modes_bound_the_applied_gradient(mode: str) -> None:
+    # plain SGD: the parameter update is lr × the clipped gradient, so its norm shows the clip
+    lr, floor, scale = 0.05, 0.02, 10.0
+    watch = UpdateWatch()
+    source = ToySource()
+    loud = type("Loud", (), {"batch": lambda self, step: scale * source.batch(step)})()
+    c = cfg(
+        None, steps=6, lr=lr, lr_schedule="constant", weight_decay=0.0, grad_clip=floor, grad_clip_mode=mode
+    )
+    c = c.replace(adaptive_clip_key="recon")
+    model = make_model(dropout=0.0)
+    model.set_loss_weights(recon_weight=100.0)  # a gradient louder than the recon value it follows
+    Trainer(
+        model,
+        c,
+        loud,
+        callbacks=[watch],
+        optimizer_factory=lambda groups: torch.optim.SGD(groups, lr=lr),
+    ).fit()
+    clipped = 0
+    for applied, s in watch.records:
+        threshold = max(s["recon"], floor) if mode == "adaptive" else floor
+        if mode == "adaptive":
+            assert s["clip_threshold"] == pytest.approx(threshold)
+        else:
+            assert "clip_threshold" not in s
+        assert applied / lr == pytest.approx(min(s["grad_norm"], threshold), rel=1e-4)
+        clipped += s["grad_norm"] > threshold
+    assert clipped >= 1, "the test data must be loud enough to be clipped"
+    if mode == "adaptive":
+        # the rule's flaw the seeds hit: a loud loss raises its own threshold far above the floor
+        assert max(s["clip_threshold"] for _, s in watch.records) > 100 * floor
+
+
+def test_adaptive_clip_needs_a_floor() -> None:
+    with pytest.raises(ValueError, match="adaptive"):
+        TrainConfig(grad_clip_mode="adaptive", grad_clip=0)
+    with pytest.raises(ValueError, match="grad_clip_mode"):
+        TrainConfig(grad_clip_mode="auto")

@@ -56,6 +56,8 @@ def make_train_config(
     grad_clip: float,
     warmup: int,
     progress: bool = True,
+    weight_decay: float = 0.01,
+    grad_clip_mode: str = "fixed",
 ):
     from pentachora.training import TrainConfig
 
@@ -63,8 +65,10 @@ def make_train_config(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
+        weight_decay=weight_decay,
         warmup_steps=warmup,
         grad_clip=grad_clip,
+        grad_clip_mode=grad_clip_mode,
         mixed_precision="bf16" if bf16 else "no",
         seed=seed,
         eval_every=eval_every,
@@ -183,7 +187,17 @@ def train_svae(
     ),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, cosine schedule)."),
     warmup: int = typer.Option(50, min=0, help="Linear warm-up steps."),
-    grad_clip: float = typer.Option(1.0, help="Fixed gradient-norm clip (0 = off)."),
+    grad_clip: float = typer.Option(
+        1.0, help="Gradient-norm clip (0 = off); the floor of --grad-clip-mode adaptive."
+    ),
+    grad_clip_mode: str = typer.Option(
+        "fixed",
+        help="'fixed' or 'adaptive' (clip at max(recon loss, --grad-clip): the reference F-class rule the "
+        "NoSVD ablation broke under).",
+    ),
+    weight_decay: float = typer.Option(
+        0.01, min=0.0, help="AdamW weight decay on matrices (0 = plain Adam, as the reference trainer)."
+    ),
     readout: str = typer.Option("svd", help="'svd' (canonical PatchSVAE) or 'linear' (the NoSVD ablation)."),
     omega_layernorm: bool = typer.Option(
         False, help="NoSVD round 2: LayerNorm on omega (+ orthogonal init)."
@@ -249,6 +263,8 @@ def train_svae(
         save_every,
         bf16,
         noise_per_type,
+        weight_decay=weight_decay,
+        grad_clip_mode=grad_clip_mode,
     )
 
 
@@ -272,6 +288,8 @@ def run_training(
     noise_per_type: int,
     callbacks: tuple = (),
     eval_tiles: int = 0,
+    weight_decay: float = 0.01,
+    grad_clip_mode: str = "fixed",
 ) -> None:
     """Shared body of the `train` commands: train, evaluate, write pictures, print the summary."""
     from pentachora.data.noise import NOISE_TYPES
@@ -287,7 +305,23 @@ def run_training(
         raise typer.BadParameter(
             f"{image_size} is not a multiple of the patch size {model.patch_size}", param_hint="--image-size"
         )
-    cfg = make_train_config(steps, batch_size, lr, out, seed, eval_every, save_every, bf16, grad_clip, warmup)
+    try:
+        cfg = make_train_config(
+            steps,
+            batch_size,
+            lr,
+            out,
+            seed,
+            eval_every,
+            save_every,
+            bf16,
+            grad_clip,
+            warmup,
+            weight_decay=weight_decay,
+            grad_clip_mode=grad_clip_mode,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     eval_data = build_eval_data(
         spec, image_size, NOISE_TYPES, n_noise_per_type=noise_per_type, max_tiles_per_image=eval_tiles or None
     )

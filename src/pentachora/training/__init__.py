@@ -21,7 +21,7 @@ from pentachora.training.callbacks import (
     SoftHandCallback,
     SupportsLossWeights,
 )
-from pentachora.training.config import LR_SCHEDULES, MIXED_PRECISION, TrainConfig
+from pentachora.training.config import GRAD_CLIP_MODES, LR_SCHEDULES, MIXED_PRECISION, TrainConfig
 from pentachora.training.logging import METRICS_NAME, MetricsLogger, read_metrics
 from pentachora.training.loop import (
     MODEL_CONFIG_NAME,
@@ -49,6 +49,7 @@ from pentachora.training.state import (
 
 __all__ = [
     "CHECKPOINTS_DIR",
+    "GRAD_CLIP_MODES",
     "LR_SCHEDULES",
     "METRICS_NAME",
     "MIXED_PRECISION",

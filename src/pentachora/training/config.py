@@ -18,6 +18,9 @@ from pentachora.modeling import config_from_dict, config_to_dict
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant", "linear")
 """Accepted values of :attr:`TrainConfig.lr_schedule`."""
 
+GRAD_CLIP_MODES: tuple[str, ...] = ("fixed", "adaptive")
+"""Accepted values of :attr:`TrainConfig.grad_clip_mode`."""
+
 MIXED_PRECISION: tuple[str, ...] = ("no", "bf16")
 """Accepted values of :attr:`TrainConfig.mixed_precision` (fp16 is deliberately absent: its loss
 scaler skips overflowing steps on its own, which would fight the trainer's NaN/inf guard)."""
@@ -41,8 +44,16 @@ class TrainConfig:
         lr_schedule: After warm-up: ``"cosine"`` (to ``lr * min_lr_ratio`` at the last step),
             ``"linear"`` (same end point, straight line) or ``"constant"``.
         min_lr_ratio: Final learning rate as a fraction of ``lr`` for cosine and linear schedules.
-        grad_clip: Fixed max-norm for gradient clipping; ``None`` or ``0`` disables clipping (the
-            pre-clip norm is still measured and logged).
+        grad_clip: Max-norm for gradient clipping; ``None`` or ``0`` disables clipping (the
+            pre-clip norm is still measured and logged). With ``grad_clip_mode="adaptive"`` it is
+            the floor of the adaptive threshold.
+        grad_clip_mode: ``"fixed"`` clips at ``grad_clip``. ``"adaptive"`` clips at
+            ``max(value of the named loss part adaptive_clip_key, grad_clip)`` — the rule of the
+            reference F-class trainer (``clip = max(recon_loss, 1.0)``). It is here to reproduce the
+            seeds' NoSVD failure: it assumes the loss is bounded, so when the loss blows up the
+            threshold blows up with it and the clip stops protecting. Prefer ``"fixed"``.
+        adaptive_clip_key: The scalar of the model output (``output.scalars()``) the adaptive
+            threshold follows (default ``"recon_loss"``; falls back to ``"loss"`` when absent).
         mixed_precision: ``"no"`` (fp32) or ``"bf16"`` (autocast through HF Accelerate; the geometry
             code computes in fp32/fp64 internally on its own).
         seed: Seeds the per-step model randomness (see :func:`pentachora.training.step_seed`).
@@ -71,6 +82,8 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     min_lr_ratio: float = 0.1
     grad_clip: float | None = 1.0
+    grad_clip_mode: str = "fixed"
+    adaptive_clip_key: str = "recon_loss"
     mixed_precision: str = "no"
     seed: int = 0
     log_every: int = 10
@@ -105,6 +118,10 @@ class TrainConfig:
             problems.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.grad_clip is not None and self.grad_clip < 0:
             problems.append(f"grad_clip must be >= 0 or None, got {self.grad_clip}")
+        if self.grad_clip_mode not in GRAD_CLIP_MODES:
+            problems.append(f"grad_clip_mode must be one of {GRAD_CLIP_MODES}, got {self.grad_clip_mode!r}")
+        if self.grad_clip_mode == "adaptive" and not self.grad_clip:
+            problems.append("grad_clip_mode='adaptive' needs grad_clip > 0 (the floor of the threshold)")
         if self.mixed_precision not in MIXED_PRECISION:
             problems.append(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         for name in ("log_every",):

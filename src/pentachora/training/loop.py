@@ -582,6 +582,17 @@ class Trainer:
         reduced = dict(zip(keys, acc.reduce(values, reduction="mean").tolist(), strict=True))
         return {k: float(reduced[k]) for k in scalars}
 
+    def _clip_threshold(self, scalars: dict[str, float]) -> float:
+        """The max-norm of this step: ``grad_clip`` (fixed), or ``max(loss part, grad_clip)`` (adaptive)."""
+        cfg = self.config
+        if not cfg.grad_clip:
+            return math.inf
+        if cfg.grad_clip_mode == "fixed":
+            return float(cfg.grad_clip)
+        followed = scalars.get(cfg.adaptive_clip_key, scalars["loss"])
+        # a non-finite loss makes a non-finite threshold; the NaN/inf guard then skips the step
+        return max(float(followed), float(cfg.grad_clip)) if math.isfinite(followed) else float(followed)
+
     def _train_step(self, step: int) -> tuple[dict[str, float], list[str]]:
         """Run step ``step``; return its scalars and what was non-finite (empty if the update ran)."""
         cfg, acc = self.config, self.accelerator
@@ -601,12 +612,12 @@ class Trainer:
                 + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else "")
             )
         acc.backward(loss)
-        max_norm = cfg.grad_clip if cfg.grad_clip else math.inf
-        norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
-        grad_norm = float(norm) if norm is not None else math.nan
         scalars = output.scalars() if hasattr(output, "scalars") else {}
         scalars.setdefault("loss", float(loss.detach().float()))
         scalars = self._reduce(scalars)
+        max_norm = self._clip_threshold(scalars)
+        norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = float(norm) if norm is not None else math.nan
         lr = float(self.scheduler.get_last_lr()[0])
         nonfinite = [
             name for name, v in (("loss", scalars["loss"]), ("grad_norm", grad_norm)) if not math.isfinite(v)
@@ -625,6 +636,8 @@ class Trainer:
         self.step = step
         self.last_step_skipped = bool(nonfinite)
         out = {"lr": lr, **scalars, "grad_norm": grad_norm}
+        if cfg.grad_clip_mode == "adaptive":
+            out["clip_threshold"] = max_norm
         self._dispatch("on_step_end", step, out)
         return out, nonfinite
 
