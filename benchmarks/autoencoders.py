@@ -63,7 +63,8 @@ from pentachora.data import (
     to_pixel_space,
 )
 from pentachora.modeling import PentachoraModel
-from pentachora.training import Callback, PhaseCallback, TrainConfig, Trainer, TrainingDiverged
+from pentachora.recipes import GEOVAE_ALIGN_WEIGHTS, GEOVAE_HANDOFF_WEIGHTS, geovae_schedule
+from pentachora.training import Callback, TrainConfig, Trainer, TrainingDiverged
 
 RESULTS = Path(__file__).parent / "results"
 logger = logging.getLogger("benchmarks.autoencoders")
@@ -141,8 +142,13 @@ def contenders(
     }
 
 
-ALIGN_WEIGHTS = "enc=1,inv=1,lat=0.1,dec=0.1"
-HANDOFF_WEIGHTS = "enc=0.1,inv=0.1,lat=0.01,dec=0.01"
+def _sector_spec(weights: dict[str, float]) -> str:
+    """``{"cv_enc_weight": 1.0, ...}`` → ``"enc=1,..."`` (the CLI form of the recipe's weights)."""
+    return ",".join(f"{k.removeprefix('cv_').removesuffix('_weight')}={v:g}" for k, v in weights.items())
+
+
+ALIGN_WEIGHTS = _sector_spec(GEOVAE_ALIGN_WEIGHTS)  # the recipe's schedule, so the CLI and this agree
+HANDOFF_WEIGHTS = _sector_spec(GEOVAE_HANDOFF_WEIGHTS)
 
 
 def _sector_weights(spec: str) -> dict[str, float]:
@@ -156,17 +162,18 @@ def _sector_weights(spec: str) -> dict[str, float]:
     return out
 
 
-def geovae_phases(steps: int, align: str, handoff: str, align_fraction: float) -> PhaseCallback:
-    """GeoVAE's CV schedule: geometry-first alignment phase, then hand-off (PhaseCallback)."""
-    hand = max(1, round(steps * align_fraction))
-    return PhaseCallback([(0, _sector_weights(align)), (hand + 1, _sector_weights(handoff))])
-
-
 def callbacks_for(name: str, args: argparse.Namespace) -> list[Callback]:
     """Training recipe per contender (only GeoVAE has a schedule; the others train as built)."""
     if name != "GeoVAE":
         return []
-    return [geovae_phases(args.steps, args.geo_align, args.geo_handoff, args.align_fraction)]
+    return [
+        geovae_schedule(
+            args.steps,
+            align=_sector_weights(args.geo_align),
+            handoff=_sector_weights(args.geo_handoff),
+            align_fraction=args.align_fraction,
+        )
+    ]
 
 
 def true_floats_per_16(model: PentachoraModel) -> float:
