@@ -246,7 +246,13 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"Adam (weight decay 0), constant LR, no warm-up; clip `{meta['clip']}`; same seed per pair. "
         f"Spike = max over steps of recon MSE / MSE of predicting zero on the same batch; "
         f"blew up = non-finite steps or spike > {meta['blowup_ratio']}. `rel MSE` = evaluation MSE / zero-predictor "
-        "MSE on fixed images of the same tails (1 = learned nothing).",
+        "MSE on fixed images of the same tails (1 = learned nothing)."
+        + (
+            " GeoVAE: the 48:1 preset at the same patch, frame, width and depth, with its geometry-first CV "
+            "schedule (`recipes.geovae_schedule`); its M̂ is row-sphere-normalised × a learned gain."
+            if any(r["model"] == "geovae" for r in runs)
+            else ""
+        ),
         "",
         "| model | tails | lr | seed | blew up | first step over | max spike | max recon | max grad-norm | M̂ rms first → max → final | eval rel MSE (mean / cauchy) | non-finite | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -479,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         json_path.write_text(json.dumps(data, indent=1, allow_nan=True))
     md_path.write_text(render_markdown(data))
     render_png(data, png_path)
-    print(f"wrote {json_path}, {md_path}, {png_path}")
+    print(f"wrote {'' if args.render else f'{json_path}, '}{md_path}, {png_path}")
     return 0
 
 
