@@ -595,3 +595,18 @@ def test_adaptive_clip_needs_a_floor() -> None:
         TrainConfig(grad_clip_mode="adaptive", grad_clip=0)
     with pytest.raises(ValueError, match="grad_clip_mode"):
         TrainConfig(grad_clip_mode="auto")
+
+
+def test_adaptive_clip_following_a_nan_readout_skips_the_step() -> None:
+    class NanReadoutAE(TinyAE):
+        def forward(self, x: torch.Tensor) -> TinyOutput:
+            out = super().forward(x)
+            out.cv = torch.tensor(math.nan)  # a readout, not part of the loss
+            return out
+
+    torch.manual_seed(0)
+    model, watch = NanReadoutAE(TinyAEConfig()), ParamWatch()
+    c = cfg(None, steps=3, grad_clip_mode="adaptive", adaptive_clip_key="cv", max_nonfinite_in_row=0)
+    result = Trainer(model, c, ToySource(), callbacks=[watch]).fit()
+    assert result.nonfinite_steps == 3 and not any(watch.changed.values())
+    assert all(torch.isfinite(p).all() for p in model.parameters())

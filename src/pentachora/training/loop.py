@@ -589,9 +589,9 @@ class Trainer:
             return math.inf
         if cfg.grad_clip_mode == "fixed":
             return float(cfg.grad_clip)
-        followed = scalars.get(cfg.adaptive_clip_key, scalars["loss"])
-        # a non-finite loss makes a non-finite threshold; the NaN/inf guard then skips the step
-        return max(float(followed), float(cfg.grad_clip)) if math.isfinite(followed) else float(followed)
+        followed = float(scalars.get(cfg.adaptive_clip_key, scalars["loss"]))
+        # a non-finite followed value gives a NaN threshold, which the NaN/inf guard turns into a skip
+        return max(followed, float(cfg.grad_clip)) if math.isfinite(followed) else math.nan
 
     def _train_step(self, step: int) -> tuple[dict[str, float], list[str]]:
         """Run step ``step``; return its scalars and what was non-finite (empty if the update ran)."""
@@ -616,12 +616,17 @@ class Trainer:
         scalars.setdefault("loss", float(loss.detach().float()))
         scalars = self._reduce(scalars)
         max_norm = self._clip_threshold(scalars)
-        norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+        # clip at inf when the threshold is NaN: the norm is still measured and the step is skipped below
+        norm = acc.clip_grad_norm_(
+            self.model.parameters(), max_norm if not math.isnan(max_norm) else math.inf
+        )
         grad_norm = float(norm) if norm is not None else math.nan
         lr = float(self.scheduler.get_last_lr()[0])
         nonfinite = [
             name for name, v in (("loss", scalars["loss"]), ("grad_norm", grad_norm)) if not math.isfinite(v)
         ]
+        if math.isnan(max_norm):  # inf is a legitimate threshold (no clipping); NaN is not
+            nonfinite.append("clip_threshold")
         if nonfinite:
             self.nonfinite_steps += 1
             self.nonfinite_in_row += 1
