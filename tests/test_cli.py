@@ -142,6 +142,8 @@ def test_train_svae_nosvd_with_the_reference_clip_rule(tmp_path):
               "--out", str(tmp_path / "z")],
     )  # fmt: skip
     assert result.exit_code != 0 and "adaptive" in result.output
+    result = runner.invoke(app, ["train", "svae", "--steps", "1", "--grad-clip-mode", "auto"])
+    assert result.exit_code != 0 and "--grad-clip-mode" in result.output
 
 
 def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):

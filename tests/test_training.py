@@ -610,3 +610,14 @@ def test_adaptive_clip_following_a_nan_readout_skips_the_step() -> None:
     result = Trainer(model, c, ToySource(), callbacks=[watch]).fit()
     assert result.nonfinite_steps == 3 and not any(watch.changed.values())
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_adaptive_clip_on_a_missing_scalar_follows_the_loss_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    c = cfg(None, steps=2, grad_clip_mode="adaptive", adaptive_clip_key="recon_los")
+    watch = UpdateWatch()
+    with caplog.at_level(logging.WARNING, logger="pentachora"):
+        Trainer(make_model(), c, ToySource(), callbacks=[watch]).fit()
+    assert caplog.text.count("no scalar 'recon_los'") == 1 and "recon" in caplog.text
+    assert all(s["clip_threshold"] == max(s["loss"], c.grad_clip) for _, s in watch.records)

@@ -192,8 +192,8 @@ def train_svae(
     ),
     grad_clip_mode: str = typer.Option(
         "fixed",
-        help="'fixed' or 'adaptive' (clip at max(recon loss, --grad-clip): the reference F-class rule the "
-        "NoSVD ablation broke under).",
+        help="'fixed' (clip at --grad-clip) or 'adaptive' (clip at max(recon loss, --grad-clip), the reference "
+        "F-class trainer's rule; its threshold rises with a blowing-up loss, so it protects less).",
     ),
     weight_decay: float = typer.Option(
         0.01, min=0.0, help="AdamW weight decay on matrices (0 = plain Adam, as the reference trainer)."
@@ -225,7 +225,12 @@ def train_svae(
     import torch
 
     from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig
+    from pentachora.training import GRAD_CLIP_MODES
 
+    if grad_clip_mode not in GRAD_CLIP_MODES:
+        raise typer.BadParameter(
+            f"{grad_clip_mode!r} is not one of {', '.join(GRAD_CLIP_MODES)}", param_hint="--grad-clip-mode"
+        )
     console = Console()
     overrides = parse_overrides(set_)
     overrides.update(readout=readout, cv_mode=cv_mode)

@@ -11,8 +11,9 @@ One step ``s`` (1-based) is::
     batch = train_source.batch(s)                   # a pure function of (source seed, s)
     torch.manual_seed(step_seed(seed, s, rank))     # per-step model randomness, reproducible
     out = model(batch); accelerator.backward(out.loss)
-    g = accelerator.clip_grad_norm_(params, grad_clip)   # pre-clip norm, logged
-    if loss or g is non-finite: zero the grads, count it  (TrainingDiverged after K in a row)
+    t = grad_clip, or max(out.scalars()[adaptive_clip_key], grad_clip) in adaptive mode
+    g = accelerator.clip_grad_norm_(params, t)           # pre-clip norm, logged
+    if loss or g is non-finite, or t is NaN: zero the grads, count it  (TrainingDiverged after K in a row)
     else: optimizer.step()
     scheduler.step(); callbacks.on_step_end(s, scalars); log; maybe evaluate; maybe checkpoint
 
@@ -109,7 +110,8 @@ class TrainingDiverged(RuntimeError):
 
     Attributes:
         step: The last (skipped) step.
-        what: What was non-finite at that step (``"loss"``, ``"grad_norm"`` or both, comma-joined).
+        what: What was non-finite at that step (``"loss"``, ``"grad_norm"``, ``"clip_threshold"`` —
+            the adaptive clip's threshold — comma-joined).
         in_row: Consecutive non-finite steps.
         checkpoint: The last good checkpoint folder, or ``None`` if none was saved.
     """
@@ -125,7 +127,7 @@ class TrainingDiverged(RuntimeError):
             f"training diverged: {in_row} non-finite steps in a row (max_nonfinite_in_row={limit}); "
             f"the last was step {step} (non-finite: {what.replace(',', ', ')}). "
             f"Last good checkpoint: {where}. Check the data for NaN/inf, lower the learning rate or "
-            "tighten grad_clip, then resume from that checkpoint."
+            "tighten grad_clip (in grad_clip_mode='fixed'), then resume from that checkpoint."
         )
 
 
@@ -314,6 +316,7 @@ class Trainer:
         self.start_step = 0
         self.nonfinite_steps = 0
         self.nonfinite_in_row = 0
+        self._warned_clip_key = False
         self.last_step_skipped = False
         self.should_stop = False
         self.last_checkpoint: Path | None = None
@@ -589,6 +592,13 @@ class Trainer:
             return math.inf
         if cfg.grad_clip_mode == "fixed":
             return float(cfg.grad_clip)
+        if cfg.adaptive_clip_key not in scalars and not self._warned_clip_key:
+            self._warned_clip_key = True
+            logger.warning(
+                "adaptive clip: the model output has no scalar %r (it has: %s); following 'loss' instead",
+                cfg.adaptive_clip_key,
+                ", ".join(sorted(scalars)),
+            )
         followed = float(scalars.get(cfg.adaptive_clip_key, scalars["loss"]))
         # a non-finite followed value gives a NaN threshold, which the NaN/inf guard turns into a skip
         return max(followed, float(cfg.grad_clip)) if math.isfinite(followed) else math.nan
