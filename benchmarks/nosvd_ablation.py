@@ -7,9 +7,9 @@ Vᵀ are orthonormal and the rows of M are unit vectors — the decoder input is
 construction; the learned inverse readout has no such bound and amplifies freely.
 
 This benchmark trains, with the one :class:`pentachora.training.Trainer` and the same seed, data,
-optimizer and number of steps (the initial weights of the shared parts are not identical: the
-ablation's extra readout layers draw from the generator first), the canonical PatchSVAE and the
-ablation over a grid of learning rates, on raw (Cauchy up to ±63.7) and clamped (±4) noise of all 16
+optimizer and number of steps — and the same initial weights of the parts they share (encoder,
+cross-attention, decoder, boundary smoothing; result files made before this was added say
+``shared_init: false``) — the canonical PatchSVAE and the ablation over a grid of learning rates, on raw (Cauchy up to ±63.7) and clamped (±4) noise of all 16
 types, and records per step:
 
 * ``recon_loss`` and, for the same batch, the MSE of predicting zero (``mean x²``) — their ratio is the
@@ -74,13 +74,26 @@ LABELS = {
 
 def build_model(spec: dict[str, Any]):
     """The model of a run and its training callbacks (GeoVAE's CV phase schedule)."""
+    import torch
+
     from pentachora.autoencoders import GeoVAE, GeoVAEConfig, PatchSVAE, PatchSVAEConfig
     from pentachora.recipes import geovae_schedule
 
     family, overrides = MODELS[spec["model"]]
     if family == "svae":
         size = {} if spec["full"] else {"hidden": spec["hidden"], "depth": spec["depth"]}
-        return PatchSVAE(PatchSVAEConfig.preset("fresnel", **size, **overrides)), []
+        model = PatchSVAE(PatchSVAEConfig.preset("fresnel", **size, **overrides))
+        if overrides.get("readout") == "linear":
+            # start the parts the ablation shares with the canonical model (encoder, cross-attention,
+            # decoder, boundary smoothing) from the canonical model's initial weights for this seed
+            torch.manual_seed(spec["seed"])
+            reference = PatchSVAE(PatchSVAEConfig.preset("fresnel", **size))
+            result = model.load_state_dict(reference.state_dict(), strict=False)
+            assert not result.unexpected_keys, result.unexpected_keys
+            assert all(
+                k.startswith(("readout.", "inverse_readout.", "omega_norm.")) for k in result.missing_keys
+            )
+        return model, []
     size = {} if spec["full"] else {
         "enc_hidden": spec["hidden"], "enc_depth": spec["depth"], "dec_hidden": spec["hidden"], "dec_depth": spec["depth"],
     }  # fmt: skip
@@ -250,8 +263,13 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         f"Setup: fresnel frame V=256, D=16, patch 16 ({meta['size']}); all 16 noise types; "
         f"{meta['batch_size']} images of {meta['image_size']}² per step; {meta['steps']} steps; "
-        f"Adam (weight decay 0), constant LR, no warm-up; clip `{meta['clip']}`; same seed per pair. "
-        f"Spike = max over steps of recon MSE / MSE of predicting zero on the same batch; "
+        f"Adam (weight decay 0), constant LR, no warm-up; clip `{meta['clip']}`; same seed per pair"
+        + (
+            ", the ablation's shared parts start from the canonical model's initial weights. "
+            if meta.get("shared_init")
+            else " (initial weights of the shared parts not identical: run before shared init). "
+        )
+        + f"Spike = max over steps of recon MSE / MSE of predicting zero on the same batch; "
         f"blew up = non-finite steps or spike > {meta['blowup_ratio']}. `rel MSE` = evaluation MSE / zero-predictor "
         "MSE on fixed images of the same tails (1 = learned nothing)."
         + (
@@ -486,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                 "image_size": args.image_size,
                 "clip": args.clip,
                 "blowup_ratio": args.blowup_ratio,
+                "shared_init": True,
             },
             "runs": runs,
         }

@@ -43,3 +43,18 @@ def test_nosvd_ablation_run_records_a_trace_and_renders(model, tmp_path):
     assert bench.LABELS[model] in md and "## Reading" in md
     bench.render_png(data, tmp_path / "x.png")
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+def test_nosvd_ablation_pairs_share_the_initial_weights_of_their_common_parts():
+    import torch
+
+    bench = load("nosvd_ablation")
+    spec = {"model": "nosvd", "seed": 3, "full": False, "hidden": 16, "depth": 1, "steps": 3}
+    torch.manual_seed(3)
+    ablation, _ = bench.build_model(spec)
+    torch.manual_seed(3)
+    canonical, _ = bench.build_model({**spec, "model": "svae"})
+    reference = canonical.state_dict()
+    shared = [k for k in ablation.state_dict() if k in reference]
+    assert any(k.startswith("decoder.") for k in shared) and any(k.startswith("encoder.") for k in shared)
+    assert all(torch.equal(ablation.state_dict()[k], reference[k]) for k in shared)
