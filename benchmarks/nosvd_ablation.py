@@ -106,12 +106,10 @@ class _RecordingSource:
     def __init__(self, source) -> None:
         self.source = source
         self.zero_mse: dict[int, float] = {}
-        self.abs_max: dict[int, float] = {}
 
     def batch(self, step: int):
         x = self.source.batch(step)
         self.zero_mse[step] = float(x.square().mean())
-        self.abs_max[step] = float(x.abs().max())
         return x
 
 
@@ -144,7 +142,6 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             skipped[0] = trainer.nonfinite_steps
             trace["step"].append(step)
             trace["zero_mse"].append(source.zero_mse.pop(step, math.nan))
-            source.abs_max.pop(step, None)
             for key in ("recon_loss", "grad_norm", "latent_rms", "clip_threshold"):
                 trace[key].append(float(output_scalars.get(key, math.nan)))
 

@@ -155,3 +155,10 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["models"] and all("psnr_heldout" in m for m in summary["models"].values())
     assert (tmp_path / "reconstructions.png").is_file() and (tmp_path / "curves.png").is_file()
+
+
+def test_cli_grad_clip_choices_are_the_trainer_modes():
+    from pentachora.cli.autoencoders import GRAD_CLIP_MODE_CHOICES
+    from pentachora.training import GRAD_CLIP_MODES
+
+    assert GRAD_CLIP_MODE_CHOICES == GRAD_CLIP_MODES

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import typer
 from rich.console import Console
@@ -42,6 +42,12 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.strip()] = value
     return out
+
+
+#: ``TrainConfig.grad_clip_mode`` values, spelled out here so the CLI starts without importing torch
+#: (a test checks they equal ``pentachora.training.GRAD_CLIP_MODES``).
+GradClipMode = Literal["fixed", "adaptive"]
+GRAD_CLIP_MODE_CHOICES: tuple[str, ...] = get_args(GradClipMode)
 
 
 def make_train_config(
@@ -190,7 +196,7 @@ def train_svae(
     grad_clip: float = typer.Option(
         1.0, help="Gradient-norm clip (0 = off); the floor of --grad-clip-mode adaptive."
     ),
-    grad_clip_mode: str = typer.Option(
+    grad_clip_mode: GradClipMode = typer.Option(
         "fixed",
         help="'fixed' (clip at --grad-clip) or 'adaptive' (clip at max(recon loss, --grad-clip), the reference "
         "F-class trainer's rule; its threshold rises with a blowing-up loss, so it protects less).",
@@ -225,12 +231,7 @@ def train_svae(
     import torch
 
     from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig
-    from pentachora.training import GRAD_CLIP_MODES
 
-    if grad_clip_mode not in GRAD_CLIP_MODES:
-        raise typer.BadParameter(
-            f"{grad_clip_mode!r} is not one of {', '.join(GRAD_CLIP_MODES)}", param_hint="--grad-clip-mode"
-        )
     console = Console()
     overrides = parse_overrides(set_)
     overrides.update(readout=readout, cv_mode=cv_mode)
