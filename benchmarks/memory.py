@@ -93,7 +93,7 @@ def _throughput_worker(
     """Load once, then time one pass over ``texts`` per ``"run"`` command (``"stop"`` reports memory)."""
     torch.set_num_threads(threads)
     from pentachora.memory.cache import segment_features
-    from pentachora.memory.recipe import load_encoders, load_memory_model
+    from pentachora.recipes.memory import load_encoders, load_memory_model
 
     model = load_memory_model(model_dir)
     encoder, _ = load_encoders(model.config)
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     from pentachora.memory import GeometricMemory, MemoryConfig
-    from pentachora.memory.recipe import (
+    from pentachora.recipes.memory import (
         baseline_outputs,
         evaluate_memory,
         fit_student_to_teacher,

@@ -27,7 +27,7 @@ from pentachora.autoencoders.container import (
 from pentachora.cli import app
 from pentachora.cli import batteries as _batteries  # noqa: F401  (registers the commands)
 from pentachora.io import CheckpointError, atomic_save_tensors, read_tensor_metadata
-from pentachora.modeling import load_model
+from pentachora.recipes import load_model
 from test_geovae import _forbidden, _OpRecorder  # the no-eigh/no-SVD dispatch recorder of GeoVAE's tests
 
 TINY = dict(patch_size=4, V=6, D=4, hidden=5, cv_samples=8, cv_patches=3)

@@ -12,7 +12,7 @@ from pentachora.autoencoders.base import AutoencoderOutput
 from pentachora.autoencoders.distributions import DiagonalGaussian
 from pentachora.autoencoders.geovae import GEOVAE_PRESETS, SECTORS, GeoVAE, GeoVAEConfig, GeoVAEOutput
 from pentachora.geometry import target_cv
-from pentachora.modeling import load_model
+from pentachora.recipes import load_model
 
 # A small config of the tiny family so the whole file runs in seconds on 2 cores.
 SMALL = dict(

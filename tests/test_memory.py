@@ -259,7 +259,7 @@ def test_save_load_roundtrip(tmp_path, bert):
     b = loaded.encode(texts)  # loads tiny-bert named in the config by itself
     torch.testing.assert_close(a.sequence, b.sequence)
     torch.testing.assert_close(a.pooled, b.pooled)
-    from pentachora.memory.recipe import load_memory_model
+    from pentachora.recipes.memory import load_memory_model
 
     assert isinstance(load_memory_model(tmp_path / "m"), GeometricMemory)
     with pytest.raises(CheckpointError):

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from pentachora.cli import app
 from pentachora.memory import GeometricMemory, MemoryConfig
-from pentachora.memory.recipe import (
+from pentachora.recipes.memory import (
     baseline_outputs,
     evaluate_memory,
     mode_callbacks,

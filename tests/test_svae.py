@@ -11,7 +11,7 @@ import torch
 from pentachora.autoencoders import AutoencoderOutput, PatchSVAE, PatchSVAEConfig, SpectralLatent
 from pentachora.geometry import target_cv
 from pentachora.io import CheckpointError
-from pentachora.modeling import load_model
+from pentachora.recipes import load_model
 
 NOSVD_ROUNDS = {
     "round1": dict(readout="linear"),

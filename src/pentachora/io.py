@@ -17,9 +17,7 @@ from typing import Any
 
 import torch
 
-
-class CheckpointError(ValueError):
-    """A checkpoint or tensor file is missing, corrupt, foreign or does not match the model."""
+from pentachora.errors import CheckpointError
 
 
 @contextlib.contextmanager

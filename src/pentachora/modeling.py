@@ -12,14 +12,13 @@ Checkpoint folder layout::
     DIR/config.json        {"model_type": ..., "pentachora_version": ..., "config": {...}}
     DIR/model.safetensors  the state dict (safetensors; never pickle)
 
-Loading checks the ``model_type`` against the class (or dispatches on it via :func:`load_model`),
+Loading checks the ``model_type`` against the class (or dispatches on it via :func:`pentachora.recipes.load_model`),
 rejects unknown config keys and loads the weights with ``strict=True``; every failure is a
 :class:`~pentachora.io.CheckpointError` with a message that says what is wrong.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import typing
@@ -41,7 +40,7 @@ C = TypeVar("C")
 
 
 def register_model(cls: type[M]) -> type[M]:
-    """Class decorator: make ``cls`` loadable by :func:`load_model` under ``cls.model_type``."""
+    """Class decorator: make ``cls`` loadable by :func:`pentachora.recipes.load_model` under ``cls.model_type``."""
     name = getattr(cls, "model_type", None)
     if not name:
         raise TypeError(f"{cls.__name__} must define a non-empty class attribute `model_type`")
@@ -218,14 +217,3 @@ class PentachoraModel(nn.Module):
                 )
             raise CheckpointError(f"{source} does not match {type(self).__name__}: " + "; ".join(parts))
         self.load_state_dict(state, strict=True)
-
-
-def load_model(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> PentachoraModel:
-    """Load any registered pentachora model from a checkpoint folder, dispatching on ``model_type``."""
-    import importlib
-
-    importlib.import_module("pentachora.autoencoders")  # registers the autoencoder families
-    with contextlib.suppress(ImportError):  # the geometric memory needs the `memory` extra
-        importlib.import_module("pentachora.memory")
-
-    return PentachoraModel.from_pretrained(directory, map_location=map_location)

@@ -9,7 +9,7 @@
 * :class:`BatteryBank`, :class:`BatteryContainer` — K miniature SVD-trained batteries trained as
   one batched module, and the GeoVAE variant they are implanted into.
 
-Importing this package registers every model type with :func:`pentachora.modeling.load_model`.
+Importing this package registers every model type with :func:`pentachora.recipes.load_model`.
 """
 
 from pentachora.autoencoders.base import AutoencoderOutput, PatchAutoencoder

@@ -374,8 +374,8 @@ def eval_cmd(
     """Evaluate a trained autoencoder: held-out PSNR/SSIM, per-noise-type MSE, CV, erank, S_delta."""
     from pentachora.data.noise import NOISE_TYPES
     from pentachora.data.sources import parse_data_spec
-    from pentachora.diagnostics.evaluation import evaluate_autoencoder
     from pentachora.recipes import build_eval_data
+    from pentachora.recipes.evaluation import evaluate_autoencoder
 
     console = Console()
     model = load_model_or_exit(console, run)

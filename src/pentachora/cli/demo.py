@@ -78,8 +78,8 @@ def demo(
     from pentachora.cli.autoencoders import describe_model, make_train_config, summary_table, write_pictures
     from pentachora.data.noise import NOISE_TYPES
     from pentachora.data.sources import parse_data_spec
-    from pentachora.diagnostics.evaluation import evaluate_autoencoder
     from pentachora.recipes import build_eval_data, train_autoencoder
+    from pentachora.recipes.evaluation import evaluate_autoencoder
 
     console = Console()
     names = [m.strip() for m in models.split(",") if m.strip()]

@@ -127,7 +127,7 @@ def train_memory_cmd(
 
     from pentachora.io import CheckpointError
     from pentachora.memory.model import GeometricMemory, MemoryConfig
-    from pentachora.memory.recipe import (
+    from pentachora.recipes.memory import (
         MODES,
         load_memory_model,
         prepare_memory_data,
@@ -241,7 +241,7 @@ def encode_cmd(
     """
     from pentachora.data.text import load_text_file
     from pentachora.io import CheckpointError, atomic_save_tensors
-    from pentachora.memory.recipe import load_memory_model
+    from pentachora.recipes.memory import load_memory_model
 
     console = Console()
     items = list(texts or [])
@@ -300,7 +300,7 @@ def eval_memory_cmd(
 ) -> None:
     """Evaluate a trained memory model on held-out documents (m_acc, s_cos, pooled cosine, CV, tail R@1)."""
     from pentachora.io import CheckpointError
-    from pentachora.memory.recipe import (
+    from pentachora.recipes.memory import (
         baseline_outputs,
         evaluate_memory,
         fit_student_to_teacher,

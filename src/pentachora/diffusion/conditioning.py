@@ -6,7 +6,7 @@ A trained :class:`~pentachora.memory.GeometricMemory` over SD's own CLIP text to
 
     from diffusers import StableDiffusionPipeline
     from pentachora.diffusion import long_prompt_embeds
-    from pentachora.memory.recipe import load_memory_model
+    from pentachora.recipes.memory import load_memory_model
 
     memory = load_memory_model("runs/memory-clip-l")          # trained with the clip-l preset
     embeds = long_prompt_embeds(memory, [long_prompt], negative_prompts=[""], alpha=1.0)

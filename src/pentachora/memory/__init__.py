@@ -9,7 +9,7 @@ encoder's own distribution (what a diffusion UNet reads).
 Quick start (CPU, offline, the embedded MiniLM and Wikipedia corpus)::
 
     from pentachora.memory import GeometricMemory, MemoryConfig
-    from pentachora.memory.recipe import prepare_memory_data, resolve_config, train_memory
+    from pentachora.recipes.memory import prepare_memory_data, resolve_config, train_memory
     from pentachora.training import TrainConfig
 
     config, student, teacher = resolve_config(MemoryConfig.preset("minilm-tiny"))
@@ -20,7 +20,7 @@ Quick start (CPU, offline, the embedded MiniLM and Wikipedia corpus)::
 Modules: :mod:`~pentachora.memory.encoders` (FrozenTextEncoder), :mod:`~pentachora.memory.segmenter`,
 :mod:`~pentachora.memory.bank`, :mod:`~pentachora.memory.reconstructor`,
 :mod:`~pentachora.memory.model`, :mod:`~pentachora.memory.cache`, :mod:`~pentachora.memory.metrics`,
-:mod:`~pentachora.memory.recipe` (training glue; imports the trainer, so it is not imported here).
+training glue lives in :mod:`pentachora.recipes.memory` (it imports the trainer).
 """
 
 from pentachora.memory.bank import BankState, DepthProfileFusion, MemoryBank

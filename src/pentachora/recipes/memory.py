@@ -52,6 +52,7 @@ from pentachora.memory.metrics import (
 )
 from pentachora.memory.model import GeometricMemory, MemoryConfig
 from pentachora.memory.segmenter import Segmenter
+from pentachora.recipes.loading import FINAL_DIR, resolve_model_dir
 from pentachora.training import Callback, PhaseCallback, TrainConfig, Trainer, TrainResult, read_metrics
 
 __all__ = [
@@ -72,7 +73,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MODES = ("joint", "two-phase", "pooled")
-FINAL_DIR = "final"
 EVAL_BATCH = 32
 
 
@@ -151,20 +151,7 @@ def resolve_config(
 def load_memory_model(path: str | os.PathLike, map_location: str = "cpu") -> GeometricMemory:
     """Load a :class:`GeometricMemory` from a checkpoint folder or a run folder (``final/`` or the
     latest checkpoint)."""
-    from pentachora.io import CheckpointError
-    from pentachora.training import latest_checkpoint
-
-    path = Path(path)
-    for candidate in (path, path / FINAL_DIR):
-        if (candidate / "config.json").is_file():
-            return GeometricMemory.from_pretrained(candidate, map_location=map_location)
-    ckpt = latest_checkpoint(path) if path.is_dir() else None
-    if ckpt is not None:
-        return GeometricMemory.from_pretrained(ckpt, map_location=map_location)
-    raise CheckpointError(
-        f"{path} is neither a memory checkpoint folder (config.json + model.safetensors) nor a run folder "
-        f"with {FINAL_DIR}/ or checkpoints/"
-    )
+    return GeometricMemory.from_pretrained(resolve_model_dir(path), map_location=map_location)
 
 
 # ----------------------------------------------------------------------------- data

@@ -9,7 +9,7 @@ Run folder written by :func:`train_autoencoder`::
     OUT/train_config.json  model_config.json  data.json      resolved configuration
     OUT/metrics.jsonl      OUT/tensorboard/                  training + evaluation metrics
     OUT/checkpoints/step-XXXXXXX/                            resumable checkpoints
-    OUT/final/             config.json + model.safetensors   the trained model (load_model(OUT/final))
+    OUT/final/             config.json + model.safetensors   the trained model (load_run_model(OUT))
     OUT/eval.json          final evaluation (held-out PSNR/SSIM, per-noise MSE, readouts)
     OUT/reconstructions.png  OUT/curves.png                  pictures
 """
@@ -26,9 +26,10 @@ import torch
 
 from pentachora.data.noise import NOISE_TYPES
 from pentachora.data.sources import DataSpec, parse_data_spec
-from pentachora.diagnostics.evaluation import EvalData, evaluate_autoencoder, make_eval_data
 from pentachora.io import atomic_write_json
-from pentachora.modeling import PentachoraModel, load_model
+from pentachora.modeling import PentachoraModel
+from pentachora.recipes.evaluation import EvalData, evaluate_autoencoder, make_eval_data
+from pentachora.recipes.loading import FINAL_DIR
 from pentachora.training import (
     METRICS_NAME,
     Callback,
@@ -40,11 +41,18 @@ from pentachora.training import (
     read_metrics,
 )
 
-__all__ = ["AutoencoderRun", "build_eval_data", "geovae_schedule", "load_run_model", "train_autoencoder"]
+__all__ = [
+    "FINAL_DIR",
+    "GEOVAE_ALIGN_WEIGHTS",
+    "GEOVAE_HANDOFF_WEIGHTS",
+    "AutoencoderRun",
+    "build_eval_data",
+    "geovae_schedule",
+    "train_autoencoder",
+]
 
 logger = logging.getLogger(__name__)
 
-FINAL_DIR = "final"
 
 #: GeoVAE's per-sector CV weights: geometry first (alignment phase), then the hand-off.
 GEOVAE_ALIGN_WEIGHTS = {
@@ -191,23 +199,4 @@ def train_autoencoder(
         metrics = read_metrics(out_dir / METRICS_NAME)
     return AutoencoderRun(
         name=name, model=trained, result=result, evaluation=evaluation, out_dir=out_dir, metrics=metrics
-    )
-
-
-def load_run_model(path: str | os.PathLike, map_location: str = "cpu") -> PentachoraModel:
-    """Load a model from a run folder (its ``final/`` or latest checkpoint) or a checkpoint folder."""
-    from pentachora.io import CheckpointError
-    from pentachora.training import latest_checkpoint
-
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return load_model(path, map_location)
-    if (path / FINAL_DIR / "config.json").is_file():
-        return load_model(path / FINAL_DIR, map_location)
-    ckpt = latest_checkpoint(path) if path.is_dir() else None
-    if ckpt is not None:
-        return load_model(ckpt, map_location)
-    raise CheckpointError(
-        f"{path} is neither a checkpoint folder (config.json + model.safetensors) nor a run folder "
-        f"with {FINAL_DIR}/ or checkpoints/"
     )
