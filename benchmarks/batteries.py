@@ -44,13 +44,6 @@ from autoencoders import MixedSource
 from pentachora.autoencoders.battery import BatteryBank, BatteryConfig, RegimeSource, parse_regimes
 from pentachora.autoencoders.container import BatteryContainer
 from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
-from pentachora.cli.batteries import (
-    build_container,
-    container_phases,
-    export_report,
-    time_batched_vs_loop,
-    train_battery_bank,
-)
 from pentachora.data import (
     CURRICULUM_TIERS,
     NOISE_TYPES,
@@ -62,6 +55,13 @@ from pentachora.data import (
     to_pixel_space,
 )
 from pentachora.modeling import PentachoraModel
+from pentachora.recipes.batteries import (
+    build_container,
+    container_phases,
+    export_report,
+    time_batched_vs_loop,
+    train_battery_bank,
+)
 from pentachora.training import Callback, TrainConfig, Trainer
 
 RESULTS = Path(__file__).parent / "results"

@@ -21,6 +21,13 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
+#: ``pentachora train ...``: every model family adds its subcommand here.
+train_app = typer.Typer(
+    help="Train a model (writes a run folder with checkpoints, metrics and pictures; rerun to resume).",
+    no_args_is_help=True,
+)
+app.add_typer(train_app, name="train")
+
 
 @app.callback()
 def _root(

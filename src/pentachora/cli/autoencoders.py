@@ -12,13 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pentachora.cli import app
-
-train_app = typer.Typer(
-    help="Train a model (writes a run folder with checkpoints, metrics and pictures; rerun to resume).",
-    no_args_is_help=True,
-)
-app.add_typer(train_app, name="train")
+from pentachora.cli import app, train_app
 
 DATA_HELP = (
     "Training data: 'images' (embedded scikit-image photos, whole-image held-out split), 'noise' "

@@ -1,0 +1,308 @@
+"""Battery recipes: train a bank of K miniature SVD batteries, time it against a loop, build an
+implanted :class:`~pentachora.autoencoders.BatteryContainer` and check its linear export.
+
+Used by ``pentachora train batteries|container``, ``pentachora export-linear`` and
+``benchmarks/batteries.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pentachora.autoencoders.battery import BatteryBank, BatteryConfig, RegimeSource, parse_regimes
+from pentachora.autoencoders.container import BatteryContainer, BatteryContainerConfig, count_flops
+from pentachora.training import PhaseCallback, TrainConfig, Trainer
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ALIGN_WEIGHTS",
+    "HANDOFF_WEIGHTS",
+    "build_container",
+    "container_phases",
+    "export_report",
+    "time_batched_vs_loop",
+    "train_battery_bank",
+]
+
+#: CV sector weights of the container: geometry-first alignment, then hand-off (GeoVAE's benchmark
+#: schedule; the anchors are held at the same weight as the frames).
+ALIGN_WEIGHTS = {"cv_enc_weight": 1.0, "cv_inv_weight": 1.0, "cv_lat_weight": 0.1, "cv_dec_weight": 0.1}
+HANDOFF_WEIGHTS = {"cv_enc_weight": 0.1, "cv_inv_weight": 0.1, "cv_lat_weight": 0.01, "cv_dec_weight": 0.01}
+
+
+def train_battery_bank(
+    regimes: str,
+    config: BatteryConfig,
+    steps: int = 400,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    out_file: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    eval_patches: int = 64,
+    noise_image_size: int = 32,
+    heavy_tails: str = "clamp",
+    cluster_patches: int = 32768,
+    source: RegimeSource | None = None,
+) -> tuple[BatteryBank, dict[str, Any]]:
+    """Train K batteries at once (one batched module, the one Trainer) and summarise them.
+
+    The bank's loss is the sum of the battery losses and gradient clipping is off (a global clip
+    would couple the batteries), so this is K independent AdamW trainings in one module.
+
+    Args:
+        regimes: a :func:`~pentachora.autoencoders.battery.parse_regimes` spec; K = its length.
+        config: battery shape (``n_batteries`` is replaced by K).
+        steps, batch_size, lr, weight_decay, seed: training settings (batch_size = patches per battery).
+        out_file: write the bank here (one safetensors file) when given.
+        run_dir: trainer run folder (metrics, checkpoints) when given; in memory otherwise.
+        progress: tqdm progress bar.
+        eval_patches: held-out patches per battery for the metadata.
+        noise_image_size, heavy_tails, cluster_patches: :class:`RegimeSource` settings.
+        source: a prebuilt source (its regimes must match ``regimes``).
+
+    Returns:
+        ``(bank, report)``: the trained bank (``bank.info`` filled) and timings/aggregates.
+    """
+    parsed = parse_regimes(regimes)
+    config = dataclasses.replace(config, n_batteries=len(parsed))
+    t0 = time.perf_counter()
+    if source is None:
+        source = RegimeSource(
+            parsed,
+            batch_size,
+            patch_size=config.patch_size,
+            channels=config.channels,
+            seed=seed,
+            noise_image_size=noise_image_size,
+            heavy_tails=heavy_tails,  # type: ignore[arg-type]
+            cluster_patches=cluster_patches,
+            magnitude_eps=config.magnitude_eps,
+        )
+    source_s = time.perf_counter() - t0
+    torch.manual_seed(seed)
+    bank = BatteryBank(config)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=len(parsed),  # the leading axis of a (K, B, C, p, p) batch; B is per battery
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=max(1, steps // 20),
+        grad_clip=None,
+        seed=seed,
+        log_every=max(1, steps // 20),
+        out_dir=str(run_dir) if run_dir is not None else None,
+        progress=progress,
+        tensorboard=False,
+    )
+    trainer = Trainer(bank, cfg, source, param_groups=bank.param_groups(weight_decay))
+    t1 = time.perf_counter()
+    result = trainer.fit(resume=run_dir is not None)
+    train_s = time.perf_counter() - t1
+    bank = trainer.unwrapped_model.to("cpu")
+    records = bank.summarize(
+        source.eval_batch(eval_patches), [source.describe(k) for k in range(len(parsed))]
+    )
+    mses = [r["final_mse"] for r in records]
+    report = {
+        "regimes": regimes,
+        "n_batteries": len(parsed),
+        "params_per_battery": config.params_per_battery,
+        "params_total": bank.num_parameters(),
+        "steps": result.steps,
+        "batch_size": batch_size,
+        "train_wall_s": train_s,
+        "source_build_s": source_s,
+        "nonfinite_steps": result.nonfinite_steps,
+        "final_mse_mean": statistics.mean(mses),
+        "final_mse_median": statistics.median(mses),
+        "final_mse_worst": max(mses),
+        "cv_mean": statistics.mean(r["cv"] for r in records),
+        "cv_target": bank.cv_target,
+        "erank_mean": statistics.mean(r["erank"] for r in records),
+        "prototype_coherence_mean": statistics.mean(r["prototype_coherence"] for r in records),
+        "by_kind": _by_kind(records),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if out_file is not None:
+        bank.save(out_file, extra_metadata={k: v for k, v in report.items() if k != "by_kind"})
+        report["out_file"] = str(out_file)
+    return bank, report
+
+
+def _by_kind(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for kind in sorted({r.get("kind", "?") for r in records}):
+        rs = [r for r in records if r.get("kind", "?") == kind]
+        out[kind] = {
+            "n": len(rs),
+            "final_mse_mean": statistics.mean(r["final_mse"] for r in rs),
+            "cv_mean": statistics.mean(r["cv"] for r in rs),
+            "erank_mean": statistics.mean(r["erank"] for r in rs),
+        }
+    return out
+
+
+def _adamw_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    out = model(x)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def time_batched_vs_loop(
+    config: BatteryConfig,
+    source: RegimeSource,
+    steps: int = 3,
+    lr: float = 1e-3,
+    seed: int = 0,
+    patch_svae_steps: int = 1,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Time train steps (forward, backward, AdamW) of the batched bank against a loop of batteries.
+
+    Three contenders on the same batches, in this process, interleaved per step (the machine may be
+    shared, so only ratios are meaningful):
+
+    * ``batched``: the K-battery :class:`BatteryBank` (one module);
+    * ``loop_bank1``: a Python loop over K one-battery banks (identical code at K = 1);
+    * ``loop_patchsvae``: a Python loop over the K batteries as standalone :class:`PatchSVAE`
+      modules (``bank.battery(k)``; what "K separately run batteries" means; it also computes
+      PatchSVAE's per-step readouts), timed for ``patch_svae_steps`` steps.
+
+    Returns:
+        Median seconds per step of each and the speed-ups ``loop / batched``.
+    """
+    from tqdm.auto import tqdm
+
+    k = config.n_batteries
+    torch.manual_seed(seed)
+    bank = BatteryBank(config)
+    singles = [BatteryBank(dataclasses.replace(config, n_batteries=1)) for _ in range(k)]
+    with torch.no_grad():
+        for i, one in enumerate(singles):
+            for (_, p1), (_, pk) in zip(one.named_parameters(), bank.named_parameters(), strict=True):
+                p1.copy_(pk[i : i + 1])
+    svaes = [bank.battery(i) for i in range(k)] if patch_svae_steps else []
+    opt_b = torch.optim.AdamW(bank.param_groups(0.01), lr=lr)
+    opt_1 = [torch.optim.AdamW(one.param_groups(0.01), lr=lr) for one in singles]
+    opt_s = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr) for m in svaes]
+    times: dict[str, list[float]] = {"batched": [], "loop_bank1": [], "loop_patchsvae": []}
+    for step in tqdm(range(1, steps + 2), desc="batched vs loop", disable=not progress):
+        x = source.batch(step)
+        t = time.perf_counter()
+        _adamw_step(bank, opt_b, x)
+        tb = time.perf_counter() - t
+        t = time.perf_counter()
+        for i in range(k):
+            _adamw_step(singles[i], opt_1[i], x[i : i + 1])
+        tl = time.perf_counter() - t
+        if step > 1:  # step 1 warms up allocators and caches
+            times["batched"].append(tb)
+            times["loop_bank1"].append(tl)
+        if svaes and 1 < step <= 1 + patch_svae_steps:
+            t = time.perf_counter()
+            for i in range(k):
+                _adamw_step(svaes[i], opt_s[i], x[i])
+            times["loop_patchsvae"].append(time.perf_counter() - t)
+    med = {name: statistics.median(v) for name, v in times.items() if v}
+    out: dict[str, Any] = {
+        "n_batteries": k,
+        "steps_timed": steps,
+        "patch_svae_steps_timed": patch_svae_steps,
+        "batch_size": source.batch_size,
+        "s_per_step": med,
+        "samples": times,
+        "speedup_vs_loop_bank1": med["loop_bank1"] / med["batched"],
+        "torch_threads": torch.get_num_threads(),
+    }
+    if "loop_patchsvae" in med:
+        out["speedup_vs_loop_patchsvae"] = med["loop_patchsvae"] / med["batched"]
+    return out
+
+
+def container_phases(steps: int, align_fraction: float = 0.1) -> PhaseCallback:
+    """Geometry-first CV schedule: :data:`ALIGN_WEIGHTS` for the first steps, then :data:`HANDOFF_WEIGHTS`."""
+    hand = max(1, round(steps * align_fraction))
+    return PhaseCallback([(0, dict(ALIGN_WEIGHTS)), (hand + 1, dict(HANDOFF_WEIGHTS))])
+
+
+def build_container(
+    bank: BatteryBank | None,
+    implant: bool = True,
+    seed: int = 0,
+    sectors: tuple[str, ...] = ("encoder", "decoder", "anchors"),
+    **overrides: Any,
+) -> BatteryContainer:
+    """A container shaped like ``bank`` (or by ``overrides`` alone), implanted or randomly initialised.
+
+    The model is built under ``torch.manual_seed(seed)`` either way, so an implanted and a random
+    container of the same seed differ only in the implanted sectors.
+    """
+    shape: dict[str, Any] = {}
+    if bank is not None:
+        bc = bank.config
+        shape = dict(
+            patch_size=bc.patch_size,
+            channels=bc.channels,
+            n_batteries=bc.n_batteries,
+            battery_rows=bc.V,
+            D=bc.D,
+            battery_hidden=bc.hidden,
+            magnitude_eps=bc.magnitude_eps,
+        )
+    config = BatteryContainerConfig(**{**shape, **overrides})
+    torch.manual_seed(seed)
+    model = BatteryContainer(config)
+    if implant:
+        if bank is None:
+            raise ValueError("implant=True needs a bank")
+        model.implant(bank, sectors=sectors)
+    return model
+
+
+@torch.no_grad()
+def export_report(
+    model: BatteryContainer, x: torch.Tensor, merge_mu_inverse: bool | None = None
+) -> dict[str, Any]:
+    """Fold ``model``, compare it with ``model.reconstruct`` on ``x`` and count FLOPs.
+
+    Returns:
+        ``max_abs_diff``, ``linear_fraction`` (1 FLOP per element for non-matmul ops),
+        ``linear_fraction_elementwise_x10`` (each non-linear element costs 10), stage table,
+        linear-map counts before and after folding, and the folded ``module``.
+    """
+    model.eval()
+    export = model.export_linear(merge_mu_inverse=merge_mu_inverse)
+    ref = model.reconstruct(x)
+    got = export(x)
+    flops = count_flops(export, x)
+    nonlin = flops["total_flops"] - flops["linear_flops"]
+    c = model.config
+    # unfolded: slot enc in/out, slot dec in/out (K each, or 4 grouped), B1, B2, I1, I2, gain, router,
+    # per cross-attention layer LN affine + qkv + out, smooth conv1/conv2
+    before_grouped = 4 + 2 + 2 + 1 + 1 + 3 * c.n_cross + 2
+    return {
+        "max_abs_diff": float((ref - got).abs().max()),
+        "ref_abs_max": float(ref.abs().max()),
+        "linear_fraction": flops["linear_fraction"],
+        "linear_fraction_elementwise_x10": flops["linear_flops"] / (flops["linear_flops"] + 10 * nonlin),
+        "flops_per_patch": flops["total_flops"] / flops["patches"],
+        "linear_flops_per_patch": flops["linear_flops"] / flops["patches"],
+        "linear_maps_after": export.linear_map_count(),
+        "linear_maps_before_grouped": before_grouped,
+        "linear_maps_before_per_battery": before_grouped - 4 + 4 * c.n_batteries,
+        "merged_mu_inverse": export.merged_inverse,
+        "stages": flops["stages"],
+        "module": export,
+    }
