@@ -53,10 +53,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pentachora.autoencoders.geovae import _cv_term
 from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig
 from pentachora.geometry import (
     cv_from_volumes,
+    cv_loss_term,
     effective_rank,
     gram_eigh_svd,
     pentachoron_volumes,
@@ -424,8 +424,8 @@ class BatteryBank(PentachoraModel):
             n = min(c.cv_patches, flat.shape[1])
             idx = torch.randperm(flat.shape[1], device=flat.device)[:n]
             pts = r["M"][:, idx].reshape(-1, c.V, c.D)
-            cv_loss, cv_value = _cv_term(pts, self._target, c.cv_samples)
-            # _cv_term averages over the K·n frames; Σ_k mean_n = K · mean_{k,n}
+            cv_loss, cv_value = cv_loss_term(pts, self._target, c.cv_samples)
+            # cv_loss_term averages over the K·n frames; Σ_k mean_n = K · mean_{k,n}
             loss = loss + c.cv_weight * c.n_batteries * cv_loss.float()
         with torch.no_grad():
             alpha = (

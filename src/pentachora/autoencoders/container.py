@@ -58,8 +58,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pentachora.autoencoders.base import PatchAutoencoder
 from pentachora.autoencoders.battery import BatteryBank
-from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig, GeoVAEOutput, _cv_term
-from pentachora.geometry import target_cv
+from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig, GeoVAEOutput
+from pentachora.geometry import cv_loss_term, target_cv
 from pentachora.io import CheckpointError, atomic_save_tensors, load_tensors, read_tensor_metadata
 from pentachora.modeling import config_from_dict, config_to_dict, register_model
 from pentachora.nn import BoundarySmooth, SpectralCrossAttention, patchify, unpatchify
@@ -103,6 +103,11 @@ class BatteryContainerConfig(GeoVAEConfig):
     Other fields: see :class:`GeoVAEConfig` (defaults here: 8×8 patches, D = 8, d = 15 — i.e. 16
     latent floats per 8×8×3 patch, 12:1).
     """
+
+    presets: ClassVar[
+        dict[str, dict[str, Any]]
+    ] = {}  # no named presets (GeoVAE's frame presets do not fit the slot layout)
+    preset_family = "BatteryContainer"
 
     patch_size: int = 8
     V: int = 0
@@ -367,7 +372,7 @@ class BatteryContainer(GeoVAE):
     def anchor_cv(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, readout)``: mean ``(cv − target_cv(D))²`` of the K anchor arrays and their mean CV."""
         pts = F.normalize(self.anchors.float(), dim=-1)
-        return _cv_term(pts, self._anchor_target, self.config.cv_samples)
+        return cv_loss_term(pts, self._anchor_target, self.config.cv_samples)
 
     # ------------------------------------------------------------------ decode (routing inside)
     def _decode_tokens(self, z: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -63,9 +63,8 @@ from torch import nn
 
 from pentachora.autoencoders.base import AutoencoderOutput, PatchAutoencoder
 from pentachora.autoencoders.distributions import DiagonalGaussian
-from pentachora.geometry import cv_from_volumes, pentachoron_volumes, target_cv
-from pentachora.geometry.cv import volume_scale
-from pentachora.modeling import register_model
+from pentachora.geometry import cv_loss_term, target_cv
+from pentachora.modeling import Presets, register_model
 from pentachora.nn import BoundarySmooth, ResidualMLP, SpectralCrossAttention, patchify, unpatchify
 
 __all__ = ["GEOVAE_PRESETS", "SECTORS", "GeoVAE", "GeoVAEConfig", "GeoVAEOutput"]
@@ -78,7 +77,16 @@ SECTORS: tuple[str, ...] = ("enc", "lat", "inv", "dec")
 #: Architecture presets. ``48:1`` / ``12:1`` are 16×16×3 patches → 16 / 64 latent floats (magnitude
 #: included) at the PatchSVAE ``fresnel`` frame size (V=256, D=16, hidden 768, depth 4); the
 #: ``tiny-*`` variants train on 2 CPU cores (``tiny-12`` uses 8×8 patches → 16 floats, the same
-#: 12:1). Parameter counts are in :func:`GeoVAEConfig.preset`'s docstring.
+#: 12:1). Latent floats per 16×16 patch and parameter counts (3 channels):
+#:
+#: * ``48:1``    — 16 floats (15 + magnitude), 19,055,979 parameters
+#: * ``12:1``    — 64 floats (63 + magnitude), 19,123,563 parameters
+#: * ``tiny-48`` — 16 floats, 1,720,491 parameters (CPU)
+#: * ``tiny-12`` — 8×8×3 patches → 16 floats (= 64 per 16×16 patch), 1,424,563 parameters (CPU). At
+#:   12:1, 16 floats per 8×8 patch trained far faster on CPU budgets than 64 floats per 16×16 patch
+#:   (25.9 vs 22.6 dB held-out after 300 steps, same data and seed).
+#:
+#: (PatchSVAE ``fresnel``, the peer at the same frame size, has 16,942,419.)
 GEOVAE_PRESETS: dict[str, dict[str, Any]] = {
     "48:1": dict(
         patch_size=16,
@@ -132,7 +140,7 @@ GEOVAE_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass
-class GeoVAEConfig:
+class GeoVAEConfig(Presets):
     """Configuration of :class:`GeoVAE`.
 
     Attributes:
@@ -168,6 +176,9 @@ class GeoVAEConfig:
         cv_points: patch vectors per batch for the latent / decoder CV terms (random subset).
         cv_samples: random pentachora per point set.
     """
+
+    presets = GEOVAE_PRESETS  # `GeoVAEConfig.preset("tiny-12", latent_dim=31)`
+    preset_family = "GeoVAE"
 
     patch_size: int = 16
     channels: int = 3
@@ -258,33 +269,6 @@ class GeoVAEConfig:
             return int(self.smooth_mid)
         return 16 if self.patch_size >= 16 else 8
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> GeoVAEConfig:
-        """A config from a named preset with overrides.
-
-        Presets (3 channels; latent floats per 16×16 patch, parameters):
-
-        * ``48:1``    — 16 floats (15 + magnitude), 19,055,979 parameters
-        * ``12:1``    — 64 floats (63 + magnitude), 19,123,563 parameters
-        * ``tiny-48`` — 16 floats, 1,720,491 parameters (CPU)
-        * ``tiny-12`` — 8×8×3 patches → 16 floats (= 64 per 16×16 patch), 1,424,563 parameters
-          (CPU). At 12:1, 16 floats per 8×8 patch trained far faster on CPU budgets than 64 floats
-          per 16×16 patch (25.9 vs 22.6 dB held-out after 300 steps, same data and seed).
-
-        (PatchSVAE ``fresnel``, the peer at the same frame size, has 16,942,419.)
-
-        Raises:
-            ValueError: unknown preset name.
-            TypeError: unknown override field.
-        """
-        if name not in GEOVAE_PRESETS:
-            raise ValueError(f"unknown GeoVAE preset {name!r}; known: {sorted(GEOVAE_PRESETS)}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise TypeError(f"unknown GeoVAEConfig field(s) {unknown}")
-        return cls(**{**GEOVAE_PRESETS[name], **overrides})
-
 
 @dataclasses.dataclass
 class GeoVAEOutput(AutoencoderOutput):
@@ -317,30 +301,6 @@ class GeoVAEOutput(AutoencoderOutput):
     log_rms_mean: torch.Tensor | None = None
     z_std: torch.Tensor | None = None
     kl_weight: float | None = None
-
-
-def _cv_term(points: torch.Tensor, target: float, n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable ``mean((cv − target)²)`` over point sets and the mean CV readout.
-
-    Unlike :func:`~pentachora.geometry.cv_loss` it never raises on NaN/inf: they propagate into the
-    loss so that the trainer's non-finite guard skips the step. Collapsed sets contribute 0.
-
-    Args:
-        points: ``(S, n, k)`` point sets, n ≥ 5.
-        target: CV target.
-        n_samples: random pentachora per set (global RNG).
-
-    Returns:
-        ``(loss, cv)``: 0-d loss in ``points.dtype`` and 0-d detached mean CV of the valid sets.
-    """
-    vols = pentachoron_volumes(points, n_samples=n_samples)
-    cv, valid = cv_from_volumes(vols, volume_scale(points))
-    per_set = torch.where(valid, (cv - target) ** 2, torch.zeros_like(cv))
-    n_valid = valid.sum().clamp_min(1)
-    readout = (cv.detach() * valid).sum() / n_valid
-    if not bool(torch.isfinite(points.detach()).all()):
-        readout = readout.new_tensor(float("nan"))
-    return per_set.mean().to(points.dtype), readout.float()
 
 
 @register_model
@@ -645,7 +605,7 @@ class GeoVAE(PatchAutoencoder):
             idx = torch.randperm(n_total, device=m.device)[: c.cv_patches]
             for s, t in frames.items():
                 pts = t.reshape(n_total, c.V, c.D)[idx]
-                losses[s], values[s] = _cv_term(pts, targets[s], c.cv_samples)
+                losses[s], values[s] = cv_loss_term(pts, targets[s], c.cv_samples)
 
         vectors = {"lat": mean, "dec": dec["dec_pre"]}
         if n_total >= 5:
@@ -654,5 +614,5 @@ class GeoVAE(PatchAutoencoder):
                 if t.shape[-1] < 4 or math.isnan(targets[s]):
                     continue
                 pts = F.normalize(t.reshape(n_total, -1)[idx].float(), dim=-1).unsqueeze(0)
-                losses[s], values[s] = _cv_term(pts, targets[s], c.cv_samples)
+                losses[s], values[s] = cv_loss_term(pts, targets[s], c.cv_samples)
         return losses, values

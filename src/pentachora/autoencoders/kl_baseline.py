@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from pentachora.autoencoders.base import AutoencoderOutput, PatchAutoencoder
 from pentachora.autoencoders.distributions import DiagonalGaussian
-from pentachora.modeling import register_model
+from pentachora.modeling import Presets, register_model
 
 __all__ = ["KL_PRESETS", "AutoencoderKLAdapter", "AutoencoderKLAdapterConfig"]
 
@@ -44,7 +44,7 @@ KL_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass
-class AutoencoderKLAdapterConfig:
+class AutoencoderKLAdapterConfig(Presets):
     """Configuration of :class:`AutoencoderKLAdapter` (a diffusers ``AutoencoderKL`` from scratch).
 
     Presets (:data:`KL_PRESETS`, 3 channels): ``tiny-f8c4`` 48:1 and ``tiny-f8c16`` 12:1
@@ -62,6 +62,9 @@ class AutoencoderKLAdapterConfig:
         recon_weight: weight of the model-space MSE.
         kl_weight: β, in nats per pixel float (the KL per image is divided by C·H·W).
     """
+
+    presets = KL_PRESETS
+    preset_family = "AutoencoderKL"
 
     channels: int = 3
     block_out_channels: tuple[int, ...] = (32, 64, 64, 64)
@@ -89,13 +92,6 @@ class AutoencoderKLAdapterConfig:
     def patch_size(self) -> int:
         """The downsampling factor f (pixels per latent cell along a side)."""
         return 2 ** (len(self.block_out_channels) - 1)
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> AutoencoderKLAdapterConfig:
-        """A config from :data:`KL_PRESETS` with overrides."""
-        if name not in KL_PRESETS:
-            raise ValueError(f"unknown AutoencoderKL preset {name!r}; known: {sorted(KL_PRESETS)}")
-        return cls(**{**KL_PRESETS[name], **overrides})
 
 
 @register_model

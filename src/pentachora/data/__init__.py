@@ -2,6 +2,9 @@
 
 Every training source implements :class:`BatchSource` — ``batch(step)`` is a pure function of the
 source's seed and the step (see :func:`step_generator`), so resumed runs see the same batches.
+:class:`BatchSource` and :func:`step_seed` are defined once, in :mod:`pentachora.data.sources`; the
+trainer imports them from there. Battery regimes (:func:`parse_regimes`, :class:`RegimeSource`) live
+in :mod:`pentachora.data.regimes`.
 Pixel convention: images load as [0, 1]; models see ``2x − 1``; PSNR is in [0, 1] pixel space.
 """
 
@@ -31,16 +34,28 @@ from pentachora.data.noise import (
     noise_eval_sets,
     tier_types,
 )
-from pentachora.data.sources import BatchSource, DataSpec, parse_data_spec, step_generator, step_seed
+from pentachora.data.sources import (
+    EVAL_SALT,
+    SEED_STRIDE,
+    TRAIN_SALT,
+    BatchSource,
+    DataSpec,
+    parse_data_spec,
+    step_generator,
+    step_seed,
+)
 
 __all__ = [
     "CLAMP_BOUND",
     "CURRICULUM_TIERS",
+    "EVAL_SALT",
     "GRAYSCALE_PHOTOS",
     "HELDOUT_PHOTOS",
     "NOISE_TYPES",
     "RAW_CAUCHY_MAX",
     "SAMPLE_PHOTOS",
+    "SEED_STRIDE",
+    "TRAIN_SALT",
     "BatchSource",
     "DataSpec",
     "ImageCropSource",

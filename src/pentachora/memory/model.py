@@ -42,7 +42,6 @@ The loss is ``w_nce·InfoNCE(pooled, teacher) + w_pc·(1 − cos(pooled, teacher
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from pentachora.geometry import cv_loss, cv_metric, target_cv
 from pentachora.memory.bank import BankState, DepthProfileFusion, MemoryBank
 from pentachora.memory.metrics import masked_sequence_cosine, procrustes_alignment_loss
 from pentachora.memory.reconstructor import SequenceReconstructor
-from pentachora.modeling import ModelOutput, PentachoraModel, register_model
+from pentachora.modeling import ModelOutput, PentachoraModel, Presets, register_model
 
 if TYPE_CHECKING:
     from pentachora.memory.encoders import FrozenTextEncoder
@@ -82,8 +81,41 @@ LOSS_WEIGHTS = (
 )
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU: MiniLM student (77-token window) + MiniLM teacher (512 tokens), a narrow memory system
+    "minilm-tiny": {"dim": 192, "n_heads": 4, "ffn_mult": 2},
+    # MiniLM at full width (d = H = 384), the seed's shape at MiniLM scale
+    "minilm": {"dim": 384, "n_heads": 6, "ffn_mult": 4},
+    # SD 1.5: CLIP-L text tower (half of its 12 layers), ModernBERT-large teacher, d = H = 768
+    "clip-l": {
+        "encoder": "openai/clip-vit-large-patch14",
+        "extraction_layers": (2, 4, 6, 8, 10, 12),
+        "hidden_size": 768,
+        "teacher": "answerdotai/ModernBERT-large",
+        "teacher_max_length": 8192,
+        "teacher_dim": 1024,
+        "dim": 768,
+        "n_heads": 12,
+    },
+    # SDXL's OpenCLIP-bigG text tower (penultimate layer, 12 of 32 layers), ModernBERT-large teacher
+    "sdxl-bigg": {
+        "encoder": "stabilityai/stable-diffusion-xl-base-1.0",
+        "encoder_subfolder": "text_encoder_2",
+        "encoder_class": "CLIPTextModelWithProjection",
+        "extraction_layers": (3, 6, 8, 11, 13, 16, 19, 21, 24, 27, 29, 32),
+        "target_layer": "penultimate",
+        "hidden_size": 1280,
+        "teacher": "answerdotai/ModernBERT-large",
+        "teacher_max_length": 8192,
+        "teacher_dim": 1024,
+        "dim": 1280,
+        "n_heads": 16,
+    },
+}
+
+
 @dataclass
-class MemoryConfig:
+class MemoryConfig(Presets):
     """Configuration of :class:`GeometricMemory` (what is trained, and which frozen models it reads).
 
     Attributes:
@@ -125,6 +157,9 @@ class MemoryConfig:
         cv_target: CV target of the anchors; ``None`` = ``target_cv(dim)``.
         cv_samples: Random pentachora per CV-loss evaluation.
     """
+
+    presets = PRESETS  # `MemoryConfig.preset("minilm-tiny", max_segments=16)`
+    preset_family = "memory"
 
     encoder: str = "minilm"
     encoder_subfolder: str | None = None
@@ -192,55 +227,6 @@ class MemoryConfig:
     def anchor_cv_target(self) -> float:
         """The anchors' CV target: ``cv_target`` or ``target_cv(dim)``."""
         return float(self.cv_target) if self.cv_target is not None else float(target_cv(self.dim))
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> MemoryConfig:
-        """A named preset (see :data:`PRESETS`) with field overrides.
-
-        Raises:
-            ValueError: Unknown preset.
-            TypeError: Unknown field in ``overrides``.
-        """
-        if name not in PRESETS:
-            raise ValueError(f"unknown memory preset {name!r}; known: {sorted(PRESETS)}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise TypeError(f"unknown MemoryConfig fields: {unknown}")
-        return cls(**{**PRESETS[name], **overrides})
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # CPU: MiniLM student (77-token window) + MiniLM teacher (512 tokens), a narrow memory system
-    "minilm-tiny": {"dim": 192, "n_heads": 4, "ffn_mult": 2},
-    # MiniLM at full width (d = H = 384), the seed's shape at MiniLM scale
-    "minilm": {"dim": 384, "n_heads": 6, "ffn_mult": 4},
-    # SD 1.5: CLIP-L text tower (half of its 12 layers), ModernBERT-large teacher, d = H = 768
-    "clip-l": {
-        "encoder": "openai/clip-vit-large-patch14",
-        "extraction_layers": (2, 4, 6, 8, 10, 12),
-        "hidden_size": 768,
-        "teacher": "answerdotai/ModernBERT-large",
-        "teacher_max_length": 8192,
-        "teacher_dim": 1024,
-        "dim": 768,
-        "n_heads": 12,
-    },
-    # SDXL's OpenCLIP-bigG text tower (penultimate layer, 12 of 32 layers), ModernBERT-large teacher
-    "sdxl-bigg": {
-        "encoder": "stabilityai/stable-diffusion-xl-base-1.0",
-        "encoder_subfolder": "text_encoder_2",
-        "encoder_class": "CLIPTextModelWithProjection",
-        "extraction_layers": (3, 6, 8, 11, 13, 16, 19, 21, 24, 27, 29, 32),
-        "target_layer": "penultimate",
-        "hidden_size": 1280,
-        "teacher": "answerdotai/ModernBERT-large",
-        "teacher_max_length": 8192,
-        "teacher_dim": 1024,
-        "dim": 1280,
-        "n_heads": 16,
-    },
-}
 
 
 @dataclass
