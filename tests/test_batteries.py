@@ -10,22 +10,12 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from pentachora.autoencoders.battery import (
-    BANK_FORMAT,
-    BatteryBank,
-    BatteryConfig,
-    RegimeSource,
-    parse_regimes,
-    unit_rms,
-)
-from pentachora.autoencoders.container import (
-    BatteryContainer,
-    BatteryContainerConfig,
-    LinearExport,
-    count_flops,
-)
+from pentachora.autoencoders.battery import BANK_FORMAT, BatteryBank, BatteryConfig
+from pentachora.autoencoders.container import BatteryContainer, BatteryContainerConfig
+from pentachora.autoencoders.export import LinearExport, count_flops
 from pentachora.cli import app
 from pentachora.cli import batteries as _batteries  # noqa: F401  (registers the commands)
+from pentachora.data.regimes import RegimeSource, parse_regimes, unit_rms
 from pentachora.io import CheckpointError, atomic_save_tensors, read_tensor_metadata
 from pentachora.recipes import load_model
 from test_geovae import _forbidden, _OpRecorder  # the no-eigh/no-SVD dispatch recorder of GeoVAE's tests

@@ -34,6 +34,7 @@ from pentachora.data.noise import (
     noise_eval_sets,
     tier_types,
 )
+from pentachora.data.regimes import REGIME_FORMS, Regime, RegimeSource, parse_regimes, unit_rms
 from pentachora.data.sources import (
     EVAL_SALT,
     SEED_STRIDE,
@@ -53,6 +54,7 @@ __all__ = [
     "HELDOUT_PHOTOS",
     "NOISE_TYPES",
     "RAW_CAUCHY_MAX",
+    "REGIME_FORMS",
     "SAMPLE_PHOTOS",
     "SEED_STRIDE",
     "TRAIN_SALT",
@@ -60,6 +62,8 @@ __all__ = [
     "DataSpec",
     "ImageCropSource",
     "NoiseSource",
+    "Regime",
+    "RegimeSource",
     "generate_noise",
     "heldout_tiles",
     "load_hf_images",
@@ -68,6 +72,7 @@ __all__ = [
     "load_sample_photos",
     "noise_eval_sets",
     "parse_data_spec",
+    "parse_regimes",
     "psnr",
     "split_heldout",
     "ssim",
@@ -76,4 +81,5 @@ __all__ = [
     "tier_types",
     "to_model_space",
     "to_pixel_space",
+    "unit_rms",
 ]

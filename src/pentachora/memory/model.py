@@ -43,6 +43,7 @@ The loss is ``w_nce·InfoNCE(pooled, teacher) + w_pc·(1 − cos(pooled, teacher
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -326,11 +327,19 @@ class GeometricMemory(PentachoraModel):
     )
     RECONSTRUCTOR_PREFIXES: ClassVar[tuple[str, ...]] = ("reconstructor.",)
 
-    def parameter_groups(
-        self, lr: float, bank_lr_scale: float = 1.0, weight_decay: float = 0.01
+    def param_groups(
+        self, lr: float, weight_decay: float = 0.01, *, bank_lr_scale: float = 1.0
     ) -> list[dict]:
-        """AdamW groups: bank side (fusion, bank, projector, temperature) at ``lr·bank_lr_scale``, the
-        reconstructor at ``lr``; weight decay only on matrices. Each group carries ``"bank": bool``."""
+        """Optimizer groups (the models' parameter-groups hook, passed as ``Trainer(param_groups=)``).
+
+        AdamW groups: bank side (fusion, bank, projector, temperature) at ``lr·bank_lr_scale``, the
+        reconstructor at ``lr``; weight decay only on matrices. Each group carries ``"bank": bool``.
+
+        Args:
+            lr: Peak learning rate.
+            weight_decay: Decay of the matrices.
+            bank_lr_scale: Multiplier of the bank side's learning rate.
+        """
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for name, p in self.named_parameters():
             bank = name.startswith(self.BANK_PREFIXES)
@@ -346,6 +355,18 @@ class GeometricMemory(PentachoraModel):
                 }
             )
         return out
+
+    def parameter_groups(
+        self, lr: float, bank_lr_scale: float = 1.0, weight_decay: float = 0.01
+    ) -> list[dict]:
+        """Deprecated spelling of :meth:`param_groups` (same groups; note the argument order)."""
+        warnings.warn(
+            "GeometricMemory.parameter_groups(lr, bank_lr_scale, weight_decay) is deprecated; use "
+            "param_groups(lr, weight_decay, bank_lr_scale=...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.param_groups(lr, weight_decay, bank_lr_scale=bank_lr_scale)
 
     # ------------------------------------------------------------------ loss weights
     def set_loss_weights(self, **weights: float) -> None:
