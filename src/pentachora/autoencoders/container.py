@@ -52,12 +52,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from pentachora.autoencoders.base import PatchAutoencoder
 from pentachora.autoencoders.battery import BatteryBank
 from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig, GeoVAEOutput
 from pentachora.geometry import cv_loss_term, target_cv
 from pentachora.modeling import register_model
-from pentachora.nn import BoundarySmooth, SpectralCrossAttention, unpatchify
 
 if TYPE_CHECKING:
     from pentachora.autoencoders.export import LinearExport
@@ -292,40 +290,26 @@ class BatteryContainer(GeoVAE):
     )
 
     def __init__(self, config: BatteryContainerConfig) -> None:
-        # GeoVAE.__init__ would build dense ResidualMLPs of the (huge) frame size; the shared
-        # sectors are built here exactly as GeoVAE builds them, the slot sectors replace the MLPs.
-        PatchAutoencoder.__init__(self, config)
+        # GeoVAE builds every shared sector (bottleneck, cross-attention, inverse, gain, smooth) in
+        # its order; the two slot sectors come from the builders below, the adjudication after.
+        super().__init__(config)
         c = config
-        frame = c.V * c.D
-        pix = self.pixel_floats_per_patch
-        self.encoder = SlotEncoder(c.n_batteries, pix, c.battery_hidden, c.slot_floats)
-        self.bottleneck = nn.Sequential(
-            nn.Linear(frame, c.bottleneck_hidden), nn.GELU(), nn.Linear(c.bottleneck_hidden, 2 * c.latent_dim)
-        )
-        with torch.no_grad():
-            self.bottleneck[2].bias[c.latent_dim :].fill_(c.logvar_init)
-        self.cross_attn = nn.ModuleList(
-            [
-                SpectralCrossAttention(
-                    c.latent_dim, n_heads=c.resolved_n_heads, max_alpha=c.max_alpha, alpha_init=c.alpha_init
-                )
-                for _ in range(c.n_cross)
-            ]
-        )
-        self.inverse = nn.Sequential(
-            nn.Linear(c.latent_dim + 1, c.inverse_hidden), nn.GELU(), nn.Linear(c.inverse_hidden, frame)
-        )
-        self.inverse_gain = nn.Parameter(torch.ones(c.V, 1))
-        self.decoder = SlotDecoder(c.n_batteries, c.slot_floats, c.battery_hidden, pix)
-        self.smooth = BoundarySmooth(c.channels, kernel=c.smooth_kernel, mid=c.resolved_smooth_mid)
         self.anchors = nn.Parameter(F.normalize(torch.randn(c.n_batteries, c.battery_rows, c.D), dim=-1))
         self.route_logit_scale = nn.Parameter(
             torch.tensor(math.log(1.0 / c.route_temperature)), requires_grad=c.learn_temperature
         )
-        self._targets: dict[str, float] | None = None
-        _ = self.cv_targets
         self._anchor_target = target_cv(c.D)
         self._capture: dict[str, torch.Tensor] | None = None
+
+    def _build_encoder(self) -> nn.Module:
+        """K slot encoders (:class:`SlotEncoder`) instead of GeoVAE's dense ResidualMLP."""
+        c = self.config
+        return SlotEncoder(c.n_batteries, self.pixel_floats_per_patch, c.battery_hidden, c.slot_floats)
+
+    def _build_decoder(self) -> nn.Module:
+        """K routed slot decoders (:class:`SlotDecoder`) instead of GeoVAE's dense ResidualMLP."""
+        c = self.config
+        return SlotDecoder(c.n_batteries, c.slot_floats, c.battery_hidden, self.pixel_floats_per_patch)
 
     # ------------------------------------------------------------------ adjudication
     @property
@@ -369,28 +353,13 @@ class BatteryContainer(GeoVAE):
     # ------------------------------------------------------------------ decode (routing inside)
     def _decode_tokens(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, d+1, gh, gw)`` latent → image, with routing over the battery decoders."""
-        c = self.config
-        if z.dim() != 4 or z.shape[1] != c.latent_floats_per_patch:
-            raise ValueError(
-                f"expected a latent (B, {c.latent_floats_per_patch}, H/{c.patch_size}, W/{c.patch_size}), "
-                f"got {tuple(z.shape)}"
-            )
-        gh, gw = z.shape[-2:]
-        tokens = rearrange(z, "b l gh gw -> b (gh gw) l")
-        zs, mag = tokens[..., : c.latent_dim], tokens[..., c.latent_dim :]
-        for layer in self.cross_attn:
-            zs = layer(zs)
-        inv_in = torch.cat([zs, mag.to(zs.dtype)], dim=-1)
-        rows = F.normalize(rearrange(self.inverse(inv_in), "b n (v d) -> b n v d", v=c.V).float(), dim=-1)
-        mhat = rows * self.inverse_gain
-        weights, probs = self.route(self.route_logits(rows))
+        f = self._latent_to_frames(z)
+        mhat = f["mhat"]
+        weights, probs = self.route(self.route_logits(f["rows"]))
         unit, dec_pre = self.decoder(rearrange(mhat, "b n v d -> b n (v d)"), weights)
-        log_rms = (c.mag_center + c.mag_scale * mag.float()).clamp(max=c.max_log_rms)
-        patches = unit.float() * log_rms.exp()
-        image = unpatchify(patches, c.patch_size, gh * c.patch_size, gw * c.patch_size, c.channels)
         out = {
-            "image": self.smooth(image),
-            "z": zs,
+            "image": self._unit_patches_to_image(unit, f["mag"], (z.shape[-2], z.shape[-1])),
+            "z": f["zs"],
             "mhat": mhat,
             "dec_pre": dec_pre,
             "route": weights,
