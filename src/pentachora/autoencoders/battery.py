@@ -28,9 +28,25 @@ parameters.
 batched matmuls (``baddbmm``) and one batched fp64 eigendecomposition — one module, not K Python
 loops. Its loss is the **sum** of the K battery losses, so every battery's gradient is exactly
 its own; with AdamW (element-wise) and no global gradient clipping, training the bank is training
-K independent batteries. The bank saves to **one safetensors file** whose header carries the
-config and per-battery metadata (regime, final MSE, CV, effective rank, mean spectrum, ...);
-:meth:`BatteryBank.load` refuses files without them with a :class:`~pentachora.io.CheckpointError`.
+K independent batteries.
+
+Saved formats (both carry the config and the per-battery metadata — regime, final MSE, CV,
+effective rank, mean spectrum, ... — and :meth:`BatteryBank.load` reads either, refusing anything
+without them with a :class:`~pentachora.io.CheckpointError`):
+
+* **checkpoint folder** (:meth:`BatteryBank.save_pretrained`, and :meth:`BatteryBank.save` for a path
+  not ending in ``.safetensors``): ``config.json`` + ``model.safetensors`` as every model (loadable by
+  ``BatteryBank.from_pretrained`` and :func:`pentachora.recipes.load_model`), plus
+  ``batteries.json`` = ``{"format": "pentachora-battery-bank", "format_version": "1", "batteries":
+  [one record per battery], "run": {...}}`` (``run`` only when given). ``from_pretrained`` reads
+  ``batteries.json`` into :attr:`BatteryBank.info` when it is there (``load_model`` builds the bank
+  without it: ``info`` stays empty); trainer checkpoints of an unsummarised bank have no
+  ``batteries.json``.
+* **single file** (:meth:`BatteryBank.save` for a path ending in ``.safetensors``, the format of
+  earlier versions and of ``pentachora train batteries --out bank.safetensors``): ONE safetensors
+  file of the state dict whose header holds ``format = "pentachora-battery-bank"``,
+  ``format_version = "1"``, ``model_type``, ``pentachora_version``, ``config`` (JSON string),
+  ``batteries`` (JSON list of the records) and optionally ``run`` (JSON).
 
 What each battery trains on (its *regime*: a noise type, a curriculum tier or a k-means cluster of
 photo patches) is data, not model: :func:`~pentachora.data.regimes.parse_regimes` and
@@ -62,11 +78,19 @@ from pentachora.geometry import (
     target_cv,
 )
 from pentachora.geometry.cv import volume_scale
-from pentachora.io import CheckpointError, atomic_save_tensors, load_tensors, read_tensor_metadata
+from pentachora.io import (
+    CheckpointError,
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors,
+    read_json,
+    read_tensor_metadata,
+)
 from pentachora.modeling import ModelOutput, PentachoraModel, config_from_dict, config_to_dict, register_model
 
 __all__ = [
     "BANK_FORMAT",
+    "BATTERIES_NAME",
     "REQUIRED_BATTERY_KEYS",
     "BatteryBank",
     "BatteryBankOutput",
@@ -79,6 +103,8 @@ logger = logging.getLogger(__name__)
 BANK_FORMAT = "pentachora-battery-bank"
 #: Version of the bank file layout.
 BANK_FORMAT_VERSION = "1"
+#: The per-battery metadata file of a bank checkpoint folder.
+BATTERIES_NAME = "batteries.json"
 #: Keys every per-battery metadata record must have.
 REQUIRED_BATTERY_KEYS: tuple[str, ...] = ("index", "regime", "final_mse", "cv", "erank", "spectrum")
 
@@ -606,13 +632,71 @@ class BatteryBank(PentachoraModel):
         self.info = records
         return records
 
-    # ------------------------------------------------------------------ one-file save / load
-    def save(self, path: str | os.PathLike, extra_metadata: dict[str, Any] | None = None) -> Path:
-        """Write the bank as ONE safetensors file (atomically) with the config and per-battery metadata.
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(
+        self, directory: str | os.PathLike, extra_metadata: dict[str, Any] | None = None
+    ) -> Path:
+        """Write the checkpoint folder (``config.json`` + ``model.safetensors`` + ``batteries.json``).
+
+        ``batteries.json`` is written when :attr:`info` holds one complete record per battery (after
+        :meth:`summarize` or :meth:`load`); a bank in training (empty ``info``) saves without it.
 
         Args:
-            path: destination ``.safetensors`` file.
-            extra_metadata: optional JSON-able dict stored under the header key ``run``.
+            directory: the folder (created if needed).
+            extra_metadata: optional JSON-able dict stored under ``run`` in ``batteries.json``.
+
+        Raises:
+            ValueError: :attr:`info` is non-empty but not one complete record per battery.
+        """
+        directory = super().save_pretrained(directory)
+        if self.info:
+            _check_records(self.info, self.config, where="bank.info")
+            meta: dict[str, Any] = {
+                "format": BANK_FORMAT,
+                "format_version": BANK_FORMAT_VERSION,
+                "batteries": self.info,
+            }
+            run = extra_metadata if extra_metadata is not None else self.run_metadata
+            if run:
+                meta["run"] = json.loads(json.dumps(run, default=str))
+            atomic_write_json(directory / BATTERIES_NAME, meta)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
+    ) -> BatteryBank:
+        """Load a checkpoint folder strictly; ``batteries.json`` (when present) fills :attr:`info`.
+
+        Raises:
+            CheckpointError: as :meth:`PentachoraModel.from_pretrained`, or a ``batteries.json``
+                that is not one complete record per battery.
+        """
+        bank = super().from_pretrained(directory, map_location=map_location)
+        path = Path(directory) / BATTERIES_NAME
+        if path.is_file():
+            meta = read_json(path)
+            if not isinstance(meta, dict) or meta.get("format") != BANK_FORMAT or "batteries" not in meta:
+                raise CheckpointError(
+                    f"{path} is not battery-bank metadata (format={BANK_FORMAT!r}, batteries)"
+                )
+            try:
+                _check_records(meta["batteries"], bank.config, where=str(path))
+            except ValueError as exc:
+                raise CheckpointError(str(exc)) from exc
+            bank.info = list(meta["batteries"])
+            run = meta.get("run", {})
+            bank.run_metadata = run if isinstance(run, dict) else {"raw": run}
+        return bank
+
+    def save(self, path: str | os.PathLike, extra_metadata: dict[str, Any] | None = None) -> Path:
+        """Write a summarised bank: ONE safetensors file for a ``.safetensors`` path, else a folder.
+
+        See the module docstring for both formats (the folder is :meth:`save_pretrained`'s).
+
+        Args:
+            path: destination ``.safetensors`` file, or a checkpoint folder.
+            extra_metadata: optional JSON-able dict stored under ``run``.
 
         Raises:
             ValueError: when :attr:`info` does not hold one complete record per battery (call
@@ -621,6 +705,9 @@ class BatteryBank(PentachoraModel):
         from pentachora import __version__
 
         _check_records(self.info, self.config, where="bank.info")
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            return self.save_pretrained(path, extra_metadata=extra_metadata)
         header = {
             "format": BANK_FORMAT,
             "format_version": BANK_FORMAT_VERSION,
@@ -631,21 +718,28 @@ class BatteryBank(PentachoraModel):
         }
         if extra_metadata:
             header["run"] = json.dumps(extra_metadata, default=str)
-        path = Path(path)
         atomic_save_tensors(path, self.state_dict(), metadata=header)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> BatteryBank:
-        """Load a bank file written by :meth:`save`.
+        """Load a summarised bank in either format (a checkpoint folder or the single file).
 
         Raises:
-            CheckpointError: the file is missing or not safetensors; its header lacks the bank
-                format, the config or the per-battery metadata (or they are invalid, e.g. a record
-                without ``final_mse`` or a spectrum of the wrong length); or its tensors do not
+            CheckpointError: the path is missing or not safetensors; the metadata lacks the bank
+                format, the config or the per-battery records (or they are invalid, e.g. a record
+                without ``final_mse`` or a spectrum of the wrong length); or the tensors do not
                 have the shapes the config implies (wrong dims).
         """
         path = Path(path)
+        if path.is_dir():
+            bank = cls.from_pretrained(path, map_location=map_location)
+            if not bank.info:
+                raise CheckpointError(
+                    f"{path} has no {BATTERIES_NAME}: a bank checkpoint without per-battery metadata "
+                    "(summarise it, e.g. with `pentachora train batteries`, and save it again)"
+                )
+            return bank
         meta = read_tensor_metadata(path)
         if meta.get("format") != BANK_FORMAT:
             raise CheckpointError(

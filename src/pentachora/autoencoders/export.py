@@ -5,17 +5,25 @@ inference into as few linear maps as its structure allows (see its docstring for
 :func:`count_flops` runs it and counts FLOPs per named stage (matmul/conv by PyTorch's FLOP
 formulas, every other op one FLOP per output element).
 
-Saved format (see :meth:`LinearExport.save_pretrained`): a checkpoint folder like every model's,
-``config.json`` (``{"model_type": "battery_container_linear_export", "config": {...container
-config...}, "merged_inverse": bool}``) + ``model.safetensors`` (the folded tensors). Files written by
-the former :meth:`LinearExport.save` — ONE safetensors file whose header holds ``format =
-"pentachora-linear-export"``, ``config`` (the container config as JSON) and ``merged_inverse`` —
-still load with :meth:`LinearExport.load`.
+Saved formats:
+
+* **checkpoint folder** (what :meth:`LinearExport.save_pretrained` writes, and :meth:`LinearExport.save`
+  for any path not ending in ``.safetensors``): ``config.json`` = ``{"model_type":
+  "linear_export", "pentachora_version": ..., "config": {"container": {...the container's
+  config...}, "merged_inverse": bool}}`` + ``model.safetensors`` (the folded tensors) — loadable by
+  ``LinearExport.from_pretrained`` and :func:`pentachora.recipes.load_model` like every model;
+* **single file** (what :meth:`LinearExport.save` writes for a path ending in ``.safetensors``, the
+  format of earlier versions): ONE safetensors file of the folded tensors whose header holds
+  ``format = "pentachora-linear-export"``, ``config`` (the container config as a JSON string) and
+  ``merged_inverse`` (``"true"``/``"false"``).
+
+:meth:`LinearExport.load` reads either.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -31,19 +39,33 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pentachora.autoencoders.container import BatteryContainerConfig
 from pentachora.io import CheckpointError, atomic_save_tensors, load_tensors, read_tensor_metadata
-from pentachora.modeling import config_from_dict, config_to_dict
+from pentachora.modeling import PentachoraModel, config_from_dict, config_to_dict, register_model
 from pentachora.nn import BoundarySmooth, patchify, unpatchify
 
 if TYPE_CHECKING:
     from pentachora.autoencoders.container import BatteryContainer
 
-__all__ = ["EXPORT_FORMAT", "LinearExport", "count_flops"]
+__all__ = ["EXPORT_FORMAT", "LinearExport", "LinearExportConfig", "count_flops"]
 
 #: ``format`` value in the safetensors header of a single-file linear export (the former format).
 EXPORT_FORMAT = "pentachora-linear-export"
 
 
-class LinearExport(nn.Module):
+@dataclasses.dataclass
+class LinearExportConfig:
+    """Configuration of a :class:`LinearExport`: the folded container's config and the one fold choice.
+
+    Attributes:
+        container: the :class:`~pentachora.autoencoders.BatteryContainerConfig` that was folded.
+        merged_inverse: whether μ and the inverse's first linear are merged into one map.
+    """
+
+    container: BatteryContainerConfig = dataclasses.field(default_factory=BatteryContainerConfig)
+    merged_inverse: bool = False
+
+
+@register_model
+class LinearExport(PentachoraModel):
     """The trained container folded for inference into as few linear maps as its structure allows.
 
     Folds (all exact up to float rounding):
@@ -72,11 +94,20 @@ class LinearExport(nn.Module):
         ``(B, C, H, W) → (B, C, H, W)`` — the same as ``container.reconstruct``.
     """
 
-    def __init__(self, config: BatteryContainerConfig, merged_inverse: bool) -> None:
-        super().__init__()
-        c = config
-        self.config = c
-        self.merged_inverse = merged_inverse
+    model_type: ClassVar[str] = "linear_export"
+    config_class: ClassVar[type] = LinearExportConfig
+    config: LinearExportConfig
+
+    def __init__(
+        self, config: LinearExportConfig | BatteryContainerConfig, merged_inverse: bool | None = None
+    ) -> None:
+        if isinstance(config, BatteryContainerConfig):  # the former signature (container config, merged)
+            config = LinearExportConfig(container=config, merged_inverse=bool(merged_inverse))
+        elif merged_inverse is not None and bool(merged_inverse) != config.merged_inverse:
+            raise ValueError("merged_inverse contradicts config.merged_inverse")
+        super().__init__(config)
+        c = config.container
+        merged_inverse = config.merged_inverse
         k, h, f, pix, v = c.n_batteries, c.battery_hidden, c.slot_floats, c.channels * c.patch_size**2, c.V
         d, bh, ih = c.latent_dim, c.bottleneck_hidden, c.inverse_hidden
         self.enc_in = nn.Linear(pix, k * h)
@@ -100,6 +131,16 @@ class LinearExport(nn.Module):
         self.smooth = BoundarySmooth(c.channels, kernel=c.smooth_kernel, mid=c.resolved_smooth_mid)
         self._flop_counter: _FlopCounter | None = None  # set by count_flops while it runs
 
+    @property
+    def container_config(self) -> BatteryContainerConfig:
+        """The folded container's config."""
+        return self.config.container
+
+    @property
+    def merged_inverse(self) -> bool:
+        """Whether μ and the inverse's first linear are one merged map."""
+        return self.config.merged_inverse
+
     # ------------------------------------------------------------------ building
     @classmethod
     @torch.no_grad()
@@ -120,7 +161,7 @@ class LinearExport(nn.Module):
         merge = c.n_cross == 0 and (
             merge_mu_inverse if merge_mu_inverse is not None else bh * ih <= bh * d + (d + 1) * ih
         )
-        ex = cls(c, merged_inverse=merge).to(next(model.parameters()).device)
+        ex = cls(LinearExportConfig(container=c, merged_inverse=merge)).to(next(model.parameters()).device)
         ex.enc_in.load_state_dict(model.encoder.in_proj.state_dict())
         ex.enc_out_w.copy_(model.encoder.out_w)
         ex.enc_out_b.copy_(model.encoder.out_b)
@@ -192,7 +233,7 @@ class LinearExport(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct ``(B, C, H, W)`` images (the container's ``reconstruct``)."""
-        c = self.config
+        c = self.container_config
         gh, gw = x.shape[-2] // c.patch_size, x.shape[-1] // c.patch_size
         k, h, v, d = c.n_batteries, c.battery_hidden, c.V, c.latent_dim
         st = self._stage
@@ -273,32 +314,43 @@ class LinearExport(nn.Module):
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | os.PathLike) -> Path:
-        """One safetensors file with the folded tensors and the container config in the header."""
+        """Write the export: a checkpoint folder, or the single-file format for a ``.safetensors`` path.
+
+        See the module docstring for both formats. A path ending in ``.safetensors`` gets ONE
+        safetensors file (the format of earlier versions, kept for the CLI's ``-o linear.safetensors``);
+        any other path gets the folder :meth:`save_pretrained` writes.
+        """
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            return self.save_pretrained(path)
         header = {
             "format": EXPORT_FORMAT,
-            "config": json.dumps(config_to_dict(self.config)),
+            "config": json.dumps(config_to_dict(self.container_config)),
             "merged_inverse": json.dumps(self.merged_inverse),
         }
-        path = Path(path)
         atomic_save_tensors(path, self.state_dict(), metadata=header)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LinearExport:
-        """Load a file written by :meth:`save` (``CheckpointError`` on anything else)."""
+        """Load an export in either format (a checkpoint folder, or the single file); in eval mode.
+
+        Raises:
+            CheckpointError: anything else, or tensors that do not match the config.
+        """
+        path = Path(path)
+        if path.is_dir():
+            return cls.from_pretrained(path).eval()
         meta = read_tensor_metadata(path)
         if meta.get("format") != EXPORT_FORMAT or "config" not in meta:
             raise CheckpointError(f"{path} is not a pentachora linear export (header keys {sorted(meta)})")
-        config = config_from_dict(BatteryContainerConfig, json.loads(meta["config"]))
-        ex = cls(config, merged_inverse=bool(json.loads(meta.get("merged_inverse", "false"))))
-        state = load_tensors(path)
-        own = ex.state_dict()
-        bad = sorted(set(own) ^ set(state)) + sorted(
-            k for k in own if k in state and own[k].shape != state[k].shape
-        )
-        if bad:
-            raise CheckpointError(f"{path} does not match its config: {bad[:5]}")
-        ex.load_state_dict(state)
+        try:
+            config = config_from_dict(BatteryContainerConfig, json.loads(meta["config"]))
+            merged = bool(json.loads(meta.get("merged_inverse", "false")))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: the export header holds invalid JSON ({exc})") from exc
+        ex = cls(LinearExportConfig(container=config, merged_inverse=merged))
+        ex.load_state_dict_checked(load_tensors(path), source=str(path))
         return ex.eval()
 
 
@@ -373,7 +425,9 @@ def count_flops(export: LinearExport, x: torch.Tensor) -> dict[str, Any]:
     finally:
         export._flop_counter = None
     n_patches = (
-        x.shape[0] * (x.shape[-2] // export.config.patch_size) * (x.shape[-1] // export.config.patch_size)
+        x.shape[0]
+        * (x.shape[-2] // export.container_config.patch_size)
+        * (x.shape[-1] // export.container_config.patch_size)
     )
     rows = []
     for name, flops in counter.flops.items():

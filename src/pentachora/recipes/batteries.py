@@ -67,7 +67,8 @@ def train_battery_bank(
         regimes: a :func:`~pentachora.data.regimes.parse_regimes` spec; K = its length.
         config: battery shape (``n_batteries`` is replaced by K).
         steps, batch_size, lr, weight_decay, seed: training settings (batch_size = patches per battery).
-        out_file: write the bank here (one safetensors file) when given.
+        out_file: write the bank here when given (`.safetensors`: one file, else a checkpoint folder;
+            see :class:`~pentachora.autoencoders.BatteryBank`).
         run_dir: trainer run folder (metrics, checkpoints) when given; in memory otherwise.
         progress: tqdm progress bar.
         eval_patches: held-out patches per battery for the metadata.
