@@ -94,9 +94,8 @@ class BatteryContainerConfig(GeoVAEConfig):
     latent floats per 8×8×3 patch, 12:1).
     """
 
-    presets: ClassVar[
-        dict[str, dict[str, Any]]
-    ] = {}  # no named presets (GeoVAE's frame presets do not fit the slot layout)
+    # no named presets: GeoVAE's frame presets do not fit the slot layout
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
     preset_family = "BatteryContainer"
 
     patch_size: int = 8
