@@ -82,39 +82,6 @@ LOSS_WEIGHTS = (
 )
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # CPU: MiniLM student (77-token window) + MiniLM teacher (512 tokens), a narrow memory system
-    "minilm-tiny": {"dim": 192, "n_heads": 4, "ffn_mult": 2},
-    # MiniLM at full width (d = H = 384), the seed's shape at MiniLM scale
-    "minilm": {"dim": 384, "n_heads": 6, "ffn_mult": 4},
-    # SD 1.5: CLIP-L text tower (half of its 12 layers), ModernBERT-large teacher, d = H = 768
-    "clip-l": {
-        "encoder": "openai/clip-vit-large-patch14",
-        "extraction_layers": (2, 4, 6, 8, 10, 12),
-        "hidden_size": 768,
-        "teacher": "answerdotai/ModernBERT-large",
-        "teacher_max_length": 8192,
-        "teacher_dim": 1024,
-        "dim": 768,
-        "n_heads": 12,
-    },
-    # SDXL's OpenCLIP-bigG text tower (penultimate layer, 12 of 32 layers), ModernBERT-large teacher
-    "sdxl-bigg": {
-        "encoder": "stabilityai/stable-diffusion-xl-base-1.0",
-        "encoder_subfolder": "text_encoder_2",
-        "encoder_class": "CLIPTextModelWithProjection",
-        "extraction_layers": (3, 6, 8, 11, 13, 16, 19, 21, 24, 27, 29, 32),
-        "target_layer": "penultimate",
-        "hidden_size": 1280,
-        "teacher": "answerdotai/ModernBERT-large",
-        "teacher_max_length": 8192,
-        "teacher_dim": 1024,
-        "dim": 1280,
-        "n_heads": 16,
-    },
-}
-
-
 @dataclass
 class MemoryConfig(Presets):
     """Configuration of :class:`GeometricMemory` (what is trained, and which frozen models it reads).
@@ -159,8 +126,7 @@ class MemoryConfig(Presets):
         cv_samples: Random pentachora per CV-loss evaluation.
     """
 
-    presets = PRESETS  # `MemoryConfig.preset("minilm-tiny", max_segments=16)`
-    preset_family = "memory"
+    preset_family = "memory"  # presets: PRESETS below, `MemoryConfig.preset("minilm-tiny", max_segments=16)`
 
     encoder: str = "minilm"
     encoder_subfolder: str | None = None
@@ -228,6 +194,40 @@ class MemoryConfig(Presets):
     def anchor_cv_target(self) -> float:
         """The anchors' CV target: ``cv_target`` or ``target_cv(dim)``."""
         return float(self.cv_target) if self.cv_target is not None else float(target_cv(self.dim))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU: MiniLM student (77-token window) + MiniLM teacher (512 tokens), a narrow memory system
+    "minilm-tiny": {"dim": 192, "n_heads": 4, "ffn_mult": 2},
+    # MiniLM at full width (d = H = 384), the seed's shape at MiniLM scale
+    "minilm": {"dim": 384, "n_heads": 6, "ffn_mult": 4},
+    # SD 1.5: CLIP-L text tower (half of its 12 layers), ModernBERT-large teacher, d = H = 768
+    "clip-l": {
+        "encoder": "openai/clip-vit-large-patch14",
+        "extraction_layers": (2, 4, 6, 8, 10, 12),
+        "hidden_size": 768,
+        "teacher": "answerdotai/ModernBERT-large",
+        "teacher_max_length": 8192,
+        "teacher_dim": 1024,
+        "dim": 768,
+        "n_heads": 12,
+    },
+    # SDXL's OpenCLIP-bigG text tower (penultimate layer, 12 of 32 layers), ModernBERT-large teacher
+    "sdxl-bigg": {
+        "encoder": "stabilityai/stable-diffusion-xl-base-1.0",
+        "encoder_subfolder": "text_encoder_2",
+        "encoder_class": "CLIPTextModelWithProjection",
+        "extraction_layers": (3, 6, 8, 11, 13, 16, 19, 21, 24, 27, 29, 32),
+        "target_layer": "penultimate",
+        "hidden_size": 1280,
+        "teacher": "answerdotai/ModernBERT-large",
+        "teacher_max_length": 8192,
+        "teacher_dim": 1024,
+        "dim": 1280,
+        "n_heads": 16,
+    },
+}
+MemoryConfig.presets = PRESETS
 
 
 @dataclass
