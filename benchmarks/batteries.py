@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from autoencoders import MixedSource
-from pentachora.autoencoders.battery import BatteryBank, BatteryConfig, RegimeSource, parse_regimes
+from pentachora.autoencoders.battery import BatteryBank, BatteryConfig
 from pentachora.autoencoders.container import BatteryContainer
 from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
 from pentachora.data import (
@@ -54,6 +54,7 @@ from pentachora.data import (
     to_model_space,
     to_pixel_space,
 )
+from pentachora.data.regimes import RegimeSource, parse_regimes
 from pentachora.modeling import PentachoraModel
 from pentachora.recipes.batteries import (
     build_container,

@@ -10,22 +10,12 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from pentachora.autoencoders.battery import (
-    BANK_FORMAT,
-    BatteryBank,
-    BatteryConfig,
-    RegimeSource,
-    parse_regimes,
-    unit_rms,
-)
-from pentachora.autoencoders.container import (
-    BatteryContainer,
-    BatteryContainerConfig,
-    LinearExport,
-    count_flops,
-)
+from pentachora.autoencoders.battery import BANK_FORMAT, BatteryBank, BatteryConfig
+from pentachora.autoencoders.container import BatteryContainer, BatteryContainerConfig
+from pentachora.autoencoders.export import LinearExport, count_flops
 from pentachora.cli import app
 from pentachora.cli import batteries as _batteries  # noqa: F401  (registers the commands)
+from pentachora.data.regimes import RegimeSource, parse_regimes, unit_rms
 from pentachora.io import CheckpointError, atomic_save_tensors, read_tensor_metadata
 from pentachora.recipes import load_model
 from test_geovae import _forbidden, _OpRecorder  # the no-eigh/no-SVD dispatch recorder of GeoVAE's tests
@@ -197,6 +187,40 @@ def test_bad_bank_files_give_clear_errors(tmp_path):
         BatteryBank.load(_write(tmp_path / "key.safetensors", state, {**meta, "config": json.dumps(cfg)}))
 
 
+# ----------------------------------------------------------------------------- checkpoint folders
+def test_bank_checkpoint_folder_round_trip(tmp_path):
+    bank = summarized(tiny_bank(3))
+    folder = bank.save(tmp_path / "bank", extra_metadata={"steps": 7})  # no .safetensors: a folder
+    assert sorted(p.name for p in folder.iterdir()) == ["batteries.json", "config.json", "model.safetensors"]
+    for loaded in (BatteryBank.load(folder), BatteryBank.from_pretrained(folder)):
+        assert (
+            loaded.config == bank.config and loaded.info == bank.info and loaded.run_metadata == {"steps": 7}
+        )
+        for (name, a), (_, b) in zip(bank.state_dict().items(), loaded.state_dict().items(), strict=True):
+            assert torch.equal(a, b), name
+    generic = load_model(folder)  # the generic loader: same weights, no per-battery metadata
+    assert isinstance(generic, BatteryBank) and torch.equal(generic.prototypes, bank.prototypes)
+    # a bank in training (trainer checkpoints) saves without batteries.json; load() wants the records
+    plain = tiny_bank(2).save_pretrained(tmp_path / "plain")
+    assert not (plain / "batteries.json").exists() and BatteryBank.from_pretrained(plain).info == []
+    with pytest.raises(CheckpointError, match=r"has no batteries\.json"):
+        BatteryBank.load(plain)
+    (folder / "batteries.json").write_text(
+        json.dumps({"format": "pentachora-battery-bank", "batteries": [{}]})
+    )
+    with pytest.raises(CheckpointError, match="one metadata record per battery"):
+        BatteryBank.load(folder)
+
+
+def test_bank_single_file_and_folder_hold_the_same_bank(tmp_path):
+    bank = summarized(tiny_bank(3))
+    a = BatteryBank.load(bank.save(tmp_path / "bank.safetensors"))
+    b = BatteryBank.load(bank.save(tmp_path / "bank"))
+    assert a.config == b.config and a.info == b.info
+    x = patches(3, 4)
+    assert torch.equal(a.eval()(x).recon, b.eval()(x).recon)
+
+
 # ----------------------------------------------------------------------------- regimes
 def test_parse_regimes():
     r = parse_regimes("noise-types:20+tiers:6+patch-clusters:5")
@@ -355,8 +379,13 @@ def test_linear_export_matches_the_model(tmp_path, routing, n_cross, merge):
     assert 0.5 < flops["linear_fraction"] <= 1.0 and flops["patches"] == 3 * 16
     names = {r["stage"] for r in flops["stages"]}
     assert "router ⊕ D_in: grouped Linear (gain, anchors folded)" in names
-    path = export.save(tmp_path / "lin.safetensors")
+    path = export.save(tmp_path / "lin.safetensors")  # the single-file format
     assert torch.equal(LinearExport.load(path)(x), got)
+    folder = export.save(tmp_path / "lin")  # a checkpoint folder like every model's
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    for again in (LinearExport.load(folder), LinearExport.from_pretrained(folder), load_model(folder)):
+        assert isinstance(again, LinearExport) and again.merged_inverse == export.merged_inverse
+        assert torch.equal(again.eval()(x), got)
     with pytest.raises(CheckpointError, match="not a pentachora linear export"):
         LinearExport.load(_write(tmp_path / "other.safetensors", {"w": torch.zeros(1)}, None))
     if n_cross:
@@ -403,3 +432,61 @@ def test_cli_batteries_container_export(tmp_path):
     assert math.isfinite(rep["flops_per_patch"])
     bad = runner.invoke(app, ["train", "container", "--batteries", str(tmp_path / "nope.safetensors")])
     assert bad.exit_code == 2 and "not found" in bad.output
+
+
+# ----------------------------------------------------------------------------- one definition per concept
+def test_container_builds_through_geovae(monkeypatch):
+    from pentachora.autoencoders.geovae import GeoVAE
+
+    calls = []
+    real = GeoVAE.__init__
+
+    def spy(self, config):
+        calls.append(type(self).__name__)
+        real(self, config)
+
+    monkeypatch.setattr(GeoVAE, "__init__", spy)
+    model = container_for(tiny_bank(3))
+    assert calls == ["BatteryContainer"]
+    # the state-dict keys saved checkpoints hold (unchanged by the refactor)
+    assert list(model.state_dict())[:6] == [
+        "inverse_gain",
+        "anchors",
+        "route_logit_scale",
+        "encoder.out_w",
+        "encoder.out_b",
+        "encoder.in_proj.weight",
+    ]
+    assert {k.split(".")[0] for k in model.state_dict()} == {
+        "inverse_gain", "anchors", "route_logit_scale", "encoder", "bottleneck", "cross_attn", "inverse",
+        "decoder", "smooth",
+    }  # fmt: skip
+
+
+def test_one_param_groups_hook_and_one_schedule():
+    import inspect
+
+    from pentachora.memory.model import GeometricMemory
+    from pentachora.recipes import GEOVAE_ALIGN_WEIGHTS, geovae_schedule
+    from pentachora.recipes.batteries import ALIGN_WEIGHTS, container_phases
+
+    for cls in (BatteryBank, GeometricMemory):
+        assert list(inspect.signature(cls.param_groups).parameters)[1:3] == ["lr", "weight_decay"]
+    groups = tiny_bank(2).param_groups(1e-3, 0.05)
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(1e-3, 0.05), (1e-3, 0.0)]
+    assert ALIGN_WEIGHTS is GEOVAE_ALIGN_WEIGHTS
+    assert container_phases(200).phases == geovae_schedule(200).phases
+    assert container_phases(200, 0.3).phases == geovae_schedule(200, align_fraction=0.3).phases
+
+
+def test_moved_names_still_import_with_a_warning():
+    import pentachora.autoencoders.battery as battery
+    import pentachora.autoencoders.container as container
+    from pentachora.data import regimes
+
+    with pytest.warns(DeprecationWarning, match=r"moved to pentachora\.data\.regimes"):
+        assert battery.RegimeSource is regimes.RegimeSource
+    with pytest.warns(DeprecationWarning, match=r"moved to pentachora\.autoencoders\.export"):
+        assert container.LinearExport is LinearExport
+    with pytest.raises(AttributeError):
+        battery.not_a_name

@@ -87,6 +87,25 @@ def test_step_seed_formula():
     assert step_seed(0, 5) == 5
     assert step_seed(2, 3) == 2 * 1_000_003 + 3
     assert 0 <= step_seed(0, -1) < 2**64
+    with pytest.raises(ValueError, match="salt"):
+        step_seed(0, 5, 1)  # the data stream has no rank
+
+
+def test_one_step_seed_and_batch_source_for_data_and_trainer():
+    import pentachora.training as training
+    import pentachora.training.loop as loop
+    from pentachora.data import EVAL_SALT, TRAIN_SALT
+
+    # one definition, re-exported (not copied) by the trainer
+    assert training.step_seed is step_seed and loop.step_seed is step_seed
+    assert training.BatchSource is BatchSource and loop.BatchSource is BatchSource
+    # the model stream reproduces the trainer's previous formula bit for bit (values recorded from
+    # the former pentachora.training.loop.step_seed), so resumed runs and the demo are unchanged
+    assert step_seed(0, 1, salt=TRAIN_SALT) == 1927683675655158493
+    assert step_seed(7, 123, 1, salt=TRAIN_SALT) == 2880631180702593514
+    assert step_seed(2**40, 5, 3, salt=TRAIN_SALT) == 8051836980205790805
+    assert step_seed(3, 4, 0, salt=EVAL_SALT) == 2205212670846485853
+    assert step_seed(0, 1, salt=TRAIN_SALT) != step_seed(0, 1)  # the two streams differ
 
 
 def test_noise_source_pure_function_of_seed_and_step():

@@ -217,3 +217,162 @@ class PentachoraModel(nn.Module):
                 )
             raise CheckpointError(f"{source} does not match {type(self).__name__}: " + "; ".join(parts))
         self.load_state_dict(state, strict=True)
+
+
+# ============================================================================================ presets
+# (this section is appended to the module; its imports stay with it)
+from collections.abc import Mapping  # noqa: E402
+
+from pentachora.errors import ConfigError  # noqa: E402
+
+
+class UnknownConfigFieldError(ConfigError, TypeError):
+    """An override names a field the config dataclass does not have (a :class:`ConfigError`).
+
+    Also a ``TypeError``, the error a dataclass raises for an unexpected keyword, so ``except
+    TypeError`` code written against the former per-family ``preset()`` methods keeps working.
+    """
+
+
+class Presets:
+    """Named presets for a config dataclass — the one preset mechanism of every model family.
+
+    A config dataclass inherits from this mixin and sets two plain class attributes (not
+    dataclass fields — leave them unannotated)::
+
+        @dataclasses.dataclass
+        class GeoVAEConfig(Presets):
+            presets = GEOVAE_PRESETS      # {name: {field: value}}
+            preset_family = "GeoVAE"      # how error messages name the family
+            patch_size: int = 16
+            ...
+
+    :meth:`preset` then builds ``cls(**{**presets[name], **overrides})`` after checking the name and
+    every override field, and :meth:`preset_names` lists the names. A subclass that must not inherit
+    its parent's presets sets ``presets = {}``. :func:`list_presets` lists every registered family.
+
+    Layered configuration (code defaults → preset → overrides) is exactly this call.
+    """
+
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    preset_family: ClassVar[str] = ""
+
+    @classmethod
+    def preset_names(cls) -> list[str]:
+        """The names :meth:`preset` accepts, sorted."""
+        return sorted(cls.presets)
+
+    @classmethod
+    def config_field_names(cls) -> list[str]:
+        """The fields an override may set (the dataclass's ``init`` fields), sorted."""
+        return sorted(f.name for f in dataclasses.fields(cls) if f.init)  # type: ignore[arg-type]
+
+    @classmethod
+    def preset(cls: type[P], name: str, **overrides: Any) -> P:
+        """The config of preset ``name`` with ``overrides`` applied on top.
+
+        Args:
+            name: One of :meth:`preset_names`.
+            **overrides: Config fields to set instead of the preset's (or the default) values.
+
+        Returns:
+            A validated config instance (its ``__post_init__`` ran).
+
+        Raises:
+            ConfigError: an unknown preset name (the message lists the known ones).
+            UnknownConfigFieldError: an override that is not a field (the message lists the valid
+                fields); a ``ConfigError`` and a ``TypeError``.
+        """
+        family = cls.preset_family or cls.__name__
+        if name not in cls.presets:
+            raise ConfigError(f"unknown {family} preset {name!r}; known: {sorted(cls.presets)}")
+        fields = cls.config_field_names()  # type: ignore[attr-defined]
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise UnknownConfigFieldError(
+                f"unknown {cls.__name__} field(s) {unknown} for preset {name!r}; valid fields: {fields}"
+            )
+        return cls(**{**cls.presets[name], **overrides})
+
+
+P = TypeVar("P", bound=Presets)
+
+
+def list_presets(registry: Mapping[str, type[PentachoraModel]] | None = None) -> dict[str, list[str]]:
+    """Every registered model family and its preset names: ``{model_type: [names]}``.
+
+    Families whose config has no presets map to ``[]`` (they are built from their config defaults).
+    Only families whose module was imported are registered — ``modeling`` imports no model family;
+    ``import pentachora.autoencoders`` (and ``pentachora.memory``) first, as ``pentachora models`` does.
+
+    Args:
+        registry: The registry to list (default :data:`MODEL_REGISTRY`).
+
+    Returns:
+        ``{model_type: sorted preset names}``, sorted by model type.
+    """
+    registry = MODEL_REGISTRY if registry is None else registry
+    out: dict[str, list[str]] = {}
+    for model_type in sorted(registry):
+        config_class = registry[model_type].config_class
+        names = (
+            config_class.preset_names()
+            if isinstance(config_class, type) and issubclass(config_class, Presets)
+            else []
+        )
+        out[model_type] = list(names)
+    return out
+
+
+def describe_preset(model_type: str, name: str | None = None, count_params: bool = True) -> dict[str, Any]:
+    """One row of the preset table: what preset ``name`` of family ``model_type`` builds.
+
+    The model is built on the ``meta`` device (no memory, no initialisation cost) to count its
+    parameters; a family that cannot be built there reports ``params = None``.
+
+    Args:
+        model_type: A registered model type (see :func:`list_presets`).
+        name: A preset name, or ``None`` for the config's defaults.
+        count_params: Build the model (on ``meta``) to count parameters.
+
+    Returns:
+        ``{"model_type", "model", "preset", "params", "latent_floats_per_patch", "patch"}`` —
+        the last two for patch autoencoders (``patch`` = ``"p×p×C"``), else ``None``.
+
+    Raises:
+        ConfigError: an unknown model type or preset.
+    """
+    if model_type not in MODEL_REGISTRY:
+        raise ConfigError(f"unknown model type {model_type!r}; registered: {sorted(MODEL_REGISTRY)}")
+    cls = MODEL_REGISTRY[model_type]
+    config_class = cls.config_class
+    if name is None:
+        config = config_class()
+    elif isinstance(config_class, type) and issubclass(config_class, Presets):
+        config = config_class.preset(name)
+    else:
+        raise ConfigError(f"{model_type} has no presets; build it from {config_class.__name__}(...)")
+    row: dict[str, Any] = {
+        "model_type": model_type,
+        "model": cls.__name__,
+        "preset": name,
+        "params": None,
+        "latent_floats_per_patch": None,
+        "patch": None,
+    }
+    patch, channels = getattr(config, "patch_size", None), getattr(config, "channels", None)
+    model = None
+    if count_params:
+        try:
+            with torch.device("meta"), torch.no_grad():
+                model = cls(config)
+            row["params"] = model.num_parameters()
+        except Exception:  # a family whose construction needs real tensors: no count
+            model = None
+    floats = getattr(model, "latent_floats_per_patch", None) if model is not None else None
+    if floats is None:
+        floats = getattr(config, "latent_floats_per_patch", None)
+    if floats is not None and patch is not None and channels is not None:
+        row["latent_floats_per_patch"] = int(floats)
+        row["patch"] = f"{patch}×{patch}×{channels}"
+    return row

@@ -7,7 +7,9 @@
   is its posterior.
 * :class:`AutoencoderKLAdapter` — diffusers' ``AutoencoderKL`` behind the same API (a baseline).
 * :class:`BatteryBank`, :class:`BatteryContainer` — K miniature SVD-trained batteries trained as
-  one batched module, and the GeoVAE variant they are implanted into.
+  one batched module, and the GeoVAE variant they are implanted into; :class:`LinearExport` (in
+  :mod:`~pentachora.autoencoders.export`) folds a trained container for inference. The battery
+  regimes (what each battery trains on) are data: :mod:`pentachora.data.regimes`.
 
 Importing this package registers every model type with :func:`pentachora.recipes.load_model`.
 """
@@ -16,6 +18,7 @@ from pentachora.autoencoders.base import AutoencoderOutput, PatchAutoencoder
 from pentachora.autoencoders.battery import BatteryBank, BatteryConfig
 from pentachora.autoencoders.container import BatteryContainer, BatteryContainerConfig
 from pentachora.autoencoders.distributions import DiagonalGaussian
+from pentachora.autoencoders.export import LinearExport, count_flops
 from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
 from pentachora.autoencoders.kl_baseline import AutoencoderKLAdapter, AutoencoderKLAdapterConfig
 from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig, SpectralLatent
@@ -31,8 +34,10 @@ __all__ = [
     "DiagonalGaussian",
     "GeoVAE",
     "GeoVAEConfig",
+    "LinearExport",
     "PatchAutoencoder",
     "PatchSVAE",
     "PatchSVAEConfig",
     "SpectralLatent",
+    "count_flops",
 ]

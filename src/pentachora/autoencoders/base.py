@@ -9,6 +9,10 @@ Every patch autoencoder in :mod:`pentachora.autoencoders`
   the resulting :attr:`compression_ratio` (< 1 means the "latent" is bigger than the pixels),
 * takes loss weights that a training callback may change between steps
   (:meth:`set_loss_weights`, e.g. the seeds' soft-hand CV schedule).
+
+Variational ones (:class:`VariationalPatchAutoencoder`: GeoVAE, the battery container, the
+AutoencoderKL baseline) also decode draws from their prior N(0, I) (:meth:`~VariationalPatchAutoencoder.sample_prior`,
+defined once here).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from pentachora.modeling import ModelOutput, PentachoraModel
 from pentachora.nn.patch import check_image_batch
 
-__all__ = ["AutoencoderOutput", "PatchAutoencoder"]
+__all__ = ["AutoencoderOutput", "PatchAutoencoder", "VariationalPatchAutoencoder"]
 
 
 @dataclasses.dataclass
@@ -173,5 +177,60 @@ class PatchAutoencoder(PentachoraModel, abc.ABC):
         self.eval()
         try:
             return self.decode(self.latent_for_decoding(self.encode(x)))
+        finally:
+            self.train(was_training)
+
+
+class VariationalPatchAutoencoder(PatchAutoencoder):
+    """A patch autoencoder with a prior N(0, I) over an image-like latent ``(B, c, H/s, W/s)``.
+
+    Subclasses implement :attr:`latent_channels` (c) and may override :attr:`latent_stride` (s, the
+    pixels per latent cell along a side; default ``patch_size``); :meth:`decode` must accept a
+    ``(B, c, H/s, W/s)`` latent. :meth:`sample_prior` is then shared.
+    """
+
+    @property
+    @abc.abstractmethod
+    def latent_channels(self) -> int:
+        """Channels c of the image-like latent (every one is drawn from the prior)."""
+
+    @property
+    def latent_stride(self) -> int:
+        """Pixels per latent cell along each side (default: the patch size)."""
+        return self.patch_size
+
+    @torch.no_grad()
+    def sample_prior(
+        self, n: int, height: int, width: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Decode latents drawn from the prior N(0, I) (every latent channel).
+
+        Args:
+            n: number of images.
+            height, width: image size in pixels (positive multiples of :attr:`latent_stride`).
+            generator: optional generator for reproducible draws (its device is used for the draw).
+
+        Returns:
+            ``(n, C, height, width)`` images in model space (eval mode is used and restored).
+
+        Raises:
+            ValueError: a size that is not a positive multiple of the stride.
+        """
+        s = self.latent_stride
+        if height % s or width % s or height < s or width < s:
+            raise ValueError(f"height {height} and width {width} must be positive multiples of {s}")
+        device = next(self.parameters()).device
+        z = torch.randn(
+            n,
+            self.latent_channels,
+            height // s,
+            width // s,
+            generator=generator,
+            device=generator.device if generator is not None else device,
+        ).to(device)
+        was_training = self.training
+        self.eval()
+        try:
+            return self.decode(z)
         finally:
             self.train(was_training)

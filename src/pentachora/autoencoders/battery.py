@@ -28,14 +28,29 @@ parameters.
 batched matmuls (``baddbmm``) and one batched fp64 eigendecomposition — one module, not K Python
 loops. Its loss is the **sum** of the K battery losses, so every battery's gradient is exactly
 its own; with AdamW (element-wise) and no global gradient clipping, training the bank is training
-K independent batteries. The bank saves to **one safetensors file** whose header carries the
-config and per-battery metadata (regime, final MSE, CV, effective rank, mean spectrum, ...);
-:meth:`BatteryBank.load` refuses files without them with a :class:`~pentachora.io.CheckpointError`.
+K independent batteries.
 
-Regimes (:func:`parse_regimes`, :class:`RegimeSource`) are what each battery trains on:
-``noise-types[:K]`` (battery i ↦ noise type i mod 16, replica i // 16), ``tiers[:K]`` (battery i ↦
-the types of curriculum tier i mod 5), ``patch-clusters:K`` (battery i ↦ cluster i of a k-means on
-unit-RMS patches of the training photos), and ``A+B`` concatenations.
+Saved formats (both carry the config and the per-battery metadata — regime, final MSE, CV,
+effective rank, mean spectrum, ... — and :meth:`BatteryBank.load` reads either, refusing anything
+without them with a :class:`~pentachora.io.CheckpointError`):
+
+* **checkpoint folder** (:meth:`BatteryBank.save_pretrained`, and :meth:`BatteryBank.save` for a path
+  not ending in ``.safetensors``): ``config.json`` + ``model.safetensors`` as every model (loadable by
+  ``BatteryBank.from_pretrained`` and :func:`pentachora.recipes.load_model`), plus
+  ``batteries.json`` = ``{"format": "pentachora-battery-bank", "format_version": "1", "batteries":
+  [one record per battery], "run": {...}}`` (``run`` only when given). ``from_pretrained`` reads
+  ``batteries.json`` into :attr:`BatteryBank.info` when it is there (``load_model`` builds the bank
+  without it: ``info`` stays empty); trainer checkpoints of an unsummarised bank have no
+  ``batteries.json``.
+* **single file** (:meth:`BatteryBank.save` for a path ending in ``.safetensors``, the format of
+  earlier versions and of ``pentachora train batteries --out bank.safetensors``): ONE safetensors
+  file of the state dict whose header holds ``format = "pentachora-battery-bank"``,
+  ``format_version = "1"``, ``model_type``, ``pentachora_version``, ``config`` (JSON string),
+  ``batteries`` (JSON list of the records) and optionally ``run`` (JSON).
+
+What each battery trains on (its *regime*: a noise type, a curriculum tier or a k-means cluster of
+photo patches) is data, not model: :func:`~pentachora.data.regimes.parse_regimes` and
+:class:`~pentachora.data.regimes.RegimeSource` live in :mod:`pentachora.data.regimes`.
 """
 
 from __future__ import annotations
@@ -53,29 +68,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pentachora.autoencoders.geovae import _cv_term
 from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig
 from pentachora.geometry import (
     cv_from_volumes,
+    cv_loss_term,
     effective_rank,
     gram_eigh_svd,
     pentachoron_volumes,
     target_cv,
 )
 from pentachora.geometry.cv import volume_scale
-from pentachora.io import CheckpointError, atomic_save_tensors, load_tensors, read_tensor_metadata
+from pentachora.io import (
+    CheckpointError,
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors,
+    read_json,
+    read_tensor_metadata,
+)
 from pentachora.modeling import ModelOutput, PentachoraModel, config_from_dict, config_to_dict, register_model
 
 __all__ = [
     "BANK_FORMAT",
+    "BATTERIES_NAME",
     "REQUIRED_BATTERY_KEYS",
     "BatteryBank",
     "BatteryBankOutput",
     "BatteryConfig",
-    "Regime",
-    "RegimeSource",
-    "parse_regimes",
-    "unit_rms",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,27 +103,12 @@ logger = logging.getLogger(__name__)
 BANK_FORMAT = "pentachora-battery-bank"
 #: Version of the bank file layout.
 BANK_FORMAT_VERSION = "1"
+#: The per-battery metadata file of a bank checkpoint folder.
+BATTERIES_NAME = "batteries.json"
 #: Keys every per-battery metadata record must have.
 REQUIRED_BATTERY_KEYS: tuple[str, ...] = ("index", "regime", "final_mse", "cv", "erank", "spectrum")
 
 _SVD_DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
-
-def unit_rms(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Divide every patch by its RMS: ``x / sqrt(mean(x²) + eps²)`` over the last axis.
-
-    The same normalisation as GeoVAE's magnitude split (``magnitude_eps``), so a battery trained on
-    these patches sees what the container's encoder sees.
-
-    Args:
-        x: ``(..., P)`` patches.
-        eps: RMS floor.
-
-    Returns:
-        ``(..., P)`` unit-RMS patches (float32).
-    """
-    x = x.float()
-    return x / (x.square().mean(dim=-1, keepdim=True) + eps**2).sqrt()
 
 
 # ============================================================================================ config
@@ -325,15 +329,26 @@ class BatteryBank(PentachoraModel):
         """``target_cv(D)``: the CV band of a battery's frame rows."""
         return self._target
 
-    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW groups that decay exactly what a standalone PatchSVAE would (its weight matrices).
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer groups (the models' parameter-groups hook, passed as ``Trainer(param_groups=)``).
 
-        The trainer's default decays every tensor with ``ndim ≥ 2`` — here also the stacked biases
-        and norms. Stacked matrices have ``ndim == 3``.
+        AdamW groups that decay exactly what a standalone PatchSVAE would (its weight matrices): the
+        trainer's default decays every tensor with ``ndim ≥ 2`` — here also the stacked biases and
+        norms. Stacked matrices have ``ndim == 3``. Every group is at ``lr``.
+
+        Args:
+            lr: Peak learning rate of every group.
+            weight_decay: Decay of the weight matrices.
+
+        Returns:
+            ``[{"params", "lr", "weight_decay"}, ...]``.
         """
         decay = [p for p in self.parameters() if p.ndim >= 3]
         rest = [p for p in self.parameters() if p.ndim < 3]
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        return [
+            {"params": decay, "lr": lr, "weight_decay": weight_decay},
+            {"params": rest, "lr": lr, "weight_decay": 0.0},
+        ]
 
     # ------------------------------------------------------------------ the batched pipeline
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
@@ -424,8 +439,8 @@ class BatteryBank(PentachoraModel):
             n = min(c.cv_patches, flat.shape[1])
             idx = torch.randperm(flat.shape[1], device=flat.device)[:n]
             pts = r["M"][:, idx].reshape(-1, c.V, c.D)
-            cv_loss, cv_value = _cv_term(pts, self._target, c.cv_samples)
-            # _cv_term averages over the K·n frames; Σ_k mean_n = K · mean_{k,n}
+            cv_loss, cv_value = cv_loss_term(pts, self._target, c.cv_samples)
+            # cv_loss_term averages over the K·n frames; Σ_k mean_n = K · mean_{k,n}
             loss = loss + c.cv_weight * c.n_batteries * cv_loss.float()
         with torch.no_grad():
             alpha = (
@@ -617,13 +632,71 @@ class BatteryBank(PentachoraModel):
         self.info = records
         return records
 
-    # ------------------------------------------------------------------ one-file save / load
-    def save(self, path: str | os.PathLike, extra_metadata: dict[str, Any] | None = None) -> Path:
-        """Write the bank as ONE safetensors file (atomically) with the config and per-battery metadata.
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(
+        self, directory: str | os.PathLike, extra_metadata: dict[str, Any] | None = None
+    ) -> Path:
+        """Write the checkpoint folder (``config.json`` + ``model.safetensors`` + ``batteries.json``).
+
+        ``batteries.json`` is written when :attr:`info` holds one complete record per battery (after
+        :meth:`summarize` or :meth:`load`); a bank in training (empty ``info``) saves without it.
 
         Args:
-            path: destination ``.safetensors`` file.
-            extra_metadata: optional JSON-able dict stored under the header key ``run``.
+            directory: the folder (created if needed).
+            extra_metadata: optional JSON-able dict stored under ``run`` in ``batteries.json``.
+
+        Raises:
+            ValueError: :attr:`info` is non-empty but not one complete record per battery.
+        """
+        directory = super().save_pretrained(directory)
+        if self.info:
+            _check_records(self.info, self.config, where="bank.info")
+            meta: dict[str, Any] = {
+                "format": BANK_FORMAT,
+                "format_version": BANK_FORMAT_VERSION,
+                "batteries": self.info,
+            }
+            run = extra_metadata if extra_metadata is not None else self.run_metadata
+            if run:
+                meta["run"] = json.loads(json.dumps(run, default=str))
+            atomic_write_json(directory / BATTERIES_NAME, meta)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
+    ) -> BatteryBank:
+        """Load a checkpoint folder strictly; ``batteries.json`` (when present) fills :attr:`info`.
+
+        Raises:
+            CheckpointError: as :meth:`PentachoraModel.from_pretrained`, or a ``batteries.json``
+                that is not one complete record per battery.
+        """
+        bank = super().from_pretrained(directory, map_location=map_location)
+        path = Path(directory) / BATTERIES_NAME
+        if path.is_file():
+            meta = read_json(path)
+            if not isinstance(meta, dict) or meta.get("format") != BANK_FORMAT or "batteries" not in meta:
+                raise CheckpointError(
+                    f"{path} is not battery-bank metadata (format={BANK_FORMAT!r}, batteries)"
+                )
+            try:
+                _check_records(meta["batteries"], bank.config, where=str(path))
+            except ValueError as exc:
+                raise CheckpointError(str(exc)) from exc
+            bank.info = list(meta["batteries"])
+            run = meta.get("run", {})
+            bank.run_metadata = run if isinstance(run, dict) else {"raw": run}
+        return bank
+
+    def save(self, path: str | os.PathLike, extra_metadata: dict[str, Any] | None = None) -> Path:
+        """Write a summarised bank: ONE safetensors file for a ``.safetensors`` path, else a folder.
+
+        See the module docstring for both formats (the folder is :meth:`save_pretrained`'s).
+
+        Args:
+            path: destination ``.safetensors`` file, or a checkpoint folder.
+            extra_metadata: optional JSON-able dict stored under ``run``.
 
         Raises:
             ValueError: when :attr:`info` does not hold one complete record per battery (call
@@ -632,6 +705,9 @@ class BatteryBank(PentachoraModel):
         from pentachora import __version__
 
         _check_records(self.info, self.config, where="bank.info")
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            return self.save_pretrained(path, extra_metadata=extra_metadata)
         header = {
             "format": BANK_FORMAT,
             "format_version": BANK_FORMAT_VERSION,
@@ -642,21 +718,28 @@ class BatteryBank(PentachoraModel):
         }
         if extra_metadata:
             header["run"] = json.dumps(extra_metadata, default=str)
-        path = Path(path)
         atomic_save_tensors(path, self.state_dict(), metadata=header)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> BatteryBank:
-        """Load a bank file written by :meth:`save`.
+        """Load a summarised bank in either format (a checkpoint folder or the single file).
 
         Raises:
-            CheckpointError: the file is missing or not safetensors; its header lacks the bank
-                format, the config or the per-battery metadata (or they are invalid, e.g. a record
-                without ``final_mse`` or a spectrum of the wrong length); or its tensors do not
+            CheckpointError: the path is missing or not safetensors; the metadata lacks the bank
+                format, the config or the per-battery records (or they are invalid, e.g. a record
+                without ``final_mse`` or a spectrum of the wrong length); or the tensors do not
                 have the shapes the config implies (wrong dims).
         """
         path = Path(path)
+        if path.is_dir():
+            bank = cls.from_pretrained(path, map_location=map_location)
+            if not bank.info:
+                raise CheckpointError(
+                    f"{path} has no {BATTERIES_NAME}: a bank checkpoint without per-battery metadata "
+                    "(summarise it, e.g. with `pentachora train batteries`, and save it again)"
+                )
+            return bank
         meta = read_tensor_metadata(path)
         if meta.get("format") != BANK_FORMAT:
             raise CheckpointError(
@@ -709,276 +792,21 @@ def _check_records(records: Any, config: BatteryConfig, where: str) -> None:
             raise ValueError(f"{where}: battery {i} spectrum must be a list of D={config.D} floats")
 
 
-# ============================================================================================ regimes
-RegimeKind = Literal["noise-type", "tier", "patch-cluster"]
-
-#: The forms :func:`parse_regimes` accepts.
-REGIME_FORMS: tuple[str, ...] = (
-    "noise-types[:K]   battery i ↦ noise type i mod 16, replica i // 16 (K defaults to 256)",
-    "tiers[:K]         battery i ↦ the noise types of curriculum tier i mod 5 (K defaults to 256)",
-    "patch-clusters:K  battery i ↦ cluster i of a k-means (K clusters) on unit-RMS photo patches",
-    "A+B               concatenate, e.g. patch-clusters:192+noise-types:64",
-)
+# ------------------------------------------------------------------------- moved names (compatibility)
+_MOVED_TO_DATA = ("REGIME_FORMS", "Regime", "RegimeKind", "RegimeSource", "parse_regimes", "unit_rms")
 
 
-@dataclasses.dataclass(frozen=True)
-class Regime:
-    """What one battery trains on.
+def __getattr__(name: str) -> Any:
+    """The regime names moved to :mod:`pentachora.data.regimes`; old imports keep working (warned)."""
+    if name in _MOVED_TO_DATA:
+        import warnings
 
-    Attributes:
-        kind: ``"noise-type"``, ``"tier"`` or ``"patch-cluster"``.
-        label: a readable name, e.g. ``"noise-type:pink/r3"``, ``"tier:2/r0"``, ``"patch-cluster:17"``.
-        noise_types: the noise types mixed (noise regimes).
-        cluster: the cluster index (patch-cluster regimes), else −1.
-        replica: replica index among batteries of the same noise regime.
-    """
+        from pentachora.data import regimes
 
-    kind: RegimeKind
-    label: str
-    noise_types: tuple[str, ...] = ()
-    cluster: int = -1
-    replica: int = 0
-
-
-def _regime_error(spec: str, why: str) -> ValueError:
-    forms = "\n  ".join(REGIME_FORMS)
-    return ValueError(f"invalid regimes spec {spec!r}: {why}. Valid forms:\n  {forms}")
-
-
-def parse_regimes(spec: str) -> list[Regime]:
-    """Parse ``noise-types|tiers|patch-clusters:K`` (``+``-concatenated) into one regime per battery.
-
-    Raises:
-        ValueError: an unknown form, a bad K, or two ``patch-clusters`` parts.
-    """
-    from pentachora.data.noise import CURRICULUM_TIERS, NOISE_TYPES
-
-    if not isinstance(spec, str) or not spec.strip():
-        raise _regime_error(str(spec), "empty spec")
-    regimes: list[Regime] = []
-    seen_clusters = False
-    for part in spec.split("+"):
-        head, sep, arg = part.strip().partition(":")
-        head = head.strip().lower()
-        if head not in ("noise-types", "tiers", "patch-clusters"):
-            raise _regime_error(spec, f"unknown regime family {head!r}")
-        if sep:
-            try:
-                k = int(arg)
-            except ValueError:
-                raise _regime_error(spec, f"K must be an integer, got {arg!r}") from None
-        else:
-            k = 256
-        if k < 1:
-            raise _regime_error(spec, f"K must be ≥ 1, got {k}")
-        if head == "noise-types":
-            for i in range(k):
-                t = NOISE_TYPES[i % len(NOISE_TYPES)]
-                r = i // len(NOISE_TYPES)
-                regimes.append(Regime("noise-type", f"noise-type:{t}/r{r}", (t,), replica=r))
-        elif head == "tiers":
-            n_tiers = len(CURRICULUM_TIERS)
-            for i in range(k):
-                tier, r = i % n_tiers, i // n_tiers
-                regimes.append(Regime("tier", f"tier:{tier}/r{r}", CURRICULUM_TIERS[tier], replica=r))
-        else:
-            if seen_clusters:
-                raise _regime_error(spec, "give patch-clusters at most once")
-            seen_clusters = True
-            regimes.extend(Regime("patch-cluster", f"patch-cluster:{i}", cluster=i) for i in range(k))
-    return regimes
-
-
-class RegimeSource:
-    """Per-battery training patches: ``batch(step)`` → ``(K, B, C, p, p)`` unit-RMS patches.
-
-    A pure function of ``(seed, step)`` (negative steps give fixed evaluation batches). Noise
-    regimes generate ``noise_image_size``-pixel images of their types (vectorised, one call per
-    group of batteries with the same types), cut them into patches and shuffle; patch-cluster
-    regimes draw from pools built once by k-means (scikit-learn ``MiniBatchKMeans``) on
-    ``cluster_patches`` random unit-RMS patches of the photos (every 10th member of a cluster is
-    held out for :meth:`eval_batch`; clusters with fewer than 10 members evaluate on their members).
-
-    Args:
-        regimes: one :class:`Regime` per battery (see :func:`parse_regimes`).
-        batch_size: patches per battery per step.
-        patch_size: patch side p.
-        channels: channels (3 for photos).
-        seed: base seed.
-        noise_image_size: side of the generated noise images (a multiple of p).
-        heavy_tails: ``"clamp"`` or ``"raw"`` noise (unit-RMS patches are bounded either way).
-        photos: ``(3, H, W)`` images in [0, 1] for patch clusters (default: the embedded training
-            photos — never the held-out ones).
-        cluster_patches: patches sampled for the k-means.
-        magnitude_eps: RMS floor of the unit-RMS normalisation.
-    """
-
-    def __init__(
-        self,
-        regimes: Sequence[Regime],
-        batch_size: int,
-        patch_size: int = 8,
-        channels: int = 3,
-        seed: int = 0,
-        noise_image_size: int = 32,
-        heavy_tails: Literal["clamp", "raw"] = "clamp",
-        photos: Sequence[torch.Tensor] | None = None,
-        cluster_patches: int = 65536,
-        magnitude_eps: float = 1e-3,
-    ) -> None:
-        self.regimes = list(regimes)
-        if not self.regimes:
-            raise ValueError("RegimeSource needs at least one regime")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-        if noise_image_size % patch_size:
-            raise ValueError(
-                f"noise_image_size {noise_image_size} is not a multiple of the patch {patch_size}"
-            )
-        self.batch_size = batch_size
-        self.patch_size = patch_size
-        self.channels = channels
-        self.seed = seed
-        self.noise_image_size = noise_image_size
-        self.heavy_tails = heavy_tails
-        self.eps = magnitude_eps
-        # batteries grouped by their noise types (one generator call per group)
-        self._noise_groups: dict[tuple[str, ...], list[int]] = {}
-        self._cluster_ids: list[int] = []
-        for i, r in enumerate(self.regimes):
-            if r.kind == "patch-cluster":
-                self._cluster_ids.append(i)
-            else:
-                self._noise_groups.setdefault(r.noise_types, []).append(i)
-        self.cluster_sizes: list[int] = []
-        if self._cluster_ids:
-            if channels != 3:
-                raise ValueError("patch-cluster regimes need 3 channels (RGB photos)")
-            self._build_clusters(photos, cluster_patches)
-
-    # ------------------------------------------------------------------ clusters
-    def _build_clusters(self, photos: Sequence[torch.Tensor] | None, n_patches: int) -> None:
-        from sklearn.cluster import MiniBatchKMeans
-
-        from pentachora.data.images import load_sample_photos, to_model_space
-        from pentachora.data.sources import step_generator
-
-        photos = list(photos) if photos is not None else load_sample_photos("train")
-        k = len(self._cluster_ids)
-        p = self.patch_size
-        g = step_generator(self.seed, -10_000)
-        per = math.ceil(n_patches / len(photos))
-        chunks = []
-        for im in photos:
-            if im.shape[-1] < p or im.shape[-2] < p:
-                continue
-            win = to_model_space(im.float()).unfold(1, p, 1).unfold(2, p, 1)  # (3, H', W', p, p)
-            top = torch.randint(0, win.shape[1], (per,), generator=g)
-            left = torch.randint(0, win.shape[2], (per,), generator=g)
-            chunks.append(win[:, top, left].permute(1, 0, 2, 3).reshape(per, -1))
-        if not chunks:
-            raise ValueError(f"no photo is at least {p}×{p} pixels")
-        patches = unit_rms(torch.cat(chunks), self.eps)
-        if patches.shape[0] < 2 * k:
-            raise ValueError(f"{patches.shape[0]} patches are too few for {k} clusters")
-        logger.info("k-means: %d clusters on %d unit-RMS %d×%d patches", k, patches.shape[0], p, p)
-        km = MiniBatchKMeans(
-            n_clusters=k, random_state=self.seed % (2**31), n_init=3, batch_size=4096, max_iter=100
+        warnings.warn(
+            f"pentachora.autoencoders.battery.{name} moved to pentachora.data.regimes.{name}",
+            DeprecationWarning,
+            stacklevel=2,
         )
-        labels = torch.from_numpy(km.fit_predict(patches.numpy())).long()
-        order = torch.argsort(labels, stable=True)
-        sorted_labels = labels[order]
-        counts = torch.bincount(sorted_labels, minlength=k)
-        # rank of every member inside its cluster; every 10th one is held out
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(order.numel()) - starts[sorted_labels]
-        held = (rank % 10 == 9) & (counts[sorted_labels] >= 10)
-        members = patches[order]
-        train_lab, eval_lab = sorted_labels[~held], sorted_labels[held]
-        self._pool = members[~held].contiguous()
-        self._counts = torch.bincount(train_lab, minlength=k)
-        self._offsets = torch.cumsum(self._counts, 0) - self._counts
-        eval_counts = torch.bincount(eval_lab, minlength=k)
-        # clusters without held-out members evaluate on their training members
-        self._eval_pool = torch.cat([members[held], self._pool])
-        n_held = int(held.sum())
-        eval_offsets = torch.cumsum(eval_counts, 0) - eval_counts
-        self._eval_offsets = torch.where(eval_counts > 0, eval_offsets, n_held + self._offsets)
-        self._eval_counts = torch.where(eval_counts > 0, eval_counts, self._counts)
-        self.cluster_sizes = [int(v) for v in counts]
-        self.kmeans_inertia = float(km.inertia_)
-
-    def _cluster_batch(self, n: int, step: int, evaluation: bool) -> torch.Tensor:
-        from pentachora.data.sources import step_generator
-
-        g = step_generator(self.seed + 1, step)
-        k = len(self._cluster_ids)
-        pool, offsets, counts = (
-            (self._eval_pool, self._eval_offsets, self._eval_counts)
-            if evaluation
-            else (self._pool, self._offsets, self._counts)
-        )
-        u = torch.rand(k, n, generator=g, dtype=torch.float64)
-        idx = offsets.unsqueeze(1) + (u * counts.unsqueeze(1)).long().clamp_max(counts.unsqueeze(1) - 1)
-        return pool[idx]  # (k, n, P)
-
-    # ------------------------------------------------------------------ noise
-    def _noise_batch(
-        self, types: tuple[str, ...], n_batteries: int, n: int, step: int, group: int
-    ) -> torch.Tensor:
-        from pentachora.data.noise import NoiseSource
-        from pentachora.data.sources import step_generator
-        from pentachora.nn import patchify
-
-        s, p = self.noise_image_size, self.patch_size
-        per_image = (s // p) ** 2
-        need = n_batteries * n
-        n_images = math.ceil(need / per_image)
-        src = NoiseSource(
-            types=types,
-            batch_size=n_images,
-            image_size=s,
-            channels=self.channels,
-            seed=self.seed + 7919 * (group + 1),
-            heavy_tails=self.heavy_tails,
-        )
-        patches = patchify(src.batch(step), p).reshape(-1, self.channels * p * p)
-        perm = torch.randperm(patches.shape[0], generator=step_generator(self.seed + 2, step))[:need]
-        return unit_rms(patches[perm], self.eps).reshape(n_batteries, n, -1)
-
-    # ------------------------------------------------------------------ public
-    def _assemble(self, n: int, step: int, evaluation: bool) -> torch.Tensor:
-        k, c, p = len(self.regimes), self.channels, self.patch_size
-        out = torch.empty(k, n, c * p * p)
-        for gi, (types, ids) in enumerate(self._noise_groups.items()):
-            out[ids] = self._noise_batch(types, len(ids), n, step, gi)
-        if self._cluster_ids:
-            out[self._cluster_ids] = self._cluster_batch(n, step, evaluation)
-        return out.reshape(k, n, c, p, p)
-
-    def batch(self, step: int) -> torch.Tensor:
-        """``(K, B, C, p, p)`` unit-RMS training patches for ``step`` (battery k's in row k)."""
-        return self._assemble(self.batch_size, step, evaluation=False)
-
-    def eval_batch(self, n: int = 64) -> torch.Tensor:
-        """``(K, n, C, p, p)`` fixed evaluation patches (held-out cluster members; fresh noise draws)."""
-        return self._assemble(n, -1, evaluation=True)
-
-    def describe(self, k: int) -> dict[str, Any]:
-        """Metadata of battery k's regime (for :meth:`BatteryBank.summarize`)."""
-        r = self.regimes[k]
-        out: dict[str, Any] = {"label": r.label, "kind": r.kind}
-        if r.kind == "patch-cluster":
-            out["cluster"] = r.cluster
-            out["cluster_size"] = self.cluster_sizes[self._cluster_ids.index(k)]
-        else:
-            out["noise_types"] = list(r.noise_types)
-            out["replica"] = r.replica
-            out["heavy_tails"] = self.heavy_tails
-        return out
-
-    def __repr__(self) -> str:
-        kinds: dict[str, int] = {}
-        for r in self.regimes:
-            kinds[r.kind] = kinds.get(r.kind, 0) + 1
-        return f"RegimeSource(K={len(self.regimes)}, {kinds}, batch_size={self.batch_size}, seed={self.seed})"
+        return getattr(regimes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -61,11 +61,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from pentachora.autoencoders.base import AutoencoderOutput, PatchAutoencoder
+from pentachora.autoencoders.base import AutoencoderOutput, VariationalPatchAutoencoder
 from pentachora.autoencoders.distributions import DiagonalGaussian
-from pentachora.geometry import cv_from_volumes, pentachoron_volumes, target_cv
-from pentachora.geometry.cv import volume_scale
-from pentachora.modeling import register_model
+from pentachora.geometry import cv_loss_term, target_cv
+from pentachora.modeling import Presets, register_model
 from pentachora.nn import BoundarySmooth, ResidualMLP, SpectralCrossAttention, patchify, unpatchify
 
 __all__ = ["GEOVAE_PRESETS", "SECTORS", "GeoVAE", "GeoVAEConfig", "GeoVAEOutput"]
@@ -78,7 +77,16 @@ SECTORS: tuple[str, ...] = ("enc", "lat", "inv", "dec")
 #: Architecture presets. ``48:1`` / ``12:1`` are 16×16×3 patches → 16 / 64 latent floats (magnitude
 #: included) at the PatchSVAE ``fresnel`` frame size (V=256, D=16, hidden 768, depth 4); the
 #: ``tiny-*`` variants train on 2 CPU cores (``tiny-12`` uses 8×8 patches → 16 floats, the same
-#: 12:1). Parameter counts are in :func:`GeoVAEConfig.preset`'s docstring.
+#: 12:1). Latent floats per 16×16 patch and parameter counts (3 channels):
+#:
+#: * ``48:1``    — 16 floats (15 + magnitude), 19,055,979 parameters
+#: * ``12:1``    — 64 floats (63 + magnitude), 19,123,563 parameters
+#: * ``tiny-48`` — 16 floats, 1,720,491 parameters (CPU)
+#: * ``tiny-12`` — 8×8×3 patches → 16 floats (= 64 per 16×16 patch), 1,424,563 parameters (CPU). At
+#:   12:1, 16 floats per 8×8 patch trained far faster on CPU budgets than 64 floats per 16×16 patch
+#:   (25.9 vs 22.6 dB held-out after 300 steps, same data and seed).
+#:
+#: (PatchSVAE ``fresnel``, the peer at the same frame size, has 16,942,419.)
 GEOVAE_PRESETS: dict[str, dict[str, Any]] = {
     "48:1": dict(
         patch_size=16,
@@ -132,7 +140,7 @@ GEOVAE_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass
-class GeoVAEConfig:
+class GeoVAEConfig(Presets):
     """Configuration of :class:`GeoVAE`.
 
     Attributes:
@@ -168,6 +176,9 @@ class GeoVAEConfig:
         cv_points: patch vectors per batch for the latent / decoder CV terms (random subset).
         cv_samples: random pentachora per point set.
     """
+
+    presets = GEOVAE_PRESETS  # `GeoVAEConfig.preset("tiny-12", latent_dim=31)`
+    preset_family = "GeoVAE"
 
     patch_size: int = 16
     channels: int = 3
@@ -258,33 +269,6 @@ class GeoVAEConfig:
             return int(self.smooth_mid)
         return 16 if self.patch_size >= 16 else 8
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> GeoVAEConfig:
-        """A config from a named preset with overrides.
-
-        Presets (3 channels; latent floats per 16×16 patch, parameters):
-
-        * ``48:1``    — 16 floats (15 + magnitude), 19,055,979 parameters
-        * ``12:1``    — 64 floats (63 + magnitude), 19,123,563 parameters
-        * ``tiny-48`` — 16 floats, 1,720,491 parameters (CPU)
-        * ``tiny-12`` — 8×8×3 patches → 16 floats (= 64 per 16×16 patch), 1,424,563 parameters
-          (CPU). At 12:1, 16 floats per 8×8 patch trained far faster on CPU budgets than 64 floats
-          per 16×16 patch (25.9 vs 22.6 dB held-out after 300 steps, same data and seed).
-
-        (PatchSVAE ``fresnel``, the peer at the same frame size, has 16,942,419.)
-
-        Raises:
-            ValueError: unknown preset name.
-            TypeError: unknown override field.
-        """
-        if name not in GEOVAE_PRESETS:
-            raise ValueError(f"unknown GeoVAE preset {name!r}; known: {sorted(GEOVAE_PRESETS)}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise TypeError(f"unknown GeoVAEConfig field(s) {unknown}")
-        return cls(**{**GEOVAE_PRESETS[name], **overrides})
-
 
 @dataclasses.dataclass
 class GeoVAEOutput(AutoencoderOutput):
@@ -319,32 +303,8 @@ class GeoVAEOutput(AutoencoderOutput):
     kl_weight: float | None = None
 
 
-def _cv_term(points: torch.Tensor, target: float, n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable ``mean((cv − target)²)`` over point sets and the mean CV readout.
-
-    Unlike :func:`~pentachora.geometry.cv_loss` it never raises on NaN/inf: they propagate into the
-    loss so that the trainer's non-finite guard skips the step. Collapsed sets contribute 0.
-
-    Args:
-        points: ``(S, n, k)`` point sets, n ≥ 5.
-        target: CV target.
-        n_samples: random pentachora per set (global RNG).
-
-    Returns:
-        ``(loss, cv)``: 0-d loss in ``points.dtype`` and 0-d detached mean CV of the valid sets.
-    """
-    vols = pentachoron_volumes(points, n_samples=n_samples)
-    cv, valid = cv_from_volumes(vols, volume_scale(points))
-    per_set = torch.where(valid, (cv - target) ** 2, torch.zeros_like(cv))
-    n_valid = valid.sum().clamp_min(1)
-    readout = (cv.detach() * valid).sum() / n_valid
-    if not bool(torch.isfinite(points.detach()).all()):
-        readout = readout.new_tensor(float("nan"))
-    return per_set.mean().to(points.dtype), readout.float()
-
-
 @register_model
-class GeoVAE(PatchAutoencoder):
+class GeoVAE(VariationalPatchAutoencoder):
     """The SVD-free geometric VAE (see the module docstring for the pipeline and the loss).
 
     Submodules (parameter groups, one per sector): ``encoder`` (ResidualMLP → M), ``bottleneck``
@@ -380,8 +340,10 @@ class GeoVAE(PatchAutoencoder):
         super().__init__(config)
         c = config
         frame = c.V * c.D
-        self.encoder = ResidualMLP(self.pixel_floats_per_patch, c.enc_hidden, frame, c.enc_depth, c.dropout)
-        nn.init.orthogonal_(self.encoder.out_proj.weight)
+        # Sectors in this order (the global RNG draws follow it, so a seed gives the same weights
+        # in every subclass that keeps the order). Subclasses replace the two dense sectors through
+        # ``_build_encoder`` / ``_build_decoder`` and keep every other part as built here.
+        self.encoder = self._build_encoder()
         self.bottleneck = nn.Sequential(
             nn.Linear(frame, c.bottleneck_hidden), nn.GELU(), nn.Linear(c.bottleneck_hidden, 2 * c.latent_dim)
         )
@@ -399,11 +361,23 @@ class GeoVAE(PatchAutoencoder):
             nn.Linear(c.latent_dim + 1, c.inverse_hidden), nn.GELU(), nn.Linear(c.inverse_hidden, frame)
         )
         self.inverse_gain = nn.Parameter(torch.ones(c.V, 1))
-        self.decoder = ResidualMLP(frame, c.dec_hidden, self.pixel_floats_per_patch, c.dec_depth, c.dropout)
+        self.decoder = self._build_decoder()
         self.smooth = BoundarySmooth(c.channels, kernel=c.smooth_kernel, mid=c.resolved_smooth_mid)
         # computed once here (seeded Monte-Carlo, cached per dimension), not inside the first step
         self._targets: dict[str, float] | None = None
         _ = self.cv_targets
+
+    def _build_encoder(self) -> nn.Module:
+        """The encoder sector: unit-RMS patch ``(…, P)`` → frame ``(…, V·D)`` (a ResidualMLP here)."""
+        c = self.config
+        encoder = ResidualMLP(self.pixel_floats_per_patch, c.enc_hidden, c.V * c.D, c.enc_depth, c.dropout)
+        nn.init.orthogonal_(encoder.out_proj.weight)
+        return encoder
+
+    def _build_decoder(self) -> nn.Module:
+        """The decoder sector: inverse frame ``(…, V·D)`` → unit-scale patch ``(…, P)`` (a ResidualMLP here)."""
+        c = self.config
+        return ResidualMLP(c.V * c.D, c.dec_hidden, self.pixel_floats_per_patch, c.dec_depth, c.dropout)
 
     # ------------------------------------------------------------------ accounting
     @property
@@ -415,11 +389,6 @@ class GeoVAE(PatchAutoencoder):
     def latent_channels(self) -> int:
         """Channels of the image-like latent ``(B, d + 1, H/p, W/p)``."""
         return self.config.latent_floats_per_patch
-
-    @property
-    def latent_stride(self) -> int:
-        """Pixels per latent cell along each side (the patch size)."""
-        return self.patch_size
 
     @property
     def cv_targets(self) -> dict[str, float]:
@@ -477,31 +446,47 @@ class GeoVAE(PatchAutoencoder):
         return latent.mode() if isinstance(latent, DiagonalGaussian) else latent
 
     # ------------------------------------------------------------------ decode
-    def _decode_tokens(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``(B, d+1, gh, gw)`` latent → decoded image and the sector representations."""
+    def _latent_to_frames(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The decoder side up to the inverse frame (shared by every GeoVAE-shaped model).
+
+        ``(B, d+1, gh, gw)`` latent → ``zs`` (B, N, d) coordinated latents, ``mag`` (B, N, 1),
+        ``rows`` (B, N, V, D) the row-sphere-normalised inverse frame and ``mhat`` = rows · gain.
+        """
         c = self.config
         if z.dim() != 4 or z.shape[1] != c.latent_floats_per_patch:
             raise ValueError(
                 f"expected a latent (B, {c.latent_floats_per_patch}, H/{c.patch_size}, W/{c.patch_size}), "
                 f"got {tuple(z.shape)}"
             )
-        gh, gw = z.shape[-2:]
         tokens = rearrange(z, "b l gh gw -> b (gh gw) l")
         zs, mag = tokens[..., : c.latent_dim], tokens[..., c.latent_dim :]
         for layer in self.cross_attn:
             zs = layer(zs)
         inv_in = torch.cat([zs, mag.to(zs.dtype)], dim=-1)
-        mhat = rearrange(self.inverse(inv_in), "b n (v d) -> b n v d", v=c.V)
-        mhat = F.normalize(mhat.float(), dim=-1) * self.inverse_gain
+        rows = F.normalize(rearrange(self.inverse(inv_in), "b n (v d) -> b n v d", v=c.V).float(), dim=-1)
+        return {"zs": zs, "mag": mag, "rows": rows, "mhat": rows * self.inverse_gain}
+
+    def _unit_patches_to_image(
+        self, unit: torch.Tensor, mag: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """Unit-scale patches ``(B, N, P)`` × ``exp(log-RMS)`` → stitched, smoothed ``(B, C, H, W)``."""
+        c = self.config
+        log_rms = (c.mag_center + c.mag_scale * mag.float()).clamp(max=c.max_log_rms)
+        patches = unit.float() * log_rms.exp()
+        image = unpatchify(patches, c.patch_size, grid[0] * c.patch_size, grid[1] * c.patch_size, c.channels)
+        return self.smooth(image)
+
+    def _decode_tokens(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(B, d+1, gh, gw)`` latent → decoded image and the sector representations."""
+        f = self._latent_to_frames(z)
+        mhat = f["mhat"]
         dec_pre = self.decoder.in_proj(rearrange(mhat, "b n v d -> b n (v d)"))
         h = self.decoder.act(dec_pre)
         for block in self.decoder.blocks:
             h = block(h)
         unit = self.decoder.out_proj(h)  # (B, N, P), unit scale
-        log_rms = (c.mag_center + c.mag_scale * mag.float()).clamp(max=c.max_log_rms)
-        patches = unit.float() * log_rms.exp()
-        image = unpatchify(patches, c.patch_size, gh * c.patch_size, gw * c.patch_size, c.channels)
-        return {"image": self.smooth(image), "z": zs, "mhat": mhat, "dec_pre": dec_pre}
+        image = self._unit_patches_to_image(unit, f["mag"], (z.shape[-2], z.shape[-1]))
+        return {"image": image, "z": f["zs"], "mhat": mhat, "dec_pre": dec_pre}
 
     def decode(self, latent: torch.Tensor | DiagonalGaussian) -> torch.Tensor:
         """Latent → images (cross-patch coordination included).
@@ -514,39 +499,6 @@ class GeoVAE(PatchAutoencoder):
             ``(B, C, gh·p, gw·p)`` images in model space.
         """
         return self._decode_tokens(self.latent_for_decoding(latent))["image"]
-
-    @torch.no_grad()
-    def sample_prior(
-        self, n: int, height: int, width: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Decode latents drawn from the prior N(0, I) (every channel, the magnitude included).
-
-        Args:
-            n: number of images.
-            height, width: image size in pixels (multiples of ``patch_size``).
-            generator: optional generator for reproducible draws.
-
-        Returns:
-            ``(n, C, height, width)`` images in model space (eval mode is used and restored).
-        """
-        p = self.patch_size
-        if height % p or width % p or height < p or width < p:
-            raise ValueError(f"height {height} and width {width} must be positive multiples of {p}")
-        device = next(self.parameters()).device
-        z = torch.randn(
-            n,
-            self.latent_channels,
-            height // p,
-            width // p,
-            generator=generator,
-            device=generator.device if generator is not None else device,
-        ).to(device)
-        was_training = self.training
-        self.eval()
-        try:
-            return self.decode(z)
-        finally:
-            self.train(was_training)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> GeoVAEOutput:
@@ -645,7 +597,7 @@ class GeoVAE(PatchAutoencoder):
             idx = torch.randperm(n_total, device=m.device)[: c.cv_patches]
             for s, t in frames.items():
                 pts = t.reshape(n_total, c.V, c.D)[idx]
-                losses[s], values[s] = _cv_term(pts, targets[s], c.cv_samples)
+                losses[s], values[s] = cv_loss_term(pts, targets[s], c.cv_samples)
 
         vectors = {"lat": mean, "dec": dec["dec_pre"]}
         if n_total >= 5:
@@ -654,5 +606,5 @@ class GeoVAE(PatchAutoencoder):
                 if t.shape[-1] < 4 or math.isnan(targets[s]):
                     continue
                 pts = F.normalize(t.reshape(n_total, -1)[idx].float(), dim=-1).unsqueeze(0)
-                losses[s], values[s] = _cv_term(pts, targets[s], c.cv_samples)
+                losses[s], values[s] = cv_loss_term(pts, targets[s], c.cv_samples)
         return losses, values

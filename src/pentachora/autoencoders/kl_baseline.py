@@ -28,9 +28,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from pentachora.autoencoders.base import AutoencoderOutput, PatchAutoencoder
+from pentachora.autoencoders.base import AutoencoderOutput, VariationalPatchAutoencoder
 from pentachora.autoencoders.distributions import DiagonalGaussian
-from pentachora.modeling import register_model
+from pentachora.modeling import Presets, register_model
 
 __all__ = ["KL_PRESETS", "AutoencoderKLAdapter", "AutoencoderKLAdapterConfig"]
 
@@ -44,7 +44,7 @@ KL_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass
-class AutoencoderKLAdapterConfig:
+class AutoencoderKLAdapterConfig(Presets):
     """Configuration of :class:`AutoencoderKLAdapter` (a diffusers ``AutoencoderKL`` from scratch).
 
     Presets (:data:`KL_PRESETS`, 3 channels): ``tiny-f8c4`` 48:1 and ``tiny-f8c16`` 12:1
@@ -62,6 +62,9 @@ class AutoencoderKLAdapterConfig:
         recon_weight: weight of the model-space MSE.
         kl_weight: β, in nats per pixel float (the KL per image is divided by C·H·W).
     """
+
+    presets = KL_PRESETS
+    preset_family = "AutoencoderKL"
 
     channels: int = 3
     block_out_channels: tuple[int, ...] = (32, 64, 64, 64)
@@ -90,16 +93,9 @@ class AutoencoderKLAdapterConfig:
         """The downsampling factor f (pixels per latent cell along a side)."""
         return 2 ** (len(self.block_out_channels) - 1)
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> AutoencoderKLAdapterConfig:
-        """A config from :data:`KL_PRESETS` with overrides."""
-        if name not in KL_PRESETS:
-            raise ValueError(f"unknown AutoencoderKL preset {name!r}; known: {sorted(KL_PRESETS)}")
-        return cls(**{**KL_PRESETS[name], **overrides})
-
 
 @register_model
-class AutoencoderKLAdapter(PatchAutoencoder):
+class AutoencoderKLAdapter(VariationalPatchAutoencoder):
     """diffusers ``AutoencoderKL`` behind the pentachora autoencoder API (see the module docstring).
 
     Args:
@@ -146,11 +142,6 @@ class AutoencoderKLAdapter(PatchAutoencoder):
         """Channels of the latent ``(B, c, H/f, W/f)``."""
         return self.config.latent_channels
 
-    @property
-    def latent_stride(self) -> int:
-        """Pixels per latent cell along each side (f)."""
-        return self.patch_size
-
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         """``(B, C, H, W)`` → posterior with mean / logvar ``(B, c, H/f, W/f)``."""
         self.check_input(x)
@@ -164,30 +155,6 @@ class AutoencoderKLAdapter(PatchAutoencoder):
     def decode(self, latent: torch.Tensor | DiagonalGaussian) -> torch.Tensor:
         """``(B, c, h, w)`` latent (or a posterior) → ``(B, C, f·h, f·w)`` images."""
         return self.vae.decode(self.latent_for_decoding(latent)).sample
-
-    @torch.no_grad()
-    def sample_prior(
-        self, n: int, height: int, width: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Decode ``z ~ N(0, I)`` of shape ``(n, c, height/f, width/f)`` (eval mode, restored)."""
-        f = self.patch_size
-        if height % f or width % f or height < f or width < f:
-            raise ValueError(f"height {height} and width {width} must be positive multiples of {f}")
-        device = next(self.parameters()).device
-        z = torch.randn(
-            n,
-            self.latent_channels,
-            height // f,
-            width // f,
-            generator=generator,
-            device=generator.device if generator is not None else device,
-        ).to(device)
-        was_training = self.training
-        self.eval()
-        try:
-            return self.decode(z)
-        finally:
-            self.train(was_training)
 
     def forward(self, x: torch.Tensor) -> AutoencoderOutput:
         """Reconstruct ``x`` (sampled latent in training, the mode in eval) with MSE + β·KL.

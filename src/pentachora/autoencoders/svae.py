@@ -53,7 +53,7 @@ from torch import nn
 
 from pentachora.autoencoders.base import AutoencoderOutput, PatchAutoencoder
 from pentachora.geometry import cv_loss, cv_metric, effective_rank, gram_eigh_svd, target_cv
-from pentachora.modeling import register_model
+from pentachora.modeling import Presets, register_model
 from pentachora.nn import BoundarySmooth, ResidualMLP, SpectralCrossAttention, patchify, unpatchify
 
 __all__ = ["PRESETS", "PatchSVAE", "PatchSVAEConfig", "SpectralLatent"]
@@ -72,7 +72,7 @@ _SVD_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 @dataclasses.dataclass
-class PatchSVAEConfig:
+class PatchSVAEConfig(Presets):
     """Configuration of :class:`PatchSVAE` (architecture, readout variant and loss).
 
     Attributes:
@@ -105,6 +105,9 @@ class PatchSVAEConfig:
         cv_readout_patches: patches (evenly spaced over the batch) the CV readout measures.
         cv_readout_samples: pentachora per patch for the CV readout (reference: 200).
     """
+
+    presets = PRESETS  # fresnel, freckles, tiny — `PatchSVAEConfig.preset("tiny", readout="linear")`
+    preset_family = "PatchSVAE"
 
     patch_size: int = 16
     channels: int = 3
@@ -184,30 +187,6 @@ class PatchSVAEConfig:
         if self.smooth_mid is not None:
             return int(self.smooth_mid)
         return 16 if self.patch_size >= 16 else 8
-
-    @staticmethod
-    def preset_names() -> list[str]:
-        """Names accepted by :meth:`preset`."""
-        return sorted(PRESETS)
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> PatchSVAEConfig:
-        """A config from a named preset (``fresnel``, ``freckles``, ``tiny``) with overrides.
-
-        Example:
-            ``PatchSVAEConfig.preset("tiny", readout="linear", omega_layernorm=True)``
-
-        Raises:
-            ValueError: unknown preset name.
-            TypeError: unknown override field.
-        """
-        if name not in PRESETS:
-            raise ValueError(f"unknown PatchSVAE preset {name!r}; known: {sorted(PRESETS)}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise TypeError(f"unknown PatchSVAEConfig field(s) {unknown}")
-        return cls(**{**PRESETS[name], **overrides})
 
 
 @dataclasses.dataclass

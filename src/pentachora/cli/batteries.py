@@ -24,10 +24,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pentachora.autoencoders.battery import BatteryBank, BatteryConfig, RegimeSource, parse_regimes
+from pentachora.autoencoders.battery import BatteryBank, BatteryConfig
 from pentachora.autoencoders.container import BatteryContainer
 from pentachora.cli import app
 from pentachora.cli.autoencoders import DATA_HELP, parse_overrides, print_model_card, run_training, train_app
+from pentachora.data.regimes import RegimeSource, parse_regimes
 from pentachora.recipes.batteries import (
     build_container,
     container_phases,

@@ -2,6 +2,9 @@
 
 Every training source implements :class:`BatchSource` — ``batch(step)`` is a pure function of the
 source's seed and the step (see :func:`step_generator`), so resumed runs see the same batches.
+:class:`BatchSource` and :func:`step_seed` are defined once, in :mod:`pentachora.data.sources`; the
+trainer imports them from there. Battery regimes (:func:`parse_regimes`, :class:`RegimeSource`) live
+in :mod:`pentachora.data.regimes`.
 Pixel convention: images load as [0, 1]; models see ``2x − 1``; PSNR is in [0, 1] pixel space.
 """
 
@@ -31,20 +34,36 @@ from pentachora.data.noise import (
     noise_eval_sets,
     tier_types,
 )
-from pentachora.data.sources import BatchSource, DataSpec, parse_data_spec, step_generator, step_seed
+from pentachora.data.regimes import REGIME_FORMS, Regime, RegimeSource, parse_regimes, unit_rms
+from pentachora.data.sources import (
+    EVAL_SALT,
+    SEED_STRIDE,
+    TRAIN_SALT,
+    BatchSource,
+    DataSpec,
+    parse_data_spec,
+    step_generator,
+    step_seed,
+)
 
 __all__ = [
     "CLAMP_BOUND",
     "CURRICULUM_TIERS",
+    "EVAL_SALT",
     "GRAYSCALE_PHOTOS",
     "HELDOUT_PHOTOS",
     "NOISE_TYPES",
     "RAW_CAUCHY_MAX",
+    "REGIME_FORMS",
     "SAMPLE_PHOTOS",
+    "SEED_STRIDE",
+    "TRAIN_SALT",
     "BatchSource",
     "DataSpec",
     "ImageCropSource",
     "NoiseSource",
+    "Regime",
+    "RegimeSource",
     "generate_noise",
     "heldout_tiles",
     "load_hf_images",
@@ -53,6 +72,7 @@ __all__ = [
     "load_sample_photos",
     "noise_eval_sets",
     "parse_data_spec",
+    "parse_regimes",
     "psnr",
     "split_heldout",
     "ssim",
@@ -61,4 +81,5 @@ __all__ = [
     "tier_types",
     "to_model_space",
     "to_pixel_space",
+    "unit_rms",
 ]

@@ -290,7 +290,7 @@ def load_hf_images(
         import datasets
     except ImportError as err:
         raise ImportError(
-            "loading Hugging Face datasets needs the 'datasets' package: pip install 'pentachora[hub]'"
+            "loading Hugging Face datasets needs the 'datasets' package: pip install 'pentachora[hf]'"
         ) from err
     import io
 

@@ -453,7 +453,7 @@ def load_hf_texts(
         import datasets
     except ImportError as err:
         raise ImportError(
-            "loading Hugging Face datasets needs the 'datasets' package: pip install 'pentachora[hub]'"
+            "loading Hugging Face datasets needs the 'datasets' package: pip install 'pentachora[hf]'"
         ) from err
     ds = datasets.load_dataset(name, split=split, streaming=True, **load_kwargs)
     docs: list[str] = []

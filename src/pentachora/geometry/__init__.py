@@ -3,8 +3,9 @@
 Public names (stable; other code and checks rely on them):
 
 * volumes — :func:`cayley_menger_vol2`, :func:`gram_vol2`, :func:`pentachoron_volumes`
-* CV — :func:`cv_metric`, :func:`cv_loss`, :func:`target_cv`, :func:`cv_proximity`,
-  :func:`soft_hand_weights`
+* CV — :func:`cv_metric`, :func:`cv_loss`, :func:`cv_loss_term` (a model's training term; NaN
+  policy in :mod:`pentachora.geometry.cv`), :func:`target_cv`, :func:`cv_proximity`,
+  :func:`soft_hand_weights`, :func:`volume_scale`
 * spectra — :func:`effective_rank`, :func:`rankme`, :func:`gram_eigh_svd`
 * alignment — :func:`orthogonal_procrustes` (→ :class:`ProcrustesMap`)
 * whitening — :func:`inv_sqrt_psd`, :func:`newton_schulz_inv_sqrt`
@@ -13,11 +14,13 @@ Public names (stable; other code and checks rely on them):
 from pentachora.geometry.cv import (
     cv_from_volumes,
     cv_loss,
+    cv_loss_term,
     cv_metric,
     cv_proximity,
     soft_hand_weights,
     target_cv,
     target_cv_stats,
+    volume_scale,
 )
 from pentachora.geometry.procrustes import ProcrustesMap, orthogonal_procrustes
 from pentachora.geometry.simplex import cayley_menger_vol2, gram_vol2, pentachoron_volumes, random_subsets
@@ -29,6 +32,7 @@ __all__ = [
     "cayley_menger_vol2",
     "cv_from_volumes",
     "cv_loss",
+    "cv_loss_term",
     "cv_metric",
     "cv_proximity",
     "effective_rank",
@@ -43,4 +47,5 @@ __all__ = [
     "soft_hand_weights",
     "target_cv",
     "target_cv_stats",
+    "volume_scale",
 ]

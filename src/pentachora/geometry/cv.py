@@ -7,7 +7,18 @@ target must always come from the dimension of the space being regularised — ne
 
 * :func:`cv_metric` — a float readout, no gradient.
 * :func:`cv_loss` — ``(cv − target)²``, differentiable into the points.
+* :func:`cv_loss_term` — the training term models add to their loss: ``(loss, readout)``.
 * :func:`cv_proximity`, :func:`soft_hand_weights` — the seeds' "soft hand" schedule.
+
+**NaN policy** (two entry points, two policies, each stated once here):
+
+* :func:`cv_metric` and :func:`cv_loss` are for checks and user code: NaN/inf in the points raise
+  ``ValueError`` (the CV of such a set is undefined and a silent NaN would hide the bug).
+* :func:`cv_loss_term` is the term a model adds to its training loss (GeoVAE's sectors, the battery
+  bank, the container's anchors): it never raises and never looks at the data on the host. NaN/inf
+  in the points propagate into the loss *and* the readout is NaN, so the trainer's non-finite guard
+  skips the step and the log shows why. Collapsed sets (all volumes ≈ 0) contribute a zero loss
+  with zero gradient and are left out of the readout, in both entry points.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from pentachora.geometry.simplex import pentachoron_volumes
 __all__ = [
     "cv_from_volumes",
     "cv_loss",
+    "cv_loss_term",
     "cv_metric",
     "cv_proximity",
     "soft_hand_weights",
@@ -139,6 +151,38 @@ def cv_loss(
     return per_set.mean().to(points.dtype)
 
 
+def cv_loss_term(
+    points: torch.Tensor,
+    target: float,
+    n_samples: int = 64,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CV training term of a model: differentiable ``mean((cv − target)²)`` and the mean CV.
+
+    NaN policy (see the module docstring): never raises; NaN/inf points give a non-finite loss and
+    a NaN readout, so the trainer's non-finite guard skips the step. Collapsed sets contribute 0
+    to the loss (zero gradient) and are left out of the readout.
+
+    Args:
+        points: ``(S, n, k)`` point sets (or one ``(n, k)`` set), n ≥ 5, k ≥ 4.
+        target: CV target — :func:`target_cv` of ``k``.
+        n_samples: random pentachora per set.
+        generator: optional generator of the subsets (default: torch's global RNG).
+
+    Returns:
+        ``(loss, cv)``: the 0-d loss in ``points.dtype`` (mean over all S sets, collapsed ones
+        counting 0) and the 0-d detached float32 mean CV of the valid sets.
+    """
+    vols = pentachoron_volumes(points, n_samples=n_samples, generator=generator)
+    cv, valid = cv_from_volumes(vols, volume_scale(points))
+    per_set = torch.where(valid, (cv - target) ** 2, torch.zeros_like(cv))
+    n_valid = valid.sum().clamp_min(1)
+    readout = (cv.detach() * valid).sum() / n_valid
+    if not bool(torch.isfinite(points.detach()).all()):
+        readout = readout.new_tensor(float("nan"))
+    return per_set.mean().to(points.dtype), readout.float()
+
+
 def target_cv_stats(
     dim: int, n_points: int = 64, n_samples: int = 2000, trials: int = 8, seed: int = 0
 ) -> tuple[float, float]:
@@ -163,7 +207,8 @@ def _target_cv_stats_cached(
     if n_points < 5 or trials < 1:
         raise ValueError("need n_points ≥ 5 and trials ≥ 1")
     gen = torch.Generator().manual_seed(seed)
-    pts = torch.randn(trials, n_points, dim, generator=gen, dtype=torch.float64)
+    # on the CPU whatever the default device (e.g. a model built under ``torch.device("meta")``)
+    pts = torch.randn(trials, n_points, dim, generator=gen, dtype=torch.float64, device="cpu")
     pts = pts / pts.norm(dim=-1, keepdim=True)
     vols = pentachoron_volumes(pts, n_samples=n_samples, generator=gen)
     cvs, _ = cv_from_volumes(vols)

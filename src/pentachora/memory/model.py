@@ -42,8 +42,8 @@ The loss is ``w_nce·InfoNCE(pooled, teacher) + w_pc·(1 − cos(pooled, teacher
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -56,7 +56,7 @@ from pentachora.geometry import cv_loss, cv_metric, target_cv
 from pentachora.memory.bank import BankState, DepthProfileFusion, MemoryBank
 from pentachora.memory.metrics import masked_sequence_cosine, procrustes_alignment_loss
 from pentachora.memory.reconstructor import SequenceReconstructor
-from pentachora.modeling import ModelOutput, PentachoraModel, register_model
+from pentachora.modeling import ModelOutput, PentachoraModel, Presets, register_model
 
 if TYPE_CHECKING:
     from pentachora.memory.encoders import FrozenTextEncoder
@@ -83,7 +83,7 @@ LOSS_WEIGHTS = (
 
 
 @dataclass
-class MemoryConfig:
+class MemoryConfig(Presets):
     """Configuration of :class:`GeometricMemory` (what is trained, and which frozen models it reads).
 
     Attributes:
@@ -125,6 +125,8 @@ class MemoryConfig:
         cv_target: CV target of the anchors; ``None`` = ``target_cv(dim)``.
         cv_samples: Random pentachora per CV-loss evaluation.
     """
+
+    preset_family = "memory"  # presets: PRESETS below, `MemoryConfig.preset("minilm-tiny", max_segments=16)`
 
     encoder: str = "minilm"
     encoder_subfolder: str | None = None
@@ -193,22 +195,6 @@ class MemoryConfig:
         """The anchors' CV target: ``cv_target`` or ``target_cv(dim)``."""
         return float(self.cv_target) if self.cv_target is not None else float(target_cv(self.dim))
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> MemoryConfig:
-        """A named preset (see :data:`PRESETS`) with field overrides.
-
-        Raises:
-            ValueError: Unknown preset.
-            TypeError: Unknown field in ``overrides``.
-        """
-        if name not in PRESETS:
-            raise ValueError(f"unknown memory preset {name!r}; known: {sorted(PRESETS)}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise TypeError(f"unknown MemoryConfig fields: {unknown}")
-        return cls(**{**PRESETS[name], **overrides})
-
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU: MiniLM student (77-token window) + MiniLM teacher (512 tokens), a narrow memory system
@@ -241,6 +227,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_heads": 16,
     },
 }
+MemoryConfig.presets = PRESETS
 
 
 @dataclass
@@ -340,11 +327,19 @@ class GeometricMemory(PentachoraModel):
     )
     RECONSTRUCTOR_PREFIXES: ClassVar[tuple[str, ...]] = ("reconstructor.",)
 
-    def parameter_groups(
-        self, lr: float, bank_lr_scale: float = 1.0, weight_decay: float = 0.01
+    def param_groups(
+        self, lr: float, weight_decay: float = 0.01, *, bank_lr_scale: float = 1.0
     ) -> list[dict]:
-        """AdamW groups: bank side (fusion, bank, projector, temperature) at ``lr·bank_lr_scale``, the
-        reconstructor at ``lr``; weight decay only on matrices. Each group carries ``"bank": bool``."""
+        """Optimizer groups (the models' parameter-groups hook, passed as ``Trainer(param_groups=)``).
+
+        AdamW groups: bank side (fusion, bank, projector, temperature) at ``lr·bank_lr_scale``, the
+        reconstructor at ``lr``; weight decay only on matrices. Each group carries ``"bank": bool``.
+
+        Args:
+            lr: Peak learning rate.
+            weight_decay: Decay of the matrices.
+            bank_lr_scale: Multiplier of the bank side's learning rate.
+        """
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for name, p in self.named_parameters():
             bank = name.startswith(self.BANK_PREFIXES)
@@ -360,6 +355,18 @@ class GeometricMemory(PentachoraModel):
                 }
             )
         return out
+
+    def parameter_groups(
+        self, lr: float, bank_lr_scale: float = 1.0, weight_decay: float = 0.01
+    ) -> list[dict]:
+        """Deprecated spelling of :meth:`param_groups` (same groups; note the argument order)."""
+        warnings.warn(
+            "GeometricMemory.parameter_groups(lr, bank_lr_scale, weight_decay) is deprecated; use "
+            "param_groups(lr, weight_decay, bank_lr_scale=...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.param_groups(lr, weight_decay, bank_lr_scale=bank_lr_scale)
 
     # ------------------------------------------------------------------ loss weights
     def set_loss_weights(self, **weights: float) -> None:

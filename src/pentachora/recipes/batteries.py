@@ -16,8 +16,11 @@ from typing import Any
 
 import torch
 
-from pentachora.autoencoders.battery import BatteryBank, BatteryConfig, RegimeSource, parse_regimes
-from pentachora.autoencoders.container import BatteryContainer, BatteryContainerConfig, count_flops
+from pentachora.autoencoders.battery import BatteryBank, BatteryConfig
+from pentachora.autoencoders.container import BatteryContainer, BatteryContainerConfig
+from pentachora.autoencoders.export import count_flops
+from pentachora.data.regimes import RegimeSource, parse_regimes
+from pentachora.recipes.autoencoders import GEOVAE_ALIGN_WEIGHTS, GEOVAE_HANDOFF_WEIGHTS, geovae_schedule
 from pentachora.training import PhaseCallback, TrainConfig, Trainer
 
 logger = logging.getLogger(__name__)
@@ -32,10 +35,10 @@ __all__ = [
     "train_battery_bank",
 ]
 
-#: CV sector weights of the container: geometry-first alignment, then hand-off (GeoVAE's benchmark
-#: schedule; the anchors are held at the same weight as the frames).
-ALIGN_WEIGHTS = {"cv_enc_weight": 1.0, "cv_inv_weight": 1.0, "cv_lat_weight": 0.1, "cv_dec_weight": 0.1}
-HANDOFF_WEIGHTS = {"cv_enc_weight": 0.1, "cv_inv_weight": 0.1, "cv_lat_weight": 0.01, "cv_dec_weight": 0.01}
+#: CV sector weights of the container: GeoVAE's schedule, the same objects (defined once in
+#: :mod:`pentachora.recipes.autoencoders`; the anchors are held at ``cv_anchor_weight`` throughout).
+ALIGN_WEIGHTS = GEOVAE_ALIGN_WEIGHTS
+HANDOFF_WEIGHTS = GEOVAE_HANDOFF_WEIGHTS
 
 
 def train_battery_bank(
@@ -61,10 +64,11 @@ def train_battery_bank(
     would couple the batteries), so this is K independent AdamW trainings in one module.
 
     Args:
-        regimes: a :func:`~pentachora.autoencoders.battery.parse_regimes` spec; K = its length.
+        regimes: a :func:`~pentachora.data.regimes.parse_regimes` spec; K = its length.
         config: battery shape (``n_batteries`` is replaced by K).
         steps, batch_size, lr, weight_decay, seed: training settings (batch_size = patches per battery).
-        out_file: write the bank here (one safetensors file) when given.
+        out_file: write the bank here when given (`.safetensors`: one file, else a checkpoint folder;
+            see :class:`~pentachora.autoencoders.BatteryBank`).
         run_dir: trainer run folder (metrics, checkpoints) when given; in memory otherwise.
         progress: tqdm progress bar.
         eval_patches: held-out patches per battery for the metadata.
@@ -105,7 +109,7 @@ def train_battery_bank(
         progress=progress,
         tensorboard=False,
     )
-    trainer = Trainer(bank, cfg, source, param_groups=bank.param_groups(weight_decay))
+    trainer = Trainer(bank, cfg, source, param_groups=bank.param_groups(lr, weight_decay))
     t1 = time.perf_counter()
     result = trainer.fit(resume=run_dir is not None)
     train_s = time.perf_counter() - t1
@@ -194,8 +198,8 @@ def time_batched_vs_loop(
             for (_, p1), (_, pk) in zip(one.named_parameters(), bank.named_parameters(), strict=True):
                 p1.copy_(pk[i : i + 1])
     svaes = [bank.battery(i) for i in range(k)] if patch_svae_steps else []
-    opt_b = torch.optim.AdamW(bank.param_groups(0.01), lr=lr)
-    opt_1 = [torch.optim.AdamW(one.param_groups(0.01), lr=lr) for one in singles]
+    opt_b = torch.optim.AdamW(bank.param_groups(lr, 0.01))
+    opt_1 = [torch.optim.AdamW(one.param_groups(lr, 0.01)) for one in singles]
     opt_s = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr) for m in svaes]
     times: dict[str, list[float]] = {"batched": [], "loop_bank1": [], "loop_patchsvae": []}
     for step in tqdm(range(1, steps + 2), desc="batched vs loop", disable=not progress):
@@ -232,9 +236,9 @@ def time_batched_vs_loop(
 
 
 def container_phases(steps: int, align_fraction: float = 0.1) -> PhaseCallback:
-    """Geometry-first CV schedule: :data:`ALIGN_WEIGHTS` for the first steps, then :data:`HANDOFF_WEIGHTS`."""
-    hand = max(1, round(steps * align_fraction))
-    return PhaseCallback([(0, dict(ALIGN_WEIGHTS)), (hand + 1, dict(HANDOFF_WEIGHTS))])
+    """The container's CV schedule: GeoVAE's, :func:`~pentachora.recipes.geovae_schedule` (the
+    container is a GeoVAE; one definition of the phases and their weights)."""
+    return geovae_schedule(steps, align_fraction=align_fraction)
 
 
 def build_container(

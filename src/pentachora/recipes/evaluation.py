@@ -9,7 +9,7 @@ model's ``forward`` reports, averaged over the held-out batches.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -149,12 +149,3 @@ def evaluate_autoencoder(
     finally:
         model.train(was_training)
     return out
-
-
-def eval_fn_for(data: EvalData, batch_size: int = 32) -> Callable[[torch.nn.Module], dict[str, float]]:
-    """An ``eval_fn(model) -> metrics`` for :class:`pentachora.training.Trainer`."""
-
-    def _eval(model: torch.nn.Module) -> dict[str, float]:
-        return evaluate_autoencoder(model, data, batch_size=batch_size)
-
-    return _eval

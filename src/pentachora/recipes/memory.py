@@ -562,7 +562,7 @@ def train_memory(
         monitor,
         *callbacks,
     ]
-    groups = model.parameter_groups(train_config.lr, 1.0, train_config.weight_decay)
+    groups = model.param_groups(train_config.lr, train_config.weight_decay)
     out_dir = Path(train_config.out_dir) if train_config.out_dir else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,12 @@ Run the same script with ``accelerate launch`` for multi-GPU / multi-node. Run i
 ``out_dir`` to resume exactly where it stopped. See :mod:`pentachora.training.loop` for the step,
 :mod:`pentachora.training.state` for the run-folder layout and
 :mod:`pentachora.training.logging` for the ``metrics.jsonl`` schema.
+
+:class:`BatchSource` and :func:`step_seed` are re-exported from :mod:`pentachora.data.sources`, where
+they are defined (one definition; the trainer seeds its model stream with ``salt=TRAIN_SALT``).
 """
 
+from pentachora.data.sources import BatchSource, step_seed
 from pentachora.training.callbacks import (
     Callback,
     EarlyStopOnPlateau,
@@ -27,14 +31,12 @@ from pentachora.training.loop import (
     MODEL_CONFIG_NAME,
     SEEDING_SCHEME,
     TRAIN_CONFIG_NAME,
-    BatchSource,
     Trainer,
     TrainingDiverged,
     TrainResult,
     default_param_groups,
     lr_factor,
     make_accelerator,
-    step_seed,
 )
 from pentachora.training.state import (
     CHECKPOINTS_DIR,

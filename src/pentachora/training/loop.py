@@ -46,12 +46,13 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from pentachora.data.sources import EVAL_SALT, TRAIN_SALT, BatchSource, step_seed
 from pentachora.io import CheckpointError, atomic_write_json
 from pentachora.modeling import PentachoraModel, config_to_dict
 from pentachora.training.callbacks import Callback
@@ -84,27 +85,8 @@ SEEDING_SCHEME = (
     "XOR splitmix64(0x7E3A_1C55 + r)) >> 1; evaluation after step s uses salt 0x3E7A_1C55 instead"
 )
 
-_MASK64 = (1 << 64) - 1
-_TRAIN_SALT = 0x7E3A_1C55
-_EVAL_SALT = 0x3E7A_1C55
-SEED_STRIDE = 1_000_003
-
 
 # ----------------------------------------------------------------------------- public small pieces
-@runtime_checkable
-class BatchSource(Protocol):
-    """Training data: ``batch(step)`` is a deterministic function of (the source's seed, step).
-
-    The batch may be a tensor or any nesting of tensors that ``model(batch)`` accepts; it is moved to
-    the training device by the trainer. Steps are 1-based on a single process (see the module doc
-    for the index each process draws under ``accelerate launch``).
-    """
-
-    def batch(self, step: int) -> Any:
-        """The batch for ``step``; identical on every call with the same step."""
-        ...
-
-
 class TrainingDiverged(RuntimeError):
     """Too many consecutive non-finite steps (see ``TrainConfig.max_nonfinite_in_row``).
 
@@ -154,33 +136,6 @@ class TrainResult:
     checkpoint: Path | None
     resumed_from: int | None
     stopped_early: bool
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def step_seed(seed: int, step: int, rank: int = 0, *, salt: int = _TRAIN_SALT) -> int:
-    """The global torch seed set before the forward pass of ``step`` on process ``rank``.
-
-    ``splitmix64(((seed * 1_000_003 + step) mod 2**64) XOR splitmix64(salt + rank)) >> 1``. The
-    hash keeps the low 32 bits (all that torch's CPU Mersenne Twister uses) well mixed, so the model's
-    noise never replays a data source's generator that uses the plain ``seed * 1_000_003 + step``.
-
-    Args:
-        seed: ``TrainConfig.seed``.
-        step: 1-based training step.
-        rank: Process index.
-        salt: Stream selector (training vs evaluation).
-
-    Returns:
-        A seed in ``[0, 2**63)``.
-    """
-    base = (int(seed) * SEED_STRIDE + int(step)) & _MASK64
-    return _splitmix64(base ^ _splitmix64(salt + int(rank))) >> 1
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -535,7 +490,7 @@ class Trainer:
         was_training = model.training
         model.eval()
         torch.manual_seed(
-            step_seed(self.config.seed, self.step, self.accelerator.process_index, salt=_EVAL_SALT)
+            step_seed(self.config.seed, self.step, self.accelerator.process_index, salt=EVAL_SALT)
         )
         try:
             with torch.no_grad():
@@ -612,7 +567,7 @@ class Trainer:
         from accelerate.utils import send_to_device
 
         batch = send_to_device(batch, acc.device)
-        torch.manual_seed(step_seed(cfg.seed, step, acc.process_index))
+        torch.manual_seed(step_seed(cfg.seed, step, acc.process_index, salt=TRAIN_SALT))
         output = self.model(batch)
         loss = getattr(output, "loss", None)
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
