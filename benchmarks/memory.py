@@ -8,7 +8,7 @@ built on the same frozen student (all-MiniLM-L6-v2 read through a 77-token windo
 (c) ``concat``       — compel / AUTOMATIC1111 / diffusers-lpw style: every 75-token chunk encoded alone,
                        the sequences concatenated to (B, 77·k, H); its vector is the token mean of the
                        concatenation, its first 77 positions are the native sequence (s_cos = 1 by
-                       construction — the trap of DESIGN.md §4).
+                       construction — the trap of docs/findings.md).
 (d) ``memory``       — the trained GeometricMemory: pooled (P,) + reconstructed sequence (77, H).
 
 Metrics: m_acc (pooled → teacher, in batches of 32), teacher R@1 among all held-out documents, mean

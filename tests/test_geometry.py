@@ -212,7 +212,7 @@ def test_cv_degenerate_input_documented_zero_and_errors():
 
 # ---------------------------------------------------------------- the CV-vs-dimension facts
 
-# DESIGN.md §4: CV of uniformly random unit vectors on S^(D-1).
+# docs/findings.md: CV of uniformly random unit vectors on S^(D-1).
 DESIGN_CV = {16: 0.202, 24: 0.151, 32: 0.126, 64: 0.086, 256: 0.040, 512: 0.028, 768: 0.0225, 1024: 0.020}
 
 

@@ -20,7 +20,7 @@ Frobenius   ≤ 15   ≤ 15   ≤ 15   ≤ 15
 ==========  =====  =====  =====  ======
 
 After 10 iterations the residual is still 0.002–0.5 (small directions under-whitened,
-DESIGN.md §4); 20 reach machine precision in every case above. Always check ``residual`` when it matters.
+docs/findings.md); 20 reach machine precision in every case above. Always check ``residual`` when it matters.
 """
 
 from __future__ import annotations

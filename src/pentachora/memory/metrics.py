@@ -98,7 +98,7 @@ def procrustes_alignment_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     orthogonal R; this returns ``1 − ‖AᵀB‖_* / (‖A‖_F ‖B‖_F)`` ∈ [0, 1], which is 0 exactly when B
     is a rotation (times a scale) of A. ``‖AᵀB‖_*`` is computed without forming the D×D matrix:
     with thin QRs ``Aᵀ = Q_a R_a`` and ``Bᵀ = Q_b R_b``, ``AᵀB = Q_a (R_a R_bᵀ) Q_bᵀ`` has the
-    singular values of the small N×N matrix ``R_a R_bᵀ`` (DESIGN.md §4, the N < D path). float64.
+    singular values of the small N×N matrix ``R_a R_bᵀ`` (docs/findings.md, the N < D path). float64.
 
     Args:
         a: ``(N, D_a)``, N ≥ 2.

@@ -35,7 +35,7 @@ The loss is ``w_nce·InfoNCE(pooled, teacher) + w_pc·(1 − cos(pooled, teacher
   copying that window); it needs the student's mean-pooled space to be the teacher's
   (``hidden_size == teacher_dim``, e.g. MiniLM teaching MiniLM);
 * the differentiable pentachoron CV loss on the bank anchors, aimed at ``target_cv(d)`` of the
-  anchors' dimension (never a hard-coded 0.2 — DESIGN.md §4);
+  anchors' dimension (never a hard-coded 0.2 — docs/findings.md);
 * the Procrustes residual of the batch (pooled vs teacher), see
   :func:`~pentachora.memory.metrics.procrustes_alignment_loss`.
 """

@@ -1,6 +1,6 @@
 """Evaluation of patch autoencoders on held-out photos and on every noise type.
 
-Conventions (DESIGN.md §4): PSNR and SSIM are computed in [0, 1] **pixel space** on held-out
+Conventions (docs/findings.md): PSNR and SSIM are computed in [0, 1] **pixel space** on held-out
 images the model never saw in training; noise reconstruction is an MSE in the noise's own units
 (model space). Geometry readouts (CV, effective rank, S_delta…) are whatever scalar readouts the
 model's ``forward`` reports, averaged over the held-out batches.
