@@ -12,8 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from pentachora.cli import app
+from pentachora.cli.core import PentachoraTyper
+from pentachora.cli.options import MAX_SEED, check_output_file
 
-geometry_app = typer.Typer(help="Geometric core: CV tables and geometry reports.", no_args_is_help=True)
+geometry_app = PentachoraTyper(help="Geometric core: CV tables and geometry reports.", no_args_is_help=True)
 app.add_typer(geometry_app, name="geometry")
 
 DEFAULT_DIMS = (4, 8, 16, 24, 32, 64, 128, 256, 512, 768, 1024)
@@ -41,10 +43,14 @@ def cv_table(
     dims: list[int] = typer.Option(
         list(DEFAULT_DIMS), "--dim", "-d", help="Dimensions D (repeat the option)."
     ),
-    trials: int = typer.Option(8, help="Independent trials per dimension (spread = std over trials)."),
-    samples: int = typer.Option(2000, help="Random pentachora per trial."),
-    points: int = typer.Option(64, help="Random unit vectors per trial (the CV does not depend on it)."),
-    seed: int = typer.Option(0, help="Seed."),
+    trials: int = typer.Option(
+        8, min=1, max=10_000, help="Independent trials per dimension (spread = std over trials)."
+    ),
+    samples: int = typer.Option(2000, min=1, max=10_000_000, help="Random pentachora per trial."),
+    points: int = typer.Option(
+        64, min=5, max=100_000, help="Random unit vectors per trial (the CV does not depend on it)."
+    ),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the table as JSON here."),
 ) -> None:
     """Print the pentachoron CV of uniformly random unit vectors on S^(D−1) for each D.
@@ -52,8 +58,13 @@ def cv_table(
     This is `target_cv(D)`: the CV a D-dimensional space should be regularised towards. It falls
     with D (≈0.20 at D=16, ≈0.02 at D=1024), so no single value is universal.
     """
+    from pentachora.errors import ConfigError
+
     if any(d < 4 for d in dims):
-        raise typer.BadParameter("pentachoron volumes need D ≥ 4", param_hint="--dim")
+        raise ConfigError(f"--dim: pentachoron volumes need D ≥ 4, got {sorted(d for d in dims if d < 4)}")
+    if any(d > 65536 for d in dims):
+        raise ConfigError("--dim: at most 65536")
+    check_output_file(json_out, "json", "--json")
     console = Console()
     t0 = time.perf_counter()
     rows = cv_table_rows(tuple(dims), trials=trials, n_samples=samples, n_points=points, seed=seed)
@@ -124,6 +135,7 @@ def report_cmd(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON here."),
 ) -> None:
     """Self-check the geometric core: closed-form volumes, SVD, Procrustes, whitening, CV table."""
+    check_output_file(json_out, "json", "--json")
     console = Console()
     rep = geometry_report()
     table = Table(title="pentachora geometry self-check")
