@@ -366,8 +366,10 @@ def test_training_options_are_declared_once_and_map_onto_train_config():
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     hints = typing.get_type_hints(TrainConfig)
     for name, spec in TRAIN_OPTIONS.items():
-        assert spec.field in fields, name
         assert spec.help.strip(), name
+        if spec.field is None:  # --fresh is an argument of the recipe, not a TrainConfig field
+            continue
+        assert spec.field in fields, name
         if name not in ("bf16", "out", "grad_clip_mode"):
             assert spec.type in (*typing.get_args(hints[spec.field]), hints[spec.field]), name
     assert typing.get_args(TRAIN_OPTIONS["grad_clip_mode"].type) == GRAD_CLIP_MODES
@@ -382,6 +384,27 @@ def test_training_options_are_declared_once_and_map_onto_train_config():
     )  # fmt: skip
     with pytest.raises(ConfigError, match="steps"):
         TrainOptions(steps=0).train_config()
+
+
+def test_fresh_is_passed_only_to_recipes_that_take_it():
+    def takes(model, fresh: bool = False): ...
+
+    def lacks(model): ...
+
+    assert TrainOptions().fit_kwargs(lacks) == {}
+    assert TrainOptions(fresh=True).fit_kwargs(takes) == {"fresh": True}
+    with pytest.raises(ConfigError, match="--fresh"):
+        TrainOptions(fresh=True).fit_kwargs(lacks)
+
+
+def test_a_run_folder_that_is_a_file_is_refused_before_training(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    result = run("train", "svae", "--steps", "1", "--data", "noise", "--out", str(tmp_path / "taken"))
+    assert result.exit_code == 2 and "is a file, not a run folder" in error_line(result)
+    result = run(
+        "train", "geovae", "--steps", "1", "--data", "noise", "--out", str(tmp_path / "taken" / "sub")
+    )
+    assert result.exit_code == 2 and "is not a directory" in error_line(result)
 
 
 def test_every_train_command_declares_the_shared_options_with_help():

@@ -29,6 +29,7 @@ from pentachora.cli.options import (
     build_config,
     build_model,
     check_output_file,
+    check_run_folder,
     describe_eval_data,
     image_data_options,
     load_autoencoder,
@@ -134,6 +135,8 @@ def train_and_report(
     images.check_patch(model.patch_size)
     cfg = train.train_config()
     out = Path(cfg.out_dir)
+    check_run_folder(out)
+    fit_kwargs = train.fit_kwargs(train_autoencoder)
     eval_data = images.eval_data()
     console.print(
         f"training {label} on '{spec.spec}' for {train.steps} steps → {out}; evaluating on {describe_eval_data(eval_data)}"
@@ -149,6 +152,7 @@ def train_and_report(
             soft_hand=soft_hand,
             eval_data=eval_data,
             callbacks=callbacks,
+            **fit_kwargs,
         )
     except TrainingDiverged as exc:
         raise ConfigError(f"{exc} (lower --lr or raise --warmup)") from exc

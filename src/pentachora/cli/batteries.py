@@ -29,6 +29,7 @@ from pentachora.cli.options import (
     ImageDataOptions,
     TrainOptions,
     check_output_file,
+    check_run_folder,
     image_data_options,
     load_autoencoder,
     parse_overrides,
@@ -95,6 +96,7 @@ def train_batteries(
     from pentachora.recipes.batteries import time_batched_vs_loop, train_battery_bank
 
     check_output_file(out, "safetensors", "--out")
+    check_run_folder(run_dir, "--run-dir")
     if heavy_tails not in ("clamp", "raw"):
         raise ConfigError(f"--heavy-tails must be 'clamp' or 'raw', got {heavy_tails!r}")
     console = Console()

@@ -18,7 +18,13 @@ from rich.console import Console
 from rich.table import Table
 
 from pentachora.cli import app, train_app
-from pentachora.cli.options import TrainOptions, check_output_file, parse_overrides, train_options
+from pentachora.cli.options import (
+    TrainOptions,
+    check_output_file,
+    check_run_folder,
+    parse_overrides,
+    train_options,
+)
 
 TEXT_DATA_HELP = (
     "Text corpus: 'wiki' (embedded English Wikipedia excerpt from gensim's test data, CC BY-SA), "
@@ -177,6 +183,8 @@ def train_memory_cmd(
         console.print_json(json.dumps({**card, "config": dataclasses.asdict(config)}))
         return
     out = train.out or Path("runs") / f"memory-{preset}"
+    check_run_folder(out)
+    cfg = train.train_config(out=out)
     mdata = prepare_memory_data(
         config,
         data,
@@ -190,7 +198,7 @@ def train_memory_cmd(
         f"data: {mdata.corpus.description} — training on {mdata.train.n_docs} documents, evaluating on "
         f"{mdata.heldout.n_docs} held-out ones ({mdata.corpus.licence.split(' — ')[0]})"
     )
-    cfg = train.train_config(out=out)
+    fit_kwargs = train.fit_kwargs(train_memory)
     set_resume_dir(out)
     try:
         run = train_memory(
@@ -201,6 +209,7 @@ def train_memory_cmd(
             bank_lr_scale=bank_lr_scale,
             pretrained_bank=init_model is not None,
             periodic_eval_docs=eval_docs,
+            **fit_kwargs,
         )
     except TrainingDiverged as exc:
         raise ConfigError(f"{exc} (lower --lr or raise --warmup)") from exc

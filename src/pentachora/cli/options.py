@@ -50,6 +50,7 @@ __all__ = [
     "build_config",
     "build_model",
     "check_output_file",
+    "check_run_folder",
     "image_data_options",
     "load_autoencoder",
     "parse_data",
@@ -187,6 +188,11 @@ TRAIN_OPTIONS: dict[str, OptionSpec] = {
     "out": OptionSpec(
         None, Path, "Run folder (rerun the same command to resume).", flags=("--out", "-o"), field="out_dir"
     ),
+    "fresh": OptionSpec(
+        False,
+        bool,
+        "Start over: move an earlier run in --out aside (to OUT.old-<time>) instead of resuming it.",
+    ),
 }
 
 
@@ -210,6 +216,19 @@ class TrainOptions:
     save_every: int = 0
     bf16: bool = False
     out: Path | None = None
+    fresh: bool = False
+
+    def fit_kwargs(self, recipe: Callable[..., Any]) -> dict[str, Any]:
+        """Keyword arguments of a training recipe that come from these options (``fresh=``).
+
+        Raises:
+            ConfigError: ``--fresh`` was given but ``recipe`` cannot start over.
+        """
+        if not self.fresh:
+            return {}
+        if "fresh" not in inspect.signature(recipe).parameters:
+            raise ConfigError(f"--fresh is not supported by {recipe.__name__} in this version")
+        return {"fresh": True}
 
     def train_config(self, out: str | os.PathLike | None = None, progress: bool = True, **changes: Any):
         """The :class:`~pentachora.training.TrainConfig` these options describe.
@@ -225,9 +244,9 @@ class TrainOptions:
         from pentachora.training import TrainConfig
 
         values = {
-            TRAIN_OPTIONS[name].field: getattr(self, name)
-            for name in TRAIN_OPTIONS
-            if name not in ("bf16", "out")
+            spec.field: getattr(self, name)
+            for name, spec in TRAIN_OPTIONS.items()
+            if spec.field is not None and name not in ("bf16", "out")
         }
         target = out if out is not None else self.out
         values.update(
@@ -237,9 +256,10 @@ class TrainOptions:
             progress=progress,
         )
         values.update(changes)
+        flags = {spec.field: name.replace("_", "-") for name, spec in TRAIN_OPTIONS.items() if spec.field}
         for name, value in values.items():
             if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number, got {value}")
+                raise ConfigError(f"--{flags.get(name, name)} must be a finite number, got {value}")
         try:
             return TrainConfig(**values)
         except (TypeError, ValueError) as exc:
@@ -482,6 +502,29 @@ def _same_file(a: Path, b: Path) -> bool:
     except OSError:
         pass
     return a.resolve() == b.resolve()
+
+
+def check_run_folder(path: Path | None, option: str = "--out") -> Path | None:
+    """Refuse a run folder that is a file or cannot be created, BEFORE any compute (one-line ``ConfigError``)."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file, not a run folder; give a folder name")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {path}: {existing} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".pentachora-write-test-")
+    except OSError as exc:
+        raise ConfigError(
+            f"{option} {path}: cannot create files in {existing} ({exc.strerror or exc}); choose a writable folder"
+        ) from exc
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 def check_input_file(path: Path, what: str = "file") -> Path:
