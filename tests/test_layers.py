@@ -139,6 +139,8 @@ def violations(edges: list[Edge]) -> list[str]:
             why = f"training/ must not import {dst}"
         elif src == "diagnostics" and dst in (*MODEL_FAMILIES, "recipes", "cli"):
             why = f"diagnostics/ must not import {dst}"
+        elif src == "data" and dst in (*MODEL_FAMILIES, "training", "recipes", "cli", "diagnostics"):
+            why = f"data/ (sources, regimes, metrics) must not import {dst}"
         elif src == "modeling" and dst in (*MODEL_FAMILIES, "training", "recipes", "cli", "diagnostics"):
             why = f"modeling.py (the model contract) must not import {dst}"
         elif src != "cli" and dst == "cli" and e.source not in ("pentachora.__main__",):
@@ -224,6 +226,22 @@ def test_the_parser_sees_lazy_relative_and_type_checking_imports():
     ]
     fake = [Edge("pentachora.autoencoders.x", "pentachora.training.loop", "x.py", 1, True)]
     assert violations(fake) and "must not import training" in violations(fake)[0]
+    allowed = [
+        Edge("pentachora.recipes.x", "pentachora.training", "x.py", 1, False),
+        Edge("pentachora.cli.x", "pentachora.autoencoders.svae", "x.py", 1, True),
+        Edge("pentachora.nn.x", "pentachora.geometry", "x.py", 1, False),
+        Edge("pentachora.diagnostics.x", "pentachora.training.callbacks", "x.py", 1, False),
+    ]
+    assert violations(allowed) == []
+    forbidden = [
+        Edge("pentachora.geometry.x", "pentachora.modeling", "x.py", 1, False),
+        Edge("pentachora.training.x", "pentachora.memory", "x.py", 1, True),
+        Edge("pentachora.diagnostics.x", "pentachora.autoencoders", "x.py", 1, False),
+        Edge("pentachora.hub.x", "pentachora.recipes", "x.py", 1, False),
+        Edge("pentachora.recipes.x", "pentachora.cli", "x.py", 1, True),
+        Edge("pentachora.data.x", "pentachora.autoencoders.svae", "x.py", 1, False),
+    ]
+    assert len(violations(forbidden)) == len(forbidden)
     ring = [
         Edge("pentachora.a", "pentachora.b", "a.py", 1, False),
         Edge("pentachora.b", "pentachora.a", "b.py", 1, False),
