@@ -87,7 +87,7 @@ def test_patch_budget_bounds_one_pass():
     with pytest.raises(ConfigError, match="more than the 16,384"):
         check_patch_budget(1032, 1024, 8)
     big = torch.zeros(1, 1, 1).expand(3, 2048, 1024)  # no memory: a view
-    with pytest.raises(ConfigError, match="32,768 patches"):
+    with pytest.raises(ConfigError, match=r"32,768 patches.*in tiles"):
         reconstruct_image(Recorder(), big, mode="pad")
     with pytest.raises(ConfigError, match="mode"):
         reconstruct_image(Recorder(), torch.rand(3, 8, 8), mode="zoom")  # type: ignore[arg-type]
@@ -183,5 +183,9 @@ def test_sample_size_is_bounded(tmp_path):
     assert runner.invoke(app, ["sample", str(ckpt), "-n", "100000"]).exit_code == 2
     result = runner.invoke(app, ["sample", str(ckpt), "--size", "2048", "-o", str(tmp_path / "s.png")])
     assert result.exit_code == 2 and "more than the 16,384" in result.output, result.output
+    result = runner.invoke(
+        app, ["sample", str(ckpt), "-n", "1000", "--size", "512", "-o", str(tmp_path / "s.png")]
+    )
+    assert result.exit_code == 2 and "lower -n or --size" in result.output, result.output
     result = runner.invoke(app, ["sample", str(ckpt), "--size", "20", "-o", str(tmp_path / "s.png")])
     assert result.exit_code == 2 and "multiple of" in result.output

@@ -64,7 +64,12 @@ class TiledReconstruction:
 
 
 def check_patch_budget(
-    height: int, width: int, patch: int, max_patches: int = MAX_PATCHES_PER_PASS, what: str = "an image"
+    height: int,
+    width: int,
+    patch: int,
+    max_patches: int = MAX_PATCHES_PER_PASS,
+    what: str = "an image",
+    hint: str = "use a smaller size",
 ) -> int:
     """Patches of one ``height × width`` pass; :class:`ConfigError` past ``max_patches``."""
     n = math.ceil(height / patch) * math.ceil(width / patch)
@@ -72,7 +77,7 @@ def check_patch_budget(
         side = math.isqrt(max_patches) * patch
         raise ConfigError(
             f"{what} of {width}×{height} px is {n:,} patches of {patch}² in one pass, more than the "
-            f"{max_patches:,} this allows (about {side}×{side} px); use a smaller size"
+            f"{max_patches:,} this allows (about {side}×{side} px); {hint}"
         )
     return n
 
@@ -128,7 +133,9 @@ def reconstruct_image(
         check_patch_budget(tile, tile, p, max_patches, what="a tile")
         step = tile
     else:
-        check_patch_budget(h, w, p, max_patches, what="the image")
+        check_patch_budget(
+            h, w, p, max_patches, what="the image", hint="reconstruct it in tiles (mode 'tile')"
+        )
         step = p
     ph, pw = (-h) % step, (-w) % step
     pad_mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"

@@ -18,6 +18,9 @@ from pentachora.cli.options import MAX_SEED, check_output_file, load_autoencoder
 #: Largest ``--num`` (the grid is built in memory).
 MAX_SAMPLES = 1024
 
+#: Most latent cells of one call (``-n`` × cells per sample): all samples are decoded at once.
+MAX_SAMPLE_CELLS = 16 * 16384
+
 
 @app.command()
 def sample(
@@ -51,7 +54,12 @@ def sample(
     stride = int(getattr(model, "latent_stride", getattr(model, "patch_size", 1)))
     if size % stride:
         raise ConfigError(f"--size {size} must be a multiple of {stride}")
-    check_patch_budget(size, size, stride, what="--size: a sample")
+    cells = check_patch_budget(size, size, stride, what="--size: a sample")
+    if n * cells > MAX_SAMPLE_CELLS:
+        raise ConfigError(
+            f"-n {n} samples of {size}×{size} px decode {n * cells:,} latent cells at once, more than the "
+            f"{MAX_SAMPLE_CELLS:,} allowed; lower -n or --size"
+        )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         images = model.sample_prior(n, size, size, generator=gen)
