@@ -179,3 +179,10 @@ def test_cli_grad_clip_choices_are_the_trainer_modes():
     from pentachora.training import GRAD_CLIP_MODES
 
     assert GRAD_CLIP_MODE_CHOICES == GRAD_CLIP_MODES
+
+
+def test_geometry_cli_default_dims_are_the_recipe_defaults():
+    from pentachora.cli.geometry import DEFAULT_DIMS as CLI_DIMS
+    from pentachora.recipes.geometry import DEFAULT_DIMS
+
+    assert CLI_DIMS == DEFAULT_DIMS
