@@ -438,3 +438,31 @@ def test_train_help_explains_each_option():
     for flag in ("--steps", "--batch-size", "--lr", "--warmup", "--grad-clip", "--seed", "--eval-every",
                  "--save-every", "--bf16", "--out", "Documents per batch (InfoNCE negatives)."):  # fmt: skip
         assert flag in result.output, flag
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_real_training_exits_130_with_the_resume_hint(tmp_path):
+    """A real SIGINT through the console entry point (slow: starts torch in a subprocess)."""
+    import signal
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    args = ["train", "svae", "--steps", "100000", "--batch-size", "2", "--image-size", "16", "--data", "noise",
+            "--noise-per-type", "1", "--eval-every", "0", "--save-every", "0", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pentachora", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, "COLUMNS": "400"},
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until training has started
+        if line.startswith("training "):
+            break
+    while not (out / "metrics.jsonl").is_file() and proc.poll() is None:
+        subprocess.run(["sleep", "0.2"], check=False)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == f"interrupted — rerun the same command to resume from {out}", err
