@@ -565,33 +565,33 @@ _OTHER_COMMANDS = {
 }
 
 
-def load_autoencoder(run: Path, need: str | None = None):
+def load_autoencoder(run: Path):
     """Load an image autoencoder from a run or checkpoint folder, refusing other model families.
 
     Args:
         run: a run folder (its ``final/`` or latest checkpoint) or a checkpoint folder.
-        need: an attribute the command needs (e.g. ``"sample_prior"``); a model without it is refused.
 
     Raises:
         CheckpointError: no model there, or one that cannot be loaded.
-        ConfigError: the folder holds a model of another family (the message names it).
+        ConfigError: the folder holds a model of another family (the message names it); checked on
+            ``config.json`` before anything is built.
     """
     folder, model_type = resolve_checkpoint(run)
     if model_type in _OTHER_COMMANDS:
         raise ConfigError(
             f"{run} holds a {model_type!r} model, not an image autoencoder; {_OTHER_COMMANDS[model_type]}"
         )
+    import pentachora.autoencoders  # noqa: F401  (registers every image autoencoder family)
     from pentachora.autoencoders.base import PatchAutoencoder
+    from pentachora.modeling import MODEL_REGISTRY
     from pentachora.recipes import load_model
 
+    images = sorted(k for k, c in MODEL_REGISTRY.items() if issubclass(c, PatchAutoencoder))
+    if model_type not in images:  # refused before anything is built
+        known = "unknown model_type" if model_type not in MODEL_REGISTRY else "model type"
+        raise ConfigError(f"{run} holds a {known} {model_type!r}, not an image autoencoder (one of {images})")
     try:
         model = load_model(folder)
     except CheckpointError as exc:
         raise CheckpointError(f"cannot load {run}: {exc}") from exc
-    if not isinstance(model, PatchAutoencoder):
-        raise ConfigError(
-            f"{run} holds a {model_type!r} model ({type(model).__name__}), not an image autoencoder"
-        )
-    if need is not None and not callable(getattr(model, need, None)):
-        raise ConfigError(f"{run} holds a {type(model).__name__} ({model_type!r}), which has no {need}()")
     return model
