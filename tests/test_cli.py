@@ -67,7 +67,24 @@ def trained_run(tmp_path_factory):
         "--eval-every", "2", "--save-every", "2", "--noise-per-type", "2", "--eval-tiles", "3", "--out", str(out),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    TRAIN_OUTPUT["svae"] = " ".join(result.output.split())
     return out
+
+
+TRAIN_OUTPUT: dict[str, str] = {}
+
+
+def test_eval_tiles_caps_the_held_out_tiles_in_train_and_eval(trained_run, tmp_path):
+    # two held-out photos (chelsea, coffee): --eval-tiles 3 evaluates 6 tiles
+    assert "evaluating on 6 held-out tiles of 32²" in TRAIN_OUTPUT["svae"]
+    said = {}
+    for cap in ("1", "2"):
+        result = invoke(
+            "eval", str(trained_run), "--image-size", "32", "--noise-per-type", "1", "--eval-tiles", cap
+        )
+        assert result.exit_code == 0, result.output
+        said[cap] = " ".join(result.output.split())
+    assert "on 2 held-out tiles of 32²" in said["1"] and "on 4 held-out tiles of 32²" in said["2"]
 
 
 def test_train_writes_a_complete_run_folder(trained_run):
@@ -162,3 +179,10 @@ def test_cli_grad_clip_choices_are_the_trainer_modes():
     from pentachora.training import GRAD_CLIP_MODES
 
     assert GRAD_CLIP_MODE_CHOICES == GRAD_CLIP_MODES
+
+
+def test_geometry_cli_default_dims_are_the_recipe_defaults():
+    from pentachora.cli.geometry import DEFAULT_DIMS as CLI_DIMS
+    from pentachora.recipes.geometry import DEFAULT_DIMS
+
+    assert CLI_DIMS == DEFAULT_DIMS

@@ -1,7 +1,14 @@
 """The ``pentachora`` console script.
 
-Each command family lives in its own module and registers itself on :data:`app`; this file only
-assembles them. Library code never prints; commands here talk to the user.
+Each command family lives in its own module and registers itself on :data:`app` (or on
+:data:`train_app` for ``pentachora train ...``); this file only assembles them. Library code never
+prints; commands here talk to the user. Nothing here imports torch or a model at import time, so
+``pentachora --help`` stays fast: command bodies import what they need.
+
+Every command shares one error path (:mod:`pentachora.cli.core`): the library's
+:class:`~pentachora.errors.PentachoraError` becomes one red ``error: ...`` line and exit code 2, an
+unexpected exception its traceback plus a request to report it, Ctrl-C one line saying where a rerun
+resumes (exit code 130).
 """
 
 from __future__ import annotations
@@ -10,19 +17,21 @@ import logging
 
 import typer
 
-app = typer.Typer(
+from pentachora.cli.core import PentachoraTyper
+
+__all__ = ["app", "main", "train_app"]
+
+app = PentachoraTyper(
     name="pentachora",
     help=(
         "pentachora — geometric autoencoding and geometric memory.\n\n"
         "Start with `pentachora demo` (CPU, a few minutes, no downloads)."
     ),
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
 )
 
 #: ``pentachora train ...``: every model family adds its subcommand here.
-train_app = typer.Typer(
+train_app = PentachoraTyper(
     help="Train a model (writes a run folder with checkpoints, metrics and pictures; rerun to resume).",
     no_args_is_help=True,
 )
@@ -40,7 +49,7 @@ def _root(
 
 
 def _register() -> None:
-    # Imported here so that `pentachora --help` stays fast and each family stays in its own file.
+    # Each family stays in its own file; none of these modules imports torch at import time.
     from pentachora.cli import autoencoders as _autoencoders  # noqa: F401
     from pentachora.cli import batteries as _batteries  # noqa: F401
     from pentachora.cli import demo as _demo  # noqa: F401

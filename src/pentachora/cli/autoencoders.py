@@ -1,4 +1,10 @@
-"""`pentachora train svae ...`, `pentachora eval DIR`, `pentachora reconstruct DIR IMAGE -o OUT`."""
+"""`pentachora train svae ...`, `pentachora train geovae ...`, `pentachora eval DIR`,
+`pentachora reconstruct DIR IMAGE -o OUT`.
+
+The shared training and data options are declared once in :mod:`pentachora.cli.options`; the work
+is done by :mod:`pentachora.recipes` and :mod:`pentachora.autoencoders.tiling`; this module parses
+and prints.
+"""
 
 from __future__ import annotations
 
@@ -6,89 +12,46 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from pentachora.cli import app, train_app
-
-DATA_HELP = (
-    "Training data: 'images' (embedded scikit-image photos, whole-image held-out split), 'noise' "
-    "(16 noise types, heavy tails clamped to ±4), 'noise:raw' (raw heavy tails), 'noise:tier2', "
-    "'noise:gaussian,pink', 'folder:PATH', 'hf:NAME[:SPLIT[:COLUMN]]'."
+from pentachora.cli.core import set_resume_dir
+from pentachora.cli.options import (
+    DATA_HELP,
+    GRAD_CLIP_MODE_CHOICES,
+    GradClipMode,
+    ImageDataOptions,
+    TrainOptions,
+    build_config,
+    build_model,
+    check_output_file,
+    check_run_folder,
+    describe_eval_data,
+    image_data_options,
+    load_autoencoder,
+    parse_data,
+    parse_overrides,
+    train_options,
 )
+
+__all__ = [
+    "DATA_HELP",
+    "GRAD_CLIP_MODE_CHOICES",
+    "GradClipMode",
+    "describe_model",
+    "parse_overrides",
+    "print_model_card",
+    "summary_table",
+    "train_and_report",
+    "write_pictures",
+]
 
 
 # ---------------------------------------------------------------------------- helpers shared by commands
-
-
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """``["V=64", "readout=linear", "cv_target=0.3"]`` → typed dict (JSON literals, else strings)."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-#: ``TrainConfig.grad_clip_mode`` values, spelled out here so the CLI starts without importing torch
-#: (a test checks they equal ``pentachora.training.GRAD_CLIP_MODES``).
-GradClipMode = Literal["fixed", "adaptive"]
-GRAD_CLIP_MODE_CHOICES: tuple[str, ...] = get_args(GradClipMode)
-
-
-def make_train_config(
-    steps: int,
-    batch_size: int,
-    lr: float,
-    out: Path | None,
-    seed: int,
-    eval_every: int,
-    save_every: int,
-    bf16: bool,
-    grad_clip: float,
-    warmup: int,
-    progress: bool = True,
-    weight_decay: float = 0.01,
-    grad_clip_mode: str = "fixed",
-):
-    from pentachora.training import TrainConfig
-
-    return TrainConfig(
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_steps=warmup,
-        grad_clip=grad_clip,
-        grad_clip_mode=grad_clip_mode,
-        mixed_precision="bf16" if bf16 else "no",
-        seed=seed,
-        eval_every=eval_every,
-        save_every=save_every,
-        log_every=max(1, min(25, steps // 40 or 1)),
-        out_dir=str(out) if out is not None else None,
-        progress=progress,
-    )
-
-
-def load_model_or_exit(console: Console, run: Path):
-    """Load a model from a run or checkpoint folder; on a bad folder print why and exit with code 2."""
-    from pentachora.io import CheckpointError
-    from pentachora.recipes import load_run_model
-
-    try:
-        return load_run_model(run)
-    except CheckpointError as exc:
-        console.print(f"[red]cannot load {run}: {exc}[/red]")
-        raise typer.Exit(code=2) from exc
 
 
 def describe_model(model) -> dict[str, Any]:
@@ -148,55 +111,77 @@ def summary_table(title: str, runs: dict[str, dict[str, float]], noise_types: tu
 
 def write_pictures(out: Path, runs: dict[str, Any], tiles01, n: int = 8) -> dict[str, Path]:
     """Reconstruction grid of held-out tiles for every run, and the training curves of every run."""
-    import torch
+    from pentachora.recipes.pictures import save_run_pictures
 
-    from pentachora.data.images import psnr, to_model_space, to_pixel_space
-    from pentachora.diagnostics.plots import save_reconstruction_grid, save_training_curves
+    return save_run_pictures(out, runs, tiles01, n=n)
 
-    paths: dict[str, Path] = {}
-    if tiles01 is not None:
-        idx = torch.linspace(0, tiles01.shape[0] - 1, min(n, tiles01.shape[0])).round().long()
-        originals = tiles01[idx]
-        recons, titles = {}, {}
-        for name, run in runs.items():
-            rec = to_pixel_space(run.model.reconstruct(to_model_space(originals)))
-            recons[name] = rec
-            titles[name] = f"{name}\n{float(psnr(rec, originals).mean()):.1f} dB"
-        paths["reconstructions"] = save_reconstruction_grid(
-            originals, recons, out / "reconstructions.png", titles
+
+def train_and_report(
+    console: Console,
+    model,
+    label: str,
+    train: TrainOptions,
+    images: ImageDataOptions,
+    soft_hand: bool = False,
+    callbacks: tuple = (),
+) -> None:
+    """Shared body of the image `train` commands: train, evaluate, write pictures, print the summary."""
+    from pentachora.data.noise import NOISE_TYPES
+    from pentachora.errors import ConfigError
+    from pentachora.recipes import train_autoencoder
+    from pentachora.training import TrainingDiverged
+
+    spec = images.spec()
+    images.check_patch(model.patch_size)
+    cfg = train.train_config()
+    out = Path(cfg.out_dir)
+    check_run_folder(out)
+    fit_kwargs = train.fit_kwargs(train_autoencoder)
+    eval_data = images.eval_data()
+    console.print(
+        f"training {label} on '{spec.spec}' for {train.steps} steps → {out}; evaluating on {describe_eval_data(eval_data)}"
+    )
+    set_resume_dir(out)
+    try:
+        run = train_autoencoder(
+            model,
+            spec,
+            cfg,
+            image_size=images.image_size,
+            name=label,
+            soft_hand=soft_hand,
+            eval_data=eval_data,
+            callbacks=callbacks,
+            **fit_kwargs,
         )
-    curves = {name: run.metrics for name, run in runs.items() if run.metrics}
-    if curves:
-        paths["curves"] = save_training_curves(curves, out / "curves.png")
-    return paths
+    except TrainingDiverged as exc:
+        raise ConfigError(f"{exc} (lower --lr or raise --warmup)") from exc
+    result = {**run.evaluation, **describe_model(run.model)}
+    pictures = write_pictures(out, {label: run}, eval_data.tiles01)
+    console.print(summary_table(f"{label} after {run.result.steps} steps", {label: result}, NOISE_TYPES))
+    for kind, path in pictures.items():
+        console.print(f"{kind}: {path}")
+    console.print(f"run folder: {out}  (model: {out / 'final'}; metrics: {out / 'metrics.jsonl'})")
+
+
+def _describe_only(console: Console, model, config) -> None:
+    console.print_json(json.dumps({**describe_model(model), "config": dataclasses.asdict(config)}))
 
 
 # ---------------------------------------------------------------------------- train svae
 
 
 @train_app.command("svae")
+@train_options(
+    grad_clip={"help": "Gradient-norm clip (0 = off); the floor of --grad-clip-mode adaptive."},
+    out={"help": "Run folder (default runs/svae-<preset>). Rerun to resume."},
+)
+@image_data_options()
 def train_svae(
+    train: TrainOptions,
+    images: ImageDataOptions,
     preset: str = typer.Option(
         "tiny", help="Architecture preset: tiny (CPU), freckles (≈2.56M), fresnel (≈16.9M)."
-    ),
-    data: str = typer.Option("images", help=DATA_HELP),
-    steps: int = typer.Option(500, min=0, help="Optimizer steps (0 = build and describe the model only)."),
-    batch_size: int = typer.Option(16, min=1, help="Images per batch."),
-    image_size: int = typer.Option(
-        64, min=1, help="Crop / noise image side in pixels (multiple of the patch)."
-    ),
-    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, cosine schedule)."),
-    warmup: int = typer.Option(50, min=0, help="Linear warm-up steps."),
-    grad_clip: float = typer.Option(
-        1.0, help="Gradient-norm clip (0 = off); the floor of --grad-clip-mode adaptive."
-    ),
-    grad_clip_mode: GradClipMode = typer.Option(
-        "fixed",
-        help="'fixed' (clip at --grad-clip) or 'adaptive' (clip at max(recon loss, --grad-clip), the reference "
-        "F-class trainer's rule; its threshold rises with a blowing-up loss, so it protects less).",
-    ),
-    weight_decay: float = typer.Option(
-        0.01, min=0.0, help="AdamW weight decay on matrices (0 = plain Adam, as the reference trainer)."
     ),
     readout: str = typer.Option("svd", help="'svd' (canonical PatchSVAE) or 'linear' (the NoSVD ablation)."),
     omega_layernorm: bool = typer.Option(
@@ -206,17 +191,6 @@ def train_svae(
     cv_mode: str = typer.Option("readout", help="'readout' (faithful: CV measured, no gradient) or 'loss'."),
     soft_hand: bool = typer.Option(True, help="Soft-hand schedule of recon/CV weights from the CV readout."),
     set_: list[str] = typer.Option(None, "--set", help="Model config override KEY=VALUE (repeatable)."),
-    out: Path = typer.Option(
-        None, "--out", "-o", help="Run folder (default runs/svae-<preset>). Rerun to resume."
-    ),
-    seed: int = typer.Option(0, help="Seed (data, init, per-step randomness)."),
-    eval_every: int = typer.Option(
-        100, min=0, help="Evaluate on held-out data every N steps (0 = end only)."
-    ),
-    save_every: int = typer.Option(250, min=0, help="Checkpoint every N steps (0 = end only)."),
-    bf16: bool = typer.Option(False, help="bf16 autocast (geometry stays fp32/fp64)."),
-    noise_per_type: int = typer.Option(16, min=1, help="Evaluation images per noise type."),
-    eval_tiles: int = typer.Option(0, min=0, help="Cap on evaluation tiles per held-out image (0 = all)."),
 ) -> None:
     """Train PatchSVAE (or its NoSVD ablation with --readout linear) and evaluate it.
 
@@ -233,157 +207,88 @@ def train_svae(
         overrides["omega_layernorm"] = True
     if mhat_sphere_norm:
         overrides["mhat_sphere_norm"] = True
-    try:
-        config = PatchSVAEConfig.preset(preset, **overrides)
-    except (TypeError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    torch.manual_seed(seed)
-    model = PatchSVAE(config)
+    config = build_config(PatchSVAEConfig, preset, overrides)
+    torch.manual_seed(train.seed)
+    model = build_model(PatchSVAE, config)
     label = f"PatchSVAE[{preset}{'' if readout == 'svd' else ', NoSVD'}]"
     print_model_card(console, model, label)
-    if steps == 0:
-        console.print_json(json.dumps({**describe_model(model), "config": dataclasses.asdict(config)}))
+    if train.steps == 0:
+        _describe_only(console, model, config)
         return
-    out = out or Path("runs") / f"svae-{preset}{'' if readout == 'svd' else '-nosvd'}"
-    run_training(
-        console,
-        model,
-        label,
-        data,
-        steps,
-        batch_size,
-        image_size,
-        lr,
-        warmup,
-        grad_clip,
-        soft_hand,
-        out,
-        seed,
-        eval_every,
-        save_every,
-        bf16,
-        noise_per_type,
-        weight_decay=weight_decay,
-        grad_clip_mode=grad_clip_mode,
-    )
+    train.out = train.out or Path("runs") / f"svae-{preset}{'' if readout == 'svd' else '-nosvd'}"
+    train_and_report(console, model, label, train, images, soft_hand=soft_hand)
 
 
-def run_training(
-    console: Console,
-    model,
-    label: str,
-    data: str,
-    steps: int,
-    batch_size: int,
-    image_size: int,
-    lr: float,
-    warmup: int,
-    grad_clip: float,
-    soft_hand: bool,
-    out: Path,
-    seed: int,
-    eval_every: int,
-    save_every: int,
-    bf16: bool,
-    noise_per_type: int,
-    callbacks: tuple = (),
-    eval_tiles: int = 0,
-    weight_decay: float = 0.01,
-    grad_clip_mode: str = "fixed",
+# ---------------------------------------------------------------------------- train geovae
+
+
+@train_app.command("geovae")
+@train_options(
+    exclude=("grad_clip_mode", "weight_decay"),
+    out={"help": "Run folder (default runs/geovae-<preset>). Rerun to resume."},
+)
+@image_data_options()
+def train_geovae(
+    train: TrainOptions,
+    images: ImageDataOptions,
+    preset: str = typer.Option("tiny-12", help="Preset: tiny-12, tiny-48 (CPU), 12:1, 48:1 (16×16 patches)."),
+    align_fraction: float = typer.Option(
+        0.1, min=0.0, max=1.0, help="Fraction of steps in the geometry-first CV alignment phase."
+    ),
+    set_: list[str] = typer.Option(None, "--set", help="Model config override KEY=VALUE (repeatable)."),
 ) -> None:
-    """Shared body of the `train` commands: train, evaluate, write pictures, print the summary."""
-    from pentachora.data.noise import NOISE_TYPES
-    from pentachora.data.sources import parse_data_spec
-    from pentachora.recipes import build_eval_data, train_autoencoder
-    from pentachora.training import TrainingDiverged
+    """Train GeoVAE, the SVD-free geometric VAE (geometry-first CV phase, then hand-off), and evaluate it.
 
-    try:
-        spec = parse_data_spec(data)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--data") from exc
-    if image_size % model.patch_size:
-        raise typer.BadParameter(
-            f"{image_size} is not a multiple of the patch size {model.patch_size}", param_hint="--image-size"
-        )
-    try:
-        cfg = make_train_config(
-            steps,
-            batch_size,
-            lr,
-            out,
-            seed,
-            eval_every,
-            save_every,
-            bf16,
-            grad_clip,
-            warmup,
-            weight_decay=weight_decay,
-            grad_clip_mode=grad_clip_mode,
-        )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    eval_data = build_eval_data(
-        spec, image_size, NOISE_TYPES, n_noise_per_type=noise_per_type, max_tiles_per_image=eval_tiles or None
-    )
-    console.print(f"training {label} on '{spec.spec}' for {steps} steps → {out}")
-    try:
-        run = train_autoencoder(
-            model,
-            spec,
-            cfg,
-            image_size=image_size,
-            name=label,
-            soft_hand=soft_hand,
-            eval_data=eval_data,
-            callbacks=callbacks,
-        )
-    except TrainingDiverged as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(code=2) from exc
-    result = {**run.evaluation, **describe_model(run.model)}
-    pictures = write_pictures(out, {label: run}, eval_data.tiles01)
-    console.print(summary_table(f"{label} after {run.result.steps} steps", {label: result}, NOISE_TYPES))
-    for kind, path in pictures.items():
-        console.print(f"{kind}: {path}")
-    console.print(f"run folder: {out}  (model: {out / 'final'}; metrics: {out / 'metrics.jsonl'})")
+    Example: pentachora train geovae --preset tiny-12 --data noise:raw --steps 3000 --out runs/geovae
+    """
+    import torch
+
+    from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
+    from pentachora.recipes import geovae_schedule
+
+    console = Console()
+    config = build_config(GeoVAEConfig, preset, parse_overrides(set_))
+    torch.manual_seed(train.seed)
+    model = build_model(GeoVAE, config)
+    label = f"GeoVAE[{preset}]"
+    print_model_card(console, model, label)
+    if train.steps == 0:
+        _describe_only(console, model, config)
+        return
+    train.out = train.out or Path("runs") / f"geovae-{preset.replace(':', 'to')}"
+    schedule = geovae_schedule(train.steps, align_fraction=align_fraction)
+    train_and_report(console, model, label, train, images, callbacks=(schedule,))
 
 
 # ---------------------------------------------------------------------------- eval
 
 
 @app.command("eval")
+@image_data_options(noise_per_type={"default": 32})
 def eval_cmd(
+    images: ImageDataOptions,
     run: Path = typer.Argument(
         ..., help="Run folder (uses final/ or the latest checkpoint) or checkpoint folder."
     ),
-    data: str = typer.Option("images", help=DATA_HELP),
-    image_size: int = typer.Option(64, help="Held-out tile / noise image side in pixels."),
-    noise_per_type: int = typer.Option(32, min=1, help="Evaluation images per noise type."),
     heavy_tails: str = typer.Option(
         None, help="Noise heavy tails for evaluation: clamp or raw (default: from --data)."
     ),
-    eval_tiles: int = typer.Option(0, min=0, help="Cap on evaluation tiles per held-out image (0 = all)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
 ) -> None:
     """Evaluate a trained autoencoder: held-out PSNR/SSIM, per-noise-type MSE, CV, erank, S_delta."""
     from pentachora.data.noise import NOISE_TYPES
-    from pentachora.data.sources import parse_data_spec
-    from pentachora.recipes import build_eval_data
+    from pentachora.errors import ConfigError
     from pentachora.recipes.evaluation import evaluate_autoencoder
 
+    check_output_file(json_out, "json", "--json")
+    if heavy_tails not in (None, "clamp", "raw"):
+        raise ConfigError(f"--heavy-tails must be 'clamp' or 'raw', got {heavy_tails!r}")
+    parse_data(images.data)
     console = Console()
-    model = load_model_or_exit(console, run)
-    try:
-        spec = parse_data_spec(data)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--data") from exc
-    if image_size % model.patch_size:
-        raise typer.BadParameter(
-            f"not a multiple of the patch size {model.patch_size}", param_hint="--image-size"
-        )
-    eval_data = build_eval_data(
-        spec, image_size, NOISE_TYPES, n_noise_per_type=noise_per_type, heavy_tails=heavy_tails
-    )
+    model = load_autoencoder(run)
+    images.check_patch(model.patch_size)
+    eval_data = images.eval_data(heavy_tails=heavy_tails)
+    console.print(f"evaluating {run} on {describe_eval_data(eval_data)}")
     metrics = {**evaluate_autoencoder(model, eval_data), **describe_model(model)}
     console.print(summary_table(f"evaluation of {run}", {model.model_type: metrics}, NOISE_TYPES))
     if json_out is not None:
@@ -397,118 +302,62 @@ def eval_cmd(
 def reconstruct_cmd(
     run: Path = typer.Argument(..., help="Run folder or checkpoint folder."),
     image: Path = typer.Argument(..., help="Input image (PNG/JPEG/...), any size."),
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the reconstruction (PNG)."),
+    output: Path = typer.Option(
+        ...,
+        "--output",
+        "-o",
+        help="Where to write the reconstruction (.png, .jpg, .webp, ...; not the input).",
+    ),
     mode: str = typer.Option(
         "tile",
         help="'tile': cut into training-size tiles (reflect-padded at the border), reconstruct each, stitch; "
         "'pad': reflect-pad to a patch multiple and reconstruct the whole image at once.",
     ),
     tile: int = typer.Option(
-        0, help="Tile side for --mode tile (0 = the run's training image size, else 64)."
+        None,
+        min=1,
+        max=4096,
+        help="Tile side for --mode tile, a multiple of the patch (default: the run's training image size, else 64).",
     ),
 ) -> None:
     """Reconstruct one image of any size and report its PSNR (in [0, 1] pixels)."""
-    import torch
-
+    from pentachora.autoencoders.tiling import reconstruct_image
     from pentachora.data.images import load_image_file, psnr, to_model_space, to_pixel_space
-
-    console = Console()
-    model = load_model_or_exit(console, run)
-    if not image.is_file():
-        raise typer.BadParameter(f"{image} does not exist", param_hint="IMAGE")
-    x01 = load_image_file(image)  # (3, H, W)
-    if mode not in ("tile", "pad"):
-        raise typer.BadParameter("mode must be 'tile' or 'pad'", param_hint="--mode")
-    p = model.patch_size
-    if mode == "tile" and tile <= 0:
-        tile = 64
-        data_json = Path(run) / "data.json"
-        if data_json.is_file():
-            tile = int(json.loads(data_json.read_text()).get("image_size", 64))
-    step = tile if mode == "tile" else p
-    if mode == "tile" and tile % p:
-        raise typer.BadParameter(f"tile {tile} is not a multiple of the patch size {p}", param_hint="--tile")
-    h, w = x01.shape[-2:]
-    ph, pw = (-h) % step, (-w) % step
-    padded = torch.nn.functional.pad(
-        x01[None], (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate"
-    )
-    with torch.no_grad():
-        if mode == "pad":
-            rec = model.reconstruct(to_model_space(padded))
-        else:
-            hh, ww = padded.shape[-2:]
-            tiles = padded.unfold(2, tile, tile).unfold(3, tile, tile)  # (1, 3, r, q, t, t)
-            r, q = tiles.shape[2], tiles.shape[3]
-            flat = tiles.permute(0, 2, 3, 1, 4, 5).reshape(r * q, 3, tile, tile)
-            outs = torch.cat([model.reconstruct(to_model_space(b)) for b in flat.split(32)])
-            rec = outs.reshape(1, r, q, 3, tile, tile).permute(0, 3, 1, 4, 2, 5).reshape(1, 3, hh, ww)
-    rec01 = to_pixel_space(rec)[..., :h, :w]
     from pentachora.diagnostics.plots import save_image_grid
+    from pentachora.errors import ConfigError, DataError
 
-    save_image_grid(rec01, output, nrow=1, pad=0)
-    how = f"{tile}×{tile} tiles" if mode == "tile" else "the whole image at once"
-    pad_note = f", reflect-padded by {ph}×{pw} px then cropped back" if (ph or pw) else ""
+    if mode not in ("tile", "pad"):
+        raise ConfigError(f"--mode must be 'tile' or 'pad', got {mode!r}")
+    if not image.is_file():
+        raise DataError(
+            f"input image {image} does not exist" if not image.exists() else f"{image} is not a file"
+        )
+    check_output_file(output, "image", "--output", inputs=(image,))
+    console = Console()
+    model = load_autoencoder(run)
+    try:
+        x01 = load_image_file(image)  # (3, H, W)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the image {image}: {exc}") from exc
+    fit = tile is None
+    if mode == "tile" and tile is None:
+        tile = _training_image_size(run)
+    try:
+        result = reconstruct_image(model, to_model_space(x01), mode=mode, tile=tile, fit_tile=fit)
+    except ConfigError as exc:
+        raise ConfigError(f"--tile: {exc}" if mode == "tile" and "tile" in str(exc) else str(exc)) from exc
+    rec01 = to_pixel_space(result.image)
+    save_image_grid(rec01[None], output, nrow=1, pad=0)
+    h, w = x01.shape[-2:]
     console.print(
-        f"reconstructed {image} ({w}×{h}) as {how}{pad_note}: PSNR {float(psnr(rec01[0], x01)):.2f} dB → {output}"
+        f"reconstructed {image} ({w}×{h}) {result.describe()}: PSNR {float(psnr(rec01, x01)):.2f} dB → {output}"
     )
 
 
-# ---------------------------------------------------------------------------- train geovae
-
-
-@train_app.command("geovae")
-def train_geovae(
-    preset: str = typer.Option("tiny-12", help="Preset: tiny-12, tiny-48 (CPU), 12:1, 48:1 (16×16 patches)."),
-    data: str = typer.Option("images", help=DATA_HELP),
-    steps: int = typer.Option(500, min=0, help="Optimizer steps (0 = build and describe the model only)."),
-    batch_size: int = typer.Option(16, min=1, help="Images per batch."),
-    image_size: int = typer.Option(
-        64, min=1, help="Crop / noise image side in pixels (multiple of the patch)."
-    ),
-    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, cosine schedule)."),
-    warmup: int = typer.Option(50, min=0, help="Linear warm-up steps."),
-    grad_clip: float = typer.Option(1.0, help="Fixed gradient-norm clip (0 = off)."),
-    align_fraction: float = typer.Option(
-        0.1, help="Fraction of steps in the geometry-first CV alignment phase."
-    ),
-    set_: list[str] = typer.Option(None, "--set", help="Model config override KEY=VALUE (repeatable)."),
-    out: Path = typer.Option(
-        None, "--out", "-o", help="Run folder (default runs/geovae-<preset>). Rerun to resume."
-    ),
-    seed: int = typer.Option(0, help="Seed (data, init, per-step randomness)."),
-    eval_every: int = typer.Option(
-        100, min=0, help="Evaluate on held-out data every N steps (0 = end only)."
-    ),
-    save_every: int = typer.Option(250, min=0, help="Checkpoint every N steps (0 = end only)."),
-    bf16: bool = typer.Option(False, help="bf16 autocast (geometry stays fp32/fp64)."),
-    noise_per_type: int = typer.Option(16, min=1, help="Evaluation images per noise type."),
-    eval_tiles: int = typer.Option(0, min=0, help="Cap on evaluation tiles per held-out image (0 = all)."),
-) -> None:
-    """Train GeoVAE, the SVD-free geometric VAE (geometry-first CV phase, then hand-off), and evaluate it.
-
-    Example: pentachora train geovae --preset tiny-12 --data noise:raw --steps 3000 --out runs/geovae
-    """
-    import torch
-
-    from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
-    from pentachora.recipes import geovae_schedule
-
-    console = Console()
+def _training_image_size(run: Path) -> int:
+    """The image size a run trained on (its data.json), else 64."""
+    data_json = Path(run) / "data.json"
     try:
-        config = GeoVAEConfig.preset(preset, **parse_overrides(set_))
-    except (TypeError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    torch.manual_seed(seed)
-    model = GeoVAE(config)
-    label = f"GeoVAE[{preset}]"
-    print_model_card(console, model, label)
-    if steps == 0:
-        console.print_json(json.dumps({**describe_model(model), "config": dataclasses.asdict(config)}))
-        return
-    out = out or Path("runs") / f"geovae-{preset.replace(':', 'to')}"
-    run_training(
-        console, model, label, data, steps, batch_size, image_size, lr, warmup, grad_clip, False, out,
-        seed, eval_every, save_every, bf16, noise_per_type, callbacks=(geovae_schedule(steps, align_fraction=align_fraction),),
-        eval_tiles=eval_tiles,
-    )  # fmt: skip
+        return int(json.loads(data_json.read_text()).get("image_size", 64))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 64

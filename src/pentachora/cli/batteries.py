@@ -1,4 +1,4 @@
-"""Battery commands and their recipes.
+"""Battery commands (the recipes they call live in :mod:`pentachora.recipes.batteries`).
 
 Commands (registered on the existing ``train`` group and on the root app)::
 
@@ -6,10 +6,10 @@ Commands (registered on the existing ``train`` group and on the root app)::
     pentachora train container --batteries bank.safetensors --data images --steps 500 --out runs/container
     pentachora export-linear runs/container -o runs/container/linear.safetensors
 
-Recipes (importable, no printing): :func:`train_battery_bank` (the one Trainer on a
-:class:`~pentachora.autoencoders.battery.BatteryBank`), :func:`time_batched_vs_loop` (the batched
-bank against a Python loop over the same batteries, in one process), :func:`container_phases`
-(geometry-first CV schedule) and :func:`build_container`.
+Recipes (importable, no printing, in :mod:`pentachora.recipes.batteries`): ``train_battery_bank``
+(the one Trainer on a ``BatteryBank``), ``time_batched_vs_loop`` (the batched bank against a Python
+loop over the same batteries, in one process), ``container_phases`` (geometry-first CV schedule)
+and ``build_container``. torch and the models are imported inside the command bodies.
 """
 
 from __future__ import annotations
@@ -19,22 +19,21 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from pentachora.autoencoders.battery import BatteryBank, BatteryConfig
-from pentachora.autoencoders.container import BatteryContainer
-from pentachora.cli import app
-from pentachora.cli.autoencoders import DATA_HELP, parse_overrides, print_model_card, run_training, train_app
-from pentachora.data.regimes import RegimeSource, parse_regimes
-from pentachora.recipes.batteries import (
-    build_container,
-    container_phases,
-    export_report,
-    time_batched_vs_loop,
-    train_battery_bank,
+from pentachora.cli import app, train_app
+from pentachora.cli.autoencoders import print_model_card, train_and_report
+from pentachora.cli.options import (
+    ImageDataOptions,
+    TrainOptions,
+    check_output_file,
+    check_run_folder,
+    image_data_options,
+    load_autoencoder,
+    parse_overrides,
+    train_options,
 )
 
 
@@ -56,17 +55,22 @@ def _bank_table(report: dict[str, Any]) -> Table:
 
 
 @train_app.command("batteries")
+@train_options(
+    include=("steps", "batch_size", "lr", "seed"),
+    steps={"default": 400, "min": 1, "help": "Optimizer steps (every battery steps together)."},
+    batch_size={"default": 32, "help": "Patches per battery per step."},
+    lr={"default": 3e-3, "help": "Peak learning rate (AdamW, cosine)."},
+    seed={"help": "Seed (regimes, init, batches)."},
+)
 def train_batteries(
+    train: TrainOptions,
     regimes: str = typer.Option(
         "patch-clusters:256",
         help="noise-types[:K] | tiers[:K] | patch-clusters:K, '+'-concatenated "
         "(e.g. patch-clusters:192+noise-types:64). K batteries in total.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Bank file to write (one .safetensors)."),
-    steps: int = typer.Option(400, min=1, help="Optimizer steps (every battery steps together)."),
-    batch_size: int = typer.Option(32, min=1, help="Patches per battery per step."),
-    lr: float = typer.Option(3e-3, help="Peak learning rate (AdamW, cosine)."),
-    patch_size: int = typer.Option(8, min=1, help="Patch side p (the container's patch)."),
+    patch_size: int = typer.Option(8, min=1, max=256, help="Patch side p (the container's patch)."),
     rows: int = typer.Option(8, min=5, help="Frame rows V per battery."),
     dim: int = typer.Option(8, min=4, help="Frame dimension D."),
     hidden: int = typer.Option(8, min=1, help="Hidden width of a battery's encoder/decoder."),
@@ -74,7 +78,6 @@ def train_batteries(
     cv_weight: float = typer.Option(0.3, min=0.0, help="Weight of the differentiable CV term."),
     heavy_tails: str = typer.Option("clamp", help="Noise heavy tails: clamp or raw."),
     cluster_patches: int = typer.Option(32768, min=64, help="Photo patches sampled for the k-means."),
-    seed: int = typer.Option(0, help="Seed (regimes, init, batches)."),
     run_dir: Path = typer.Option(None, help="Optional trainer run folder (metrics, checkpoints, resume)."),
     compare_loop: int = typer.Option(
         0, min=0, help="Also time N steps of a Python loop over the batteries (speed-up report)."
@@ -85,6 +88,18 @@ def train_batteries(
 
     Example: pentachora train batteries --regimes patch-clusters:192+noise-types:64 --out bank.safetensors
     """
+    import torch
+
+    from pentachora.autoencoders.battery import BatteryConfig
+    from pentachora.cli.core import set_resume_dir
+    from pentachora.data.regimes import RegimeSource, parse_regimes
+    from pentachora.errors import ConfigError
+    from pentachora.recipes.batteries import time_batched_vs_loop, train_battery_bank
+
+    check_output_file(out, "safetensors", "--out")
+    check_run_folder(run_dir, "--run-dir")
+    if heavy_tails not in ("clamp", "raw"):
+        raise ConfigError(f"--heavy-tails must be 'clamp' or 'raw', got {heavy_tails!r}")
     console = Console()
     if threads:
         torch.set_num_threads(threads)
@@ -99,10 +114,9 @@ def train_batteries(
             n_cross=n_cross,
             cv_weight=cv_weight,
         )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    if heavy_tails not in ("clamp", "raw"):
-        raise typer.BadParameter("clamp or raw", param_hint="--heavy-tails")
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--regimes {regimes!r}: {exc}") from exc
+    steps, batch_size, lr, seed = train.steps, train.batch_size, train.lr, train.seed
     console.print(
         f"{len(parsed)} batteries × {config.params_per_battery:,} parameters "
         f"(patch {patch_size}, frame {rows}×{dim}, hidden {hidden}); building regimes…"
@@ -115,6 +129,7 @@ def train_batteries(
         heavy_tails=heavy_tails,  # type: ignore[arg-type]
         cluster_patches=cluster_patches,
     )
+    set_resume_dir(run_dir)
     bank, report = train_battery_bank(
         regimes, config, steps, batch_size, lr, seed=seed, out_file=out, run_dir=run_dir, source=source
     )
@@ -139,36 +154,43 @@ def train_batteries(
 
 
 @train_app.command("container")
+@train_options(
+    exclude=("grad_clip_mode", "weight_decay", "bf16"),
+    steps={"help": "Optimizer steps (0 = build and describe only)."},
+    lr={"help": "Peak learning rate."},
+    warmup={"default": 25, "help": "Warm-up steps."},
+    grad_clip={"help": "Fixed gradient-norm clip."},
+    seed={"help": "Seed."},
+    eval_every={"help": "Evaluate every N steps."},
+    save_every={"help": "Checkpoint every N steps."},
+    out={"help": "Run folder (default runs/container)."},
+)
+@image_data_options(
+    image_size={"default": 32, "help": "Crop / noise side in pixels (multiple of the patch)."},
+    noise_per_type={"default": 8},
+    eval_tiles={"default": 16},
+)
 def train_container(
+    train: TrainOptions,
+    images: ImageDataOptions,
     batteries: Path = typer.Option(
         None, "--batteries", help="Bank file from `pentachora train batteries` (sets the slot shape)."
     ),
     implant: bool = typer.Option(True, help="Implant the batteries (--no-implant: same shape, random init)."),
     sectors: str = typer.Option("encoder,decoder,anchors", help="Sectors to implant."),
-    n_batteries: int = typer.Option(64, help="Slots K when no bank is given."),
-    data: str = typer.Option("images", help=DATA_HELP),
-    steps: int = typer.Option(500, min=0, help="Optimizer steps (0 = build and describe only)."),
-    batch_size: int = typer.Option(16, min=1, help="Images per batch."),
-    image_size: int = typer.Option(32, min=1, help="Crop / noise side in pixels (multiple of the patch)."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate."),
-    warmup: int = typer.Option(25, min=0, help="Warm-up steps."),
-    grad_clip: float = typer.Option(1.0, help="Fixed gradient-norm clip."),
+    n_batteries: int = typer.Option(64, min=1, help="Slots K when no bank is given."),
     latent_dim: int = typer.Option(15, min=1, help="Stochastic latent dims d per patch (+1 magnitude)."),
     routing: str = typer.Option("soft", help="'soft' or 'topk'."),
     top_k: int = typer.Option(8, min=1, help="Batteries per patch for --routing topk."),
     set_: list[str] = typer.Option(None, "--set", help="Container config override KEY=VALUE (repeatable)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default runs/container)."),
-    seed: int = typer.Option(0, help="Seed."),
-    eval_every: int = typer.Option(100, min=0, help="Evaluate every N steps."),
-    save_every: int = typer.Option(250, min=0, help="Checkpoint every N steps."),
-    noise_per_type: int = typer.Option(8, min=1, help="Evaluation images per noise type."),
-    eval_tiles: int = typer.Option(16, min=0, help="Cap on evaluation tiles per held-out image (0 = all)."),
 ) -> None:
     """Train the CV battery container (a GeoVAE with K implanted battery slots and adjudication).
 
     Example: pentachora train container --batteries bank.safetensors --data images --steps 500 --out runs/c
     """
-    from pentachora.io import CheckpointError
+    from pentachora.autoencoders.battery import BatteryBank
+    from pentachora.errors import CheckpointError, ConfigError
+    from pentachora.recipes.batteries import build_container, container_phases
 
     console = Console()
     bank = None
@@ -176,47 +198,29 @@ def train_container(
         try:
             bank = BatteryBank.load(batteries)
         except CheckpointError as exc:
-            console.print(f"[red]cannot use {batteries}: {exc}[/red]")
-            raise typer.Exit(code=2) from exc
+            raise CheckpointError(f"cannot use {batteries}: {exc}") from exc
     elif implant:
-        raise typer.BadParameter(
-            "implanting needs --batteries (or pass --no-implant)", param_hint="--batteries"
-        )
+        raise ConfigError("implanting needs --batteries BANK.safetensors (or pass --no-implant)")
     overrides = parse_overrides(set_)
     overrides.update(latent_dim=latent_dim, routing=routing, top_k=top_k)
     if bank is None:
         overrides.setdefault("n_batteries", n_batteries)
     try:
         model = build_container(
-            bank, implant=implant, seed=seed, sectors=tuple(s for s in sectors.split(",") if s), **overrides
+            bank,
+            implant=implant,
+            seed=train.seed,
+            sectors=tuple(s for s in sectors.split(",") if s),
+            **overrides,
         )
     except (TypeError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise ConfigError(f"container config: {exc}") from exc
     label = f"BatteryContainer[K={model.config.n_batteries}, {'implanted' if implant else 'random init'}]"
     print_model_card(console, model, label)
-    if steps == 0:
+    if train.steps == 0:
         return
-    run_training(
-        console,
-        model,
-        label,
-        data,
-        steps,
-        batch_size,
-        image_size,
-        lr,
-        warmup,
-        grad_clip,
-        False,
-        out or Path("runs") / "container",
-        seed,
-        eval_every,
-        save_every,
-        False,
-        noise_per_type,
-        callbacks=(container_phases(steps),),
-        eval_tiles=eval_tiles,
-    )
+    train.out = train.out or Path("runs") / "container"
+    train_and_report(console, model, label, train, images, callbacks=(container_phases(train.steps),))
 
 
 @app.command("export-linear")
@@ -228,23 +232,19 @@ def export_linear(
     json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
 ) -> None:
     """Fold a trained container into linear maps; report linear-FLOP share and max |Δ| vs the model."""
+    from pentachora.autoencoders.container import BatteryContainer
     from pentachora.data.images import heldout_tiles, load_sample_photos, to_model_space
-    from pentachora.io import CheckpointError
-    from pentachora.recipes import load_run_model
+    from pentachora.errors import ConfigError
+    from pentachora.recipes.batteries import export_report
 
+    check_output_file(output, "safetensors", "--output")
+    check_output_file(json_out, "json", "--json")
     console = Console()
-    try:
-        model = load_run_model(run)
-    except CheckpointError as exc:
-        console.print(f"[red]cannot load {run}: {exc}[/red]")
-        raise typer.Exit(code=2) from exc
+    model = load_autoencoder(run)
     if not isinstance(model, BatteryContainer):
-        console.print(f"[red]{run} holds a {model.model_type!r}, not a battery container[/red]")
-        raise typer.Exit(code=2)
+        raise ConfigError(f"{run} holds a {model.model_type!r}, not a battery container")
     if image_size % model.patch_size:
-        raise typer.BadParameter(
-            f"not a multiple of the patch size {model.patch_size}", param_hint="--image-size"
-        )
+        raise ConfigError(f"--image-size {image_size} is not a multiple of the patch size {model.patch_size}")
     x = to_model_space(heldout_tiles(load_sample_photos("heldout"), image_size, max_per_image=tiles))
     rep = export_report(model, x)
     table = Table(title=f"linear export of {run}")

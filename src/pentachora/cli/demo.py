@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from pentachora.cli import app
+from pentachora.cli.options import MAX_SEED
 
 
 def _svae(steps: int):
@@ -56,9 +57,11 @@ def demo(
     ),
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder (one sub-folder per model)."),
     batch_size: int = typer.Option(16, min=1, help="Images per batch."),
-    image_size: int = typer.Option(64, help="Training crop and evaluation tile side in pixels."),
+    image_size: int = typer.Option(
+        64, min=8, max=4096, help="Training crop and evaluation tile side in pixels."
+    ),
     lr: float = typer.Option(2e-3, help="Peak learning rate."),
-    seed: int = typer.Option(0, help="Seed (same data and budget for every model)."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed (same data and budget for every model)."),
     fresh: bool = typer.Option(
         True, help="Start fresh (delete earlier demo sub-folders) instead of resuming."
     ),
@@ -75,9 +78,11 @@ def demo(
 
     import torch
 
-    from pentachora.cli.autoencoders import describe_model, make_train_config, summary_table, write_pictures
+    from pentachora.cli.autoencoders import describe_model, summary_table, write_pictures
+    from pentachora.cli.core import set_resume_dir
+    from pentachora.cli.options import TrainOptions, parse_data
     from pentachora.data.noise import NOISE_TYPES
-    from pentachora.data.sources import parse_data_spec
+    from pentachora.errors import ConfigError
     from pentachora.recipes import build_eval_data, train_autoencoder
     from pentachora.recipes.evaluation import evaluate_autoencoder
 
@@ -85,11 +90,9 @@ def demo(
     names = [m.strip() for m in models.split(",") if m.strip()]
     unknown = [m for m in names if m not in DEMO_MODELS]
     if unknown or not names:
-        raise typer.BadParameter(
-            f"unknown model(s) {unknown}; choose from {list(DEMO_MODELS)}", param_hint="--models"
-        )
+        raise ConfigError(f"--models: unknown model(s) {unknown}; choose from {list(DEMO_MODELS)}")
     t_start = time.perf_counter()
-    spec = parse_data_spec("images")
+    spec = parse_data("images")
     eval_data = build_eval_data(
         spec, image_size, NOISE_TYPES, n_noise_per_type=noise_per_type, max_tiles_per_image=eval_tiles or None
     )
@@ -107,19 +110,19 @@ def demo(
         torch.manual_seed(seed)
         model, callbacks = build(steps)
         before = evaluate_autoencoder(model, eval_data.subset(max_tiles=24, n_noise=4))
-        cfg = make_train_config(
-            steps,
-            batch_size,
-            lr,
-            run_dir,
-            seed,
+        cfg = TrainOptions(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            warmup=min(50, steps // 10),
+            grad_clip=1.0,
+            seed=seed,
             eval_every=max(steps // 4, 1),
             save_every=steps,
-            bf16=False,
-            grad_clip=1.0,
-            warmup=min(50, steps // 10),
-        )
+            out=run_dir,
+        ).train_config()
         console.print(f"→ {label}: {model.num_parameters():,} parameters")
+        set_resume_dir(run_dir)
         run = train_autoencoder(
             model, spec, cfg, image_size=image_size, name=label, eval_data=eval_data, callbacks=callbacks
         )

@@ -17,8 +17,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pentachora.cli import app
-from pentachora.cli.autoencoders import make_train_config, parse_overrides, train_app
+from pentachora.cli import app, train_app
+from pentachora.cli.options import (
+    TrainOptions,
+    check_output_file,
+    check_run_folder,
+    parse_overrides,
+    train_options,
+)
 
 TEXT_DATA_HELP = (
     "Text corpus: 'wiki' (embedded English Wikipedia excerpt from gensim's test data, CC BY-SA), "
@@ -76,44 +82,44 @@ def _model_card(model) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- train memory
 @train_app.command("memory")
+@train_options(
+    exclude=("grad_clip_mode", "weight_decay"),
+    batch_size={"default": 32, "min": 2, "help": "Documents per batch (InfoNCE negatives)."},
+    lr={"default": 2e-3},
+    warmup={"default": 30},
+    seed={"help": "Seed (data order, init, per-step randomness)."},
+    eval_every={"default": 50, "help": "Evaluate every N steps (0 = end only)."},
+    save_every={"default": 200},
+    bf16={"help": "bf16 autocast (fp32 is the default; the seed's bigG needed fp32)."},
+    out={"help": "Run folder (default runs/memory-<preset>). Rerun to resume."},
+)
 def train_memory_cmd(
+    train: TrainOptions,
     preset: str = typer.Option(
         "minilm-tiny",
         help="minilm-tiny (CPU: d=192), minilm (d=384), clip-l (SD 1.5), sdxl-bigg (SDXL; penultimate layer).",
     ),
     data: str = typer.Option("wiki", help=TEXT_DATA_HELP),
-    steps: int = typer.Option(500, min=0, help="Optimizer steps (0 = build and describe the model only)."),
-    batch_size: int = typer.Option(32, min=2, help="Documents per batch (InfoNCE negatives)."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, cosine schedule)."),
-    warmup: int = typer.Option(30, min=0, help="Linear warm-up steps."),
-    grad_clip: float = typer.Option(1.0, help="Fixed gradient-norm clip (0 = off)."),
     mode: str = typer.Option(
         "joint",
         help="joint (all losses from step 1), two-phase (pooled-only → reconstructor only → all with "
         "bank LR × --bank-lr-scale), pooled (bank + pooled output only).",
     ),
-    bank_lr_scale: float = typer.Option(0.1, help="Bank-side LR multiplier in two-phase's last stage."),
+    bank_lr_scale: float = typer.Option(
+        0.1, min=0.0, help="Bank-side LR multiplier in two-phase's last stage."
+    ),
     init_from: Path = typer.Option(
         None,
         help="Start from this trained memory model (run or checkpoint folder); two-phase then skips "
         "its pooled-only stage.",
     ),
     set_: list[str] = typer.Option(None, "--set", help="MemoryConfig override KEY=VALUE (repeatable)."),
-    out: Path = typer.Option(
-        None, "--out", "-o", help="Run folder (default runs/memory-<preset>). Rerun to resume."
-    ),
     cache_dir: Path = typer.Option(
         None, help="Feature-cache root (default $PENTACHORA_CACHE or ~/.cache/pentachora/memory-features)."
     ),
     max_train_docs: int = typer.Option(0, min=0, help="Use only the first N training documents (0 = all)."),
     max_heldout_docs: int = typer.Option(0, min=0, help="Use only the first N held-out documents (0 = all)."),
     eval_docs: int = typer.Option(128, min=2, help="Held-out documents in the periodic evaluations."),
-    seed: int = typer.Option(0, help="Seed (data order, init, per-step randomness)."),
-    eval_every: int = typer.Option(50, min=0, help="Evaluate every N steps (0 = end only)."),
-    save_every: int = typer.Option(200, min=0, help="Checkpoint every N steps (0 = end only)."),
-    bf16: bool = typer.Option(
-        False, help="bf16 autocast (fp32 is the default; the seed's bigG needed fp32)."
-    ),
     online: bool = typer.Option(False, help="Allow downloading encoder/teacher weights from the Hub."),
     threads: int = typer.Option(
         0, min=0, help="torch CPU threads (0 = torch's default; 1 is fastest on a busy 2-core machine)."
@@ -125,7 +131,9 @@ def train_memory_cmd(
     """
     import torch
 
-    from pentachora.io import CheckpointError
+    from pentachora.cli.core import set_resume_dir
+    from pentachora.cli.options import build_config, build_model
+    from pentachora.errors import CheckpointError, ConfigError, PentachoraError
     from pentachora.memory.model import GeometricMemory, MemoryConfig
     from pentachora.recipes.memory import (
         MODES,
@@ -140,23 +148,29 @@ def train_memory_cmd(
     if threads:
         torch.set_num_threads(threads)
     if mode not in MODES:
-        raise typer.BadParameter(f"must be one of {MODES}", param_hint="--mode")
+        raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
     overrides = parse_overrides(set_)
     init_model = None
-    try:
-        if init_from is not None:
-            init_model = load_memory_model(init_from)
+    if init_from is not None:
+        init_model = load_memory_model(init_from)
+        try:
             base = dataclasses.replace(init_model.config, **overrides)
-        else:
-            base = MemoryConfig.preset(preset, **overrides)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"MemoryConfig: {exc}") from exc
+    else:
+        base = build_config(MemoryConfig, preset, overrides)
+    try:
         config, student, teacher = resolve_config(base, local_files_only=not online)
-    except (TypeError, ValueError, CheckpointError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    except PentachoraError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"MemoryConfig: {exc}") from exc
     except OSError as exc:
-        console.print(f"[red]cannot load the frozen encoder/teacher offline: {exc}[/red]")
-        raise typer.Exit(code=2) from exc
-    torch.manual_seed(seed)
-    model = GeometricMemory(config)
+        raise CheckpointError(
+            f"cannot load the frozen encoder/teacher offline: {exc} (pass --online to allow downloads)"
+        ) from exc
+    torch.manual_seed(train.seed)
+    model = build_model(GeometricMemory, config)
     if init_model is not None:
         model.load_state_dict_checked(init_model.state_dict(), source=str(init_from))
     card = _model_card(model)
@@ -165,10 +179,12 @@ def train_memory_cmd(
         f"{config.encoder} (W={config.window}, layers {list(config.extraction_layers)}) → {card['memory']} → "
         f"{card['output']}; teacher {config.teacher} ({config.teacher_max_length} tokens)"
     )
-    if steps == 0:
+    if train.steps == 0:
         console.print_json(json.dumps({**card, "config": dataclasses.asdict(config)}))
         return
-    out = out or Path("runs") / f"memory-{preset}"
+    out = train.out or Path("runs") / f"memory-{preset}"
+    check_run_folder(out)
+    cfg = train.train_config(out=out)
     mdata = prepare_memory_data(
         config,
         data,
@@ -182,7 +198,8 @@ def train_memory_cmd(
         f"data: {mdata.corpus.description} — training on {mdata.train.n_docs} documents, evaluating on "
         f"{mdata.heldout.n_docs} held-out ones ({mdata.corpus.licence.split(' — ')[0]})"
     )
-    cfg = make_train_config(steps, batch_size, lr, out, seed, eval_every, save_every, bf16, grad_clip, warmup)
+    fit_kwargs = train.fit_kwargs(train_memory)
+    set_resume_dir(out)
     try:
         run = train_memory(
             model,
@@ -192,10 +209,10 @@ def train_memory_cmd(
             bank_lr_scale=bank_lr_scale,
             pretrained_bank=init_model is not None,
             periodic_eval_docs=eval_docs,
+            **fit_kwargs,
         )
     except TrainingDiverged as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(code=2) from exc
+        raise ConfigError(f"{exc} (lower --lr or raise --warmup)") from exc
     from pentachora.diagnostics.plots import save_training_curves
 
     curves = None
@@ -223,6 +240,29 @@ def train_memory_cmd(
     console.print(f"run folder: {out}  (model: {out / 'final'}; metrics: {out / 'metrics.jsonl'})")
 
 
+def read_text_file(path: Path) -> list[str]:
+    """The documents of a ``--file``: missing, empty, binary or non-UTF-8 files are a ``DataError``."""
+    from pentachora.cli.options import check_input_file
+    from pentachora.data.text import load_text_file
+    from pentachora.errors import DataError
+
+    check_input_file(path, "--file")
+    head = path.read_bytes()[:8192]
+    if b"\x00" in head:
+        raise DataError(f"--file {path} looks binary (it holds NUL bytes); give a UTF-8 text file")
+    try:
+        docs = load_text_file(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"--file {path} is not UTF-8 text (byte {exc.start}); give a UTF-8 text file"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise DataError(f"--file {path}: {exc}") from exc
+    if not docs:
+        raise DataError(f"--file {path} holds no text")
+    return docs
+
+
 # ---------------------------------------------------------------------------- encode
 @app.command("encode")
 def encode_cmd(
@@ -231,7 +271,9 @@ def encode_cmd(
         ..., "--model", "-m", help="Trained memory model (run or checkpoint folder)."
     ),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the tensors (.safetensors)."),
-    file: Path = typer.Option(None, "--file", "-f", help="Read texts from a file (blank-line separated)."),
+    file: Path = typer.Option(
+        None, "--file", "-f", help="Read texts from a UTF-8 text file (documents separated by blank lines)."
+    ),
     overflow: str = typer.Option("truncate", help="Over max_tokens: 'truncate' (warn) or 'error'."),
     online: bool = typer.Option(False, help="Allow downloading the frozen encoder from the Hub."),
 ) -> None:
@@ -239,30 +281,34 @@ def encode_cmd(
 
     Example: pentachora encode "a long prompt ..." --model runs/memory -o prompt.safetensors
     """
-    from pentachora.data.text import load_text_file
-    from pentachora.io import CheckpointError, atomic_save_tensors
+    from pentachora.errors import CheckpointError, ConfigError, DataError, PentachoraError
+    from pentachora.io import atomic_save_tensors
     from pentachora.recipes.memory import load_memory_model
 
+    if overflow not in ("truncate", "error"):
+        raise ConfigError(f"--overflow must be 'truncate' or 'error', got {overflow!r}")
+    check_output_file(output, "safetensors", "--output")
     console = Console()
     items = list(texts or [])
     if file is not None:
-        items += load_text_file(file)
+        items += read_text_file(file)
     if not items:
-        raise typer.BadParameter("give at least one text (argument or --file)")
+        raise DataError("give at least one text (argument or --file)")
+    model = load_memory_model(model_dir)
     try:
-        model = load_memory_model(model_dir)
         model.load_encoder(local_files_only=not online)
-    except CheckpointError as exc:
-        console.print(f"[red]cannot load {model_dir}: {exc}[/red]")
-        raise typer.Exit(code=2) from exc
+    except PentachoraError:
+        raise
     except OSError as exc:
-        console.print(f"[red]cannot load the frozen encoder {model.config.encoder!r} offline: {exc}[/red]")
-        raise typer.Exit(code=2) from exc
+        raise CheckpointError(
+            f"cannot load the frozen encoder {model.config.encoder!r} offline: {exc} (pass --online to allow downloads)"
+        ) from exc
     try:
         enc = model.encode(items, on_overflow=overflow)
+    except PentachoraError:
+        raise
     except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(code=2) from exc
+        raise DataError(str(exc)) from exc
     atomic_save_tensors(
         output,
         {
@@ -299,7 +345,7 @@ def eval_memory_cmd(
     online: bool = typer.Option(False, help="Allow downloading encoder/teacher weights."),
 ) -> None:
     """Evaluate a trained memory model on held-out documents (m_acc, s_cos, pooled cosine, CV, tail R@1)."""
-    from pentachora.io import CheckpointError
+    from pentachora.errors import CheckpointError, PentachoraError
     from pentachora.recipes.memory import (
         baseline_outputs,
         evaluate_memory,
@@ -311,13 +357,17 @@ def eval_memory_cmd(
         same_space,
     )
 
+    check_output_file(json_out, "json", "--json")
     console = Console()
+    model = load_memory_model(run)
     try:
-        model = load_memory_model(run)
         encoders = load_encoders(model.config, local_files_only=not online)
-    except CheckpointError as exc:
-        console.print(f"[red]cannot load {run}: {exc}[/red]")
-        raise typer.Exit(code=2) from exc
+    except PentachoraError:
+        raise
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot load the frozen encoder/teacher offline: {exc} (pass --online to allow downloads)"
+        ) from exc
     mdata = prepare_memory_data(
         model.config,
         data,

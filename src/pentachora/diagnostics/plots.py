@@ -24,13 +24,25 @@ def _plt():
     return plt
 
 
-def save_image_grid(images01: torch.Tensor, path: str | os.PathLike, nrow: int = 8, pad: int = 2) -> Path:
-    """Save ``(N, 3, H, W)`` images in [0, 1] as one PNG grid (white padding)."""
+def save_image_grid(
+    images01: torch.Tensor, path: str | os.PathLike, nrow: int | None = 8, pad: int = 2
+) -> Path:
+    """Save ``(N, C, H, W)`` images in [0, 1] as one PNG grid (white padding).
+
+    Args:
+        images01: images in pixel space (C = 3 or 1; values are clamped to [0, 1]).
+        path: output image file (parent folders are created; the extension picks the format).
+        nrow: images per row (None: ⌈√N⌉, a square-ish grid).
+        pad: padding in pixels between images (0 with one image writes that image as it is).
+
+    Returns:
+        The path written.
+    """
     from PIL import Image
 
     x = images01.detach().float().clamp(0, 1).cpu()
     n, c, h, w = x.shape
-    ncol = min(nrow, n)
+    ncol = min(nrow or max(1, math.ceil(math.sqrt(n))), n)
     nrows = math.ceil(n / ncol)
     canvas = torch.ones(c, nrows * (h + pad) + pad, ncol * (w + pad) + pad)
     for i in range(n):
@@ -39,6 +51,8 @@ def save_image_grid(images01: torch.Tensor, path: str | os.PathLike, nrow: int =
             :, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w
         ] = x[i]
     arr = (canvas.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    if c == 1:
+        arr = arr[..., 0]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)

@@ -1,0 +1,471 @@
+"""The CLI's one error path, its refusals before compute, and its shared option declarations."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from PIL import Image
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from pentachora.cli import app
+from pentachora.cli.core import BUG_HINT, PentachoraTyper, set_resume_dir
+from pentachora.cli.options import (
+    IMAGE_DATA_OPTIONS,
+    MAX_SEED,
+    TRAIN_OPTIONS,
+    TrainOptions,
+    check_output_file,
+    parse_overrides,
+)
+from pentachora.errors import ConfigError, DataError
+
+runner = CliRunner()
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def error_line(result) -> str:
+    """The single ``error: ...`` line of a refused command (fails if there is not exactly one)."""
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------------- import cost
+def _python(*code: str, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, *code, *args], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["train", "--help"], ["train", "svae", "--help"], ["eval", "--help"]]
+)
+def test_help_does_not_import_torch_or_a_model(argv):
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['pentachora', *{argv!r}]\n"
+        "try:\n"
+        "    runpy.run_module('pentachora', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'transformers')\n"
+        "               or m.startswith(('pentachora.autoencoders', 'pentachora.memory', 'pentachora.training')))\n"
+        "print('HEAVY', heavy, 'EXIT', code)\n"
+    )
+    proc = _python("-c", probe)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last == "HEAVY [] EXIT 0", proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_console_entry_point_user_error_is_one_line_and_exit_2(tmp_path):
+    proc = _python("-m", "pentachora", args=("eval", str(tmp_path / "no-such-run")))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot load"), proc.stderr
+    bad_flag = _python("-m", "pentachora", args=("eval", str(tmp_path), "--no-such-flag"))
+    assert bad_flag.returncode == 2 and "No such option" in bad_flag.stderr
+
+
+# ----------------------------------------------------------------------------------- error path
+def _toy_app() -> typer.Typer:
+    toy = PentachoraTyper(name="toy")
+    plain = typer.Typer()  # a sub-app made without PentachoraTyper still gets the group's handling
+    toy.add_typer(plain, name="plain")
+
+    @toy.command()
+    def user(kind: str = "config") -> None:
+        if kind == "config":
+            raise ConfigError("--lr must be a positive number [got -1]\nsecond line")
+        raise typer.BadParameter("needs a multiple of 8", param_hint="--size")
+
+    @toy.command()
+    def bug() -> None:
+        raise RuntimeError("boom")
+
+    @toy.command()
+    def interrupt(out: str = "") -> None:
+        set_resume_dir(out or None)
+        raise KeyboardInterrupt
+
+    @toy.command()
+    def exits() -> None:
+        raise typer.Exit(code=3)
+
+    @plain.command("data")
+    def plain_data() -> None:
+        raise DataError("folder x holds no image")
+
+    return toy
+
+
+def test_user_errors_are_one_red_line_and_exit_2():
+    toy = _toy_app()
+    result = runner.invoke(toy, ["user"])
+    assert result.exit_code == 2
+    assert error_line(result) == "error: --lr must be a positive number [got -1] second line"
+    result = runner.invoke(toy, ["user", "--kind", "bad"])
+    assert result.exit_code == 2 and "needs a multiple of 8" in error_line(result)
+    assert "--size" in error_line(result)
+    result = runner.invoke(toy, ["plain", "data"])
+    assert result.exit_code == 2 and error_line(result) == "error: folder x holds no image"
+
+
+def test_bugs_show_the_traceback_and_ask_for_a_report():
+    result = runner.invoke(_toy_app(), ["bug"])
+    assert result.exit_code == 1
+    assert "Traceback" in result.output and "RuntimeError: boom" in result.output
+    assert result.output.strip().splitlines()[-1] == BUG_HINT
+
+
+def test_interrupt_says_where_to_resume_and_exits_130(tmp_path):
+    result = runner.invoke(_toy_app(), ["interrupt", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 130
+    assert result.output.strip() == f"interrupted — rerun the same command to resume from {tmp_path / 'run'}"
+    result = runner.invoke(_toy_app(), ["interrupt"])
+    assert result.exit_code == 130 and result.output.strip() == "interrupted"
+
+
+def test_exit_codes_and_usage_errors_pass_through():
+    toy = _toy_app()
+    assert runner.invoke(toy, ["exits"]).exit_code == 3
+    result = runner.invoke(toy, ["user", "--nope"])
+    assert result.exit_code == 2 and "No such option" in result.output and "error: " not in result.output
+    assert runner.invoke(toy, ["--help"]).exit_code == 0
+
+
+def test_interrupted_training_prints_the_run_folder(tmp_path, monkeypatch):
+    import pentachora.recipes
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pentachora.recipes, "train_autoencoder", interrupted)
+    out = tmp_path / "run"
+    result = run("train", "svae", "--steps", "2", "--batch-size", "2", "--image-size", "16",
+                 "--noise-per-type", "1", "--data", "noise", "--out", str(out))  # fmt: skip
+    assert result.exit_code == 130, result.output
+    assert (
+        result.output.strip().splitlines()[-1] == f"interrupted — rerun the same command to resume from {out}"
+    )
+
+
+def test_unexpected_failure_in_a_command_is_reported_as_a_bug(tmp_path, monkeypatch):
+    import pentachora.recipes
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setattr(pentachora.recipes, "train_autoencoder", broken)
+    result = run("train", "svae", "--steps", "1", "--batch-size", "2", "--image-size", "16",
+                 "--noise-per-type", "1", "--data", "noise", "--out", str(tmp_path / "r"))  # fmt: skip
+    assert result.exit_code == 1 and "ZeroDivisionError: oops" in result.output and BUG_HINT in result.output
+
+
+# ----------------------------------------------------------------------------------- bad flags
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["--set", "V=32.5"], "V must be an integer"),
+        (["--set", "V=true"], "V must be an integer"),
+        (["--set", "cv_weight=abc"], "cv_weight must be a number"),
+        (["--set", "dropout=2"], "dropout"),
+        (["--set", "nope=1"], "nope"),
+        (["--set", "novalue"], "KEY=VALUE"),
+        (["--set", "cv_weight=NaN"], "finite"),
+        (["--preset", "huge"], "huge"),
+    ],
+)
+def test_bad_model_settings_are_one_line_errors(args, expect):
+    result = run("train", "svae", "--steps", "0", *args)
+    assert result.exit_code == 2, result.output
+    assert expect in error_line(result)
+
+
+def test_an_int_given_for_a_float_field_is_accepted():
+    assert parse_overrides(["cv_weight=1", "V=64", "readout=linear"]) == {
+        "cv_weight": 1,
+        "V": 64,
+        "readout": "linear",
+    }
+    result = run("train", "svae", "--steps", "0", "--set", "cv_weight=1")
+    assert result.exit_code == 0, result.output
+    assert '"cv_weight": 1.0' in result.output
+
+
+@pytest.mark.parametrize("seed", [str(2**63), "-1", "99999999999999999999999"])
+def test_seeds_are_bounded_to_int64(seed):
+    for command in (["train", "svae", "--steps", "0"], ["train", "geovae", "--steps", "0"], ["sample", "x"]):
+        result = run(*command, "--seed", seed)
+        assert result.exit_code == 2 and "--seed" in result.output, result.output
+    assert run("train", "svae", "--steps", "0", "--seed", str(MAX_SEED)).exit_code == 0
+
+
+def test_nonfinite_and_out_of_range_training_settings(tmp_path):
+    for args in (["--grad-clip", "-1"], ["--grad-clip", "nan"], ["--batch-size", "0"], ["--warmup", "-3"]):
+        result = run("train", "svae", "--steps", "1", *args, "--out", str(tmp_path / "r"))
+        assert result.exit_code == 2, result.output
+    for args, expect in (
+        (["--lr", "nan"], "lr"),
+        (["--lr", "inf"], "lr"),
+        (["--lr", "-1"], "lr"),
+    ):
+        result = run("train", "svae", "--steps", "1", *args, "--data", "noise", "--out", str(tmp_path / "r"))
+        assert result.exit_code == 2 and expect in error_line(result), result.output
+    assert not (tmp_path / "r").exists()  # refused before the run folder was made
+
+
+# ----------------------------------------------------------------------------------- output paths
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    img = (torch.rand(3, 24, 40, generator=torch.Generator().manual_seed(0)) * 255).byte()
+    path = tmp_path / "photo.png"
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+def test_check_output_file_refusals(tmp_path, photo):
+    assert check_output_file(tmp_path / "new" / "deeper" / "out.png", "image") is not None
+    cases = {
+        tmp_path: "is a directory",
+        tmp_path / "out": "has no extension",
+        tmp_path / "out.xyz": "unknown image extension",
+        photo: "is the input file",
+        photo.parent / "." / photo.name: "is the input file",
+        photo / "out.png": "is not a directory",
+    }
+    for path, expect in cases.items():
+        with pytest.raises(ConfigError, match=expect):
+            check_output_file(path, "image", inputs=(photo,))
+    with pytest.raises(ConfigError, match=r"must end in \.safetensors"):
+        check_output_file(tmp_path / "x.pt", "safetensors")
+    with pytest.raises(ConfigError, match="cannot create files"):
+        check_output_file(Path("/proc/pentachora-out.png"), "image")
+
+
+def test_read_only_outputs_are_refused(tmp_path, monkeypatch):
+    target = tmp_path / "ro.png"
+    target.write_bytes(b"")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == target else real_access(p, mode))
+    with pytest.raises(ConfigError, match="read-only"):
+        check_output_file(target, "image")
+    if os.geteuid() != 0:  # root writes into read-only folders, so only a normal user can test this one
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o500)
+        try:
+            with pytest.raises(ConfigError, match="cannot create files"):
+                check_output_file(folder / "x.png", "image")
+        finally:
+            folder.chmod(0o700)
+
+
+@pytest.mark.parametrize(
+    ("output", "expect"),
+    [("{dir}", "is a directory"), ("{dir}/out", "no extension"), ("{dir}/out.abc", "unknown image extension"),
+     ("{photo}", "is the input file"), ("/proc/x.png", "cannot create files")],
+)  # fmt: skip
+def test_reconstruct_refuses_bad_outputs_before_loading_anything(tmp_path, photo, output, expect):
+    target = output.format(dir=tmp_path, photo=photo)
+    before = photo.read_bytes()
+    result = run("reconstruct", str(tmp_path / "no-such-run"), str(photo), "-o", target)
+    assert result.exit_code == 2 and expect in error_line(result), result.output
+    assert photo.read_bytes() == before
+
+
+def test_sample_encode_eval_refuse_bad_outputs_first(tmp_path):
+    missing = str(tmp_path / "no-such-run")
+    result = run("sample", missing, "-o", str(tmp_path))
+    assert result.exit_code == 2 and "is a directory" in error_line(result)
+    result = run("sample", missing, "-o", str(tmp_path / "grid.gif2"))
+    assert result.exit_code == 2 and "unknown image extension" in error_line(result)
+    result = run("encode", "hello", "--model", missing, "-o", str(tmp_path / "x.txt"))
+    assert result.exit_code == 2 and ".safetensors" in error_line(result)
+    result = run("eval", missing, "--json", str(tmp_path))
+    assert result.exit_code == 2 and "is a directory" in error_line(result)
+    result = run("eval-memory", missing, "--json", str(tmp_path / "m.txt"))
+    assert result.exit_code == 2 and ".json" in error_line(result)
+
+
+# ----------------------------------------------------------------------------------- encode --file
+def test_encode_file_errors(tmp_path):
+    missing_model = str(tmp_path / "no-such-run")
+    out = str(tmp_path / "p.safetensors")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.txt").write_text("\n\n   \n")
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    cases = {
+        "missing.txt": "does not exist",
+        "empty.txt": "is empty",
+        "blank.txt": "no",
+        "binary.txt": "looks binary",
+        "latin1.txt": "not UTF-8",
+    }
+    for name, expect in cases.items():
+        result = run("encode", "--file", str(tmp_path / name), "--model", missing_model, "-o", out)
+        assert result.exit_code == 2, (name, result.output)
+        assert expect in error_line(result), (name, result.output)
+    result = run("encode", "--file", str(tmp_path), "--model", missing_model, "-o", out)
+    assert result.exit_code == 2 and "is a directory" in error_line(result)
+    result = run("encode", "--model", missing_model, "-o", out)
+    assert result.exit_code == 2 and "at least one text" in error_line(result)
+
+
+# ----------------------------------------------------------------------------------- runs of another family
+@pytest.fixture
+def memory_run(tmp_path) -> Path:
+    run_dir = tmp_path / "memory-run"
+    (run_dir / "final").mkdir(parents=True)
+    (run_dir / "final" / "config.json").write_text(
+        json.dumps({"model_type": "geometric_memory", "config": {}})
+    )
+    (run_dir / "final" / "model.safetensors").write_bytes(b"")
+    return run_dir
+
+
+def test_autoencoder_commands_name_a_memory_run(memory_run, photo, tmp_path):
+    for args in (
+        ["eval", str(memory_run)],
+        ["reconstruct", str(memory_run), str(photo), "-o", str(tmp_path / "r.png")],
+        ["sample", str(memory_run), "-o", str(tmp_path / "s.png")],
+        ["export-linear", str(memory_run)],
+    ):
+        result = run(*args)
+        assert result.exit_code == 2, result.output
+        line = error_line(result)
+        assert "geometric_memory" in line and "eval-memory" in line, line
+    (memory_run / "final" / "config.json").write_text(json.dumps({"model_type": "conduit_hub", "config": {}}))
+    line = error_line(run("eval", str(memory_run)))
+    assert "'conduit_hub'" in line and "not an image autoencoder" in line and "patch_svae" in line
+
+
+# ----------------------------------------------------------------------------------- one declaration
+def _train_commands() -> dict[str, typing.Any]:
+    group = get_command(app)
+    train = group.commands["train"]
+    return {name: train.commands[name] for name in ("svae", "geovae", "batteries", "container", "memory")}
+
+
+def test_training_options_are_declared_once_and_map_onto_train_config():
+    from pentachora.training import GRAD_CLIP_MODES, TrainConfig
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    for name, spec in TRAIN_OPTIONS.items():
+        assert spec.help.strip(), name
+        if spec.field is None:  # --fresh is an argument of the recipe, not a TrainConfig field
+            continue
+        assert spec.field in fields, name
+        if name not in ("bf16", "out", "grad_clip_mode"):
+            assert spec.type in (*typing.get_args(hints[spec.field]), hints[spec.field]), name
+    assert typing.get_args(TRAIN_OPTIONS["grad_clip_mode"].type) == GRAD_CLIP_MODES
+    assert TRAIN_OPTIONS["weight_decay"].default == TrainConfig().weight_decay
+    assert {f.name for f in dataclasses.fields(TrainOptions)} == set(TRAIN_OPTIONS)
+    # the defaults of `train svae` give the TrainConfig the old 17-parameter helper built
+    svae = TrainOptions(**{n: s.default for n, s in TRAIN_OPTIONS.items()}).train_config(out="runs/x")
+    assert svae == TrainConfig(
+        steps=500, batch_size=16, lr=1e-3, weight_decay=0.01, warmup_steps=50, grad_clip=1.0,
+        grad_clip_mode="fixed", mixed_precision="no", seed=0, eval_every=100, save_every=250, log_every=12,
+        out_dir="runs/x", progress=True,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="steps"):
+        TrainOptions(steps=0).train_config()
+
+
+def test_fresh_is_passed_only_to_recipes_that_take_it():
+    def takes(model, fresh: bool = False): ...
+
+    def lacks(model): ...
+
+    assert TrainOptions().fit_kwargs(lacks) == {}
+    assert TrainOptions(fresh=True).fit_kwargs(takes) == {"fresh": True}
+    with pytest.raises(ConfigError, match="--fresh"):
+        TrainOptions(fresh=True).fit_kwargs(lacks)
+
+
+def test_a_run_folder_that_is_a_file_is_refused_before_training(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    result = run("train", "svae", "--steps", "1", "--data", "noise", "--out", str(tmp_path / "taken"))
+    assert result.exit_code == 2 and "is a file, not a run folder" in error_line(result)
+    result = run(
+        "train", "geovae", "--steps", "1", "--data", "noise", "--out", str(tmp_path / "taken" / "sub")
+    )
+    assert result.exit_code == 2 and "is not a directory" in error_line(result)
+
+
+def test_every_train_command_declares_the_shared_options_with_help():
+    commands = _train_commands()
+    expected = {
+        "svae": set(TRAIN_OPTIONS) | set(IMAGE_DATA_OPTIONS),
+        "geovae": (set(TRAIN_OPTIONS) - {"grad_clip_mode", "weight_decay"}) | set(IMAGE_DATA_OPTIONS),
+        "container": (set(TRAIN_OPTIONS) - {"grad_clip_mode", "weight_decay", "bf16"})
+        | set(IMAGE_DATA_OPTIONS),
+        "memory": set(TRAIN_OPTIONS) - {"grad_clip_mode", "weight_decay"},
+        "batteries": {"steps", "batch_size", "lr", "seed", "out"},
+    }
+    for name, cmd in commands.items():
+        params = {p.name: p for p in cmd.params}
+        assert expected[name] <= set(params), (name, sorted(expected[name] - set(params)))
+        for p in cmd.params:
+            if p.param_type_name == "option":
+                assert (p.help or "").strip(), f"train {name} {p.opts} has no help"
+    defaults = {name: {p.name: p.default for p in cmd.params} for name, cmd in commands.items()}
+    assert defaults["svae"]["steps"] == 500 and defaults["batteries"]["steps"] == 400
+    assert defaults["memory"]["batch_size"] == 32 and defaults["memory"]["lr"] == 2e-3
+    assert defaults["container"]["image_size"] == 32 and defaults["container"]["eval_tiles"] == 16
+    assert defaults["container"]["warmup"] == 25 and defaults["geovae"]["warmup"] == 50
+
+
+def test_train_help_explains_each_option():
+    result = runner.invoke(
+        app, ["train", "memory", "--help"], env={"COLUMNS": "240", "TERMINAL_WIDTH": "240"}
+    )
+    assert result.exit_code == 0
+    for flag in ("--steps", "--batch-size", "--lr", "--warmup", "--grad-clip", "--seed", "--eval-every",
+                 "--save-every", "--bf16", "--out", "Documents per batch (InfoNCE negatives)."):  # fmt: skip
+        assert flag in result.output, flag
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_real_training_exits_130_with_the_resume_hint(tmp_path):
+    """A real SIGINT through the console entry point (slow: starts torch in a subprocess)."""
+    import signal
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    args = ["train", "svae", "--steps", "100000", "--batch-size", "2", "--image-size", "16", "--data", "noise",
+            "--noise-per-type", "1", "--eval-every", "0", "--save-every", "0", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pentachora", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, "COLUMNS": "400"},
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until training has started
+        if line.startswith("training "):
+            break
+    while not (out / "metrics.jsonl").is_file() and proc.poll() is None:
+        subprocess.run(["sleep", "0.2"], check=False)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == f"interrupted — rerun the same command to resume from {out}", err
