@@ -95,8 +95,12 @@ def config_from_dict(
         raise error(f"unknown keys for {config_class.__name__}: {unknown}")
     hints = typing.get_type_hints(config_class)
     kwargs = {}
+    problems: list[str] = []
     for name, value in data.items():
-        kwargs[name] = _coerce(hints.get(name), value)
+        # types first: a config's own __post_init__ may compare or divide a value of the wrong type
+        kwargs[name] = _check_value(name, hints.get(name), _coerce(hints.get(name), value), problems)
+    if problems:
+        raise error(f"invalid {config_class.__name__}: " + "; ".join(problems))
     try:
         config = config_class(**kwargs)
         validate_config(config)

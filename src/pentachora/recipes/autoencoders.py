@@ -27,6 +27,7 @@ import torch
 
 from pentachora.data.noise import NOISE_TYPES
 from pentachora.data.sources import DataSpec, parse_data_spec
+from pentachora.errors import ConfigError
 from pentachora.io import atomic_write_json
 from pentachora.modeling import PentachoraModel
 from pentachora.recipes.evaluation import EvalData, evaluate_autoencoder, make_eval_data
@@ -80,6 +81,8 @@ def geovae_schedule(
     """GeoVAE's CV schedule as a :class:`PhaseCallback`: the alignment phase for the first
     ``align_fraction`` of the steps, then the hand-off weights (the seeds used 20 then 10 on one
     sector; GeoVAE's loss is normalised per sector, see ``benchmarks/autoencoders.py``)."""
+    if not (isinstance(align_fraction, (int, float)) and 0.0 <= align_fraction <= 1.0):
+        raise ConfigError(f"align_fraction must be a number in [0, 1], got {align_fraction!r}")
     hand = max(1, round(steps * align_fraction))
     return PhaseCallback(
         [(0, dict(align or GEOVAE_ALIGN_WEIGHTS)), (hand + 1, dict(handoff or GEOVAE_HANDOFF_WEIGHTS))]
