@@ -32,12 +32,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from pentachora.errors import CheckpointError
+
 __all__ = [
     "DEFAULT_ENCODER",
     "ENCODER_CLASSES",
     "POOLING_MODES",
     "TARGET_LAYERS",
     "TINY_ENCODERS",
+    "EncoderLoadError",
     "EncoderWindowOutput",
     "FrozenTextEncoder",
     "minilm_path",
@@ -73,6 +76,11 @@ ENCODER_CLASSES: tuple[str, ...] = (
 )
 """transformers classes a config may name as ``encoder_class`` / ``teacher_class`` (``model_class``).
 Anything else is refused: the name comes from files a user may have been sent."""
+
+
+class EncoderLoadError(CheckpointError, OSError):
+    """A text encoder cannot be loaded (a :class:`CheckpointError`, and an ``OSError`` like the
+    transformers error it replaces)."""
 
 
 def minilm_path() -> Path:
@@ -222,13 +230,12 @@ class FrozenTextEncoder(nn.Module):
         runs (``trust_remote_code=False``).
 
         Raises:
-            CheckpointError: ``model_class`` is not an allowed transformers class, or the tokenizer,
-                config or weights cannot be loaded (missing, offline, not safetensors, corrupt).
+            CheckpointError: ``model_class`` is not an allowed transformers class.
+            EncoderLoadError: the tokenizer, config or weights cannot be loaded (missing, offline,
+                not safetensors, corrupt); a ``CheckpointError`` and an ``OSError``.
         """
         import transformers
         from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-        from pentachora.errors import CheckpointError
 
         if model_class is not None and model_class not in ENCODER_CLASSES:
             raise CheckpointError(
@@ -277,7 +284,7 @@ class FrozenTextEncoder(nn.Module):
                 else ""
             )
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(
+            raise EncoderLoadError(
                 f"cannot load the text encoder {where!r}{hint}: {first}. It needs a tokenizer, a config "
                 "and model.safetensors weights (pytorch_model.bin is refused: loading it would unpickle)"
             ) from exc

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from pentachora.data.text import TextCorpus, parse_text_spec
+from pentachora.errors import ConfigError
 from pentachora.geometry import ProcrustesMap, cv_metric, orthogonal_procrustes
 from pentachora.io import atomic_write_json
 from pentachora.memory.cache import CachedDocumentSource, FeatureCache, build_feature_cache
@@ -92,7 +93,8 @@ def load_encoders(
         check: Verify the widths against ``config.hidden_size`` / ``config.teacher_dim``.
 
     Raises:
-        ValueError: With ``check``, a width that does not match the config.
+        ConfigError: With ``check``, a width that does not match the config.
+        CheckpointError: An encoder that cannot be loaded (see ``FrozenTextEncoder.from_pretrained``).
     """
     student = FrozenTextEncoder.from_pretrained(
         config.encoder,
@@ -121,12 +123,12 @@ def load_encoders(
             local_files_only=local_files_only,
         )
     if check and student.hidden_size != config.hidden_size:
-        raise ValueError(
+        raise ConfigError(
             f"encoder {config.encoder!r} has width {student.hidden_size}, the config says hidden_size="
             f"{config.hidden_size}"
         )
     if check and teacher.pooled_dim != config.teacher_dim:
-        raise ValueError(
+        raise ConfigError(
             f"teacher {config.teacher!r} embeds in {teacher.pooled_dim} dims, the config says teacher_dim="
             f"{config.teacher_dim}"
         )
@@ -560,7 +562,7 @@ def train_memory(
     written only once the run is accepted.
     """
     if data.train is None:
-        raise ValueError("train_memory needs the training cache (prepare_memory_data(include_train=True))")
+        raise ConfigError("train_memory needs the training cache (prepare_memory_data(include_train=True))")
     model.check_encoder(data.encoder)
     model.attach_encoder(data.encoder)
     source = CachedDocumentSource(data.train, train_config.batch_size, seed=train_config.seed)
