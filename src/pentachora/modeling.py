@@ -142,6 +142,11 @@ SIZE_FIELDS = frozenset(
     }
 )  # fmt: skip
 _SEED_LIMIT = 2**63
+#: Integer fields named like counts (``n_*`` or these endings) must be >= 0.
+_COUNT_SUFFIXES = (
+    "depth", "_steps", "_every", "_samples", "_patches", "_points", "_size", "_len", "_tokens", "_dim",
+    "_layers", "overlap", "_checkpoints", "_in_row", "_mult", "_k",
+)  # fmt: skip
 
 
 def _field_range_problem(name: str, value: float | int) -> str | None:
@@ -151,7 +156,7 @@ def _field_range_problem(name: str, value: float | int) -> str | None:
         if "dropout" in low and not 0.0 <= value < 1.0:
             return f"{name} must be in [0, 1), got {value!r}"
         if (
-            "fraction" in low or low.endswith(("_prob", "probability", "_ratio"))
+            "fraction" in low or low.endswith(("_prob", "probability")) or low == "min_lr_ratio"
         ) and not 0.0 <= value <= 1.0:
             return f"{name} must be in [0, 1], got {value!r}"
         if (low.endswith("_weight") or low in ("weight_decay", "max_alpha", "free_bits")) and value < 0:
@@ -165,7 +170,9 @@ def _field_range_problem(name: str, value: float | int) -> str | None:
         return None if value >= 1 else f"{name} must be >= 1, got {value!r}"
     if low == "seed" or low.endswith("_seed"):
         return None if 0 <= value < _SEED_LIMIT else f"{name} must be in [0, 2**63), got {value!r}"
-    return None if value >= 0 else f"{name} must be >= 0, got {value!r}"
+    if low.startswith("n_") or low.endswith(_COUNT_SUFFIXES):
+        return None if value >= 0 else f"{name} must be >= 0, got {value!r}"
+    return None  # other integers may be negative (layer indices ...)
 
 
 def _check_value(name: str, hint: Any, value: Any, problems: list[str]) -> Any:
@@ -244,9 +251,11 @@ def validate_config(config: Any) -> None:
     Floats must be finite (ints are accepted and converted to float in place); ints must be ints
     (``V=32.5`` is refused, as are booleans); booleans, strings and ``Literal`` choices must be of
     their type. Ranges follow the field names: ``*dropout*`` in [0, 1), ``*fraction*`` / ``*_prob`` /
-    ``*_ratio`` in [0, 1], ``*_weight`` / ``weight_decay`` / ``max_alpha`` >= 0, temperatures, ``eps``
-    and ``lr`` > 0, ``cv_target`` in (0, 1], sizes (:data:`SIZE_FIELDS`, ``*_hidden``) >= 1, seeds in
-    [0, 2**63), every other integer >= 0 (entries of tuples are only type-checked).
+    ``min_lr_ratio`` in [0, 1], ``*_weight`` / ``weight_decay`` / ``max_alpha`` / ``free_bits`` >= 0,
+    temperatures, ``eps``, ``magnitude_eps`` and ``lr`` > 0, ``cv_target`` in (0, 1], sizes
+    (:data:`SIZE_FIELDS`, ``*_hidden``, ``*_channels``) >= 1, seeds in [0, 2**63), counts (``n_*``,
+    ``*depth``, ``*_steps``, ``*_samples`` ...) >= 0; other integers (layer indices) and the entries of
+    tuples are only type-checked.
 
     Raises:
         ConfigError: naming every field that is wrong.

@@ -30,6 +30,15 @@ states agree on every rank; only the main process writes files. Checkpoints hold
 states, which fits DDP; FSDP/DeepSpeed sharded optimizer states are not supported here. Exact resume
 needs the same world size.
 
+**Run folders.** :meth:`Trainer.fit` holds an exclusive lock on ``out_dir/.lock`` for the whole call
+(a second training on the folder fails at once), resumes only a run with the same seed, model config
+and ``run_data`` (``resume="force"`` overrides), refuses to start over on a folder holding a finished
+run without a usable checkpoint (``fresh=True`` moves it aside), and never overwrites a checkpoint
+folder that failed to load. Ctrl-C finishes the current step and writes a checkpoint before
+``KeyboardInterrupt`` propagates. A ``torch.linalg.LinAlgError`` in the forward or backward pass (a
+decomposition of NaN values) counts as a non-finite step; under DDP such a failure on one rank only
+would desynchronise the gradient all-reduce, so the guard is exact for single-process runs.
+
 **Global RNG.** Because the trainer seeds torch's global generator before every step (and before
 every evaluation), code that runs after :meth:`Trainer.fit` sees a generator state determined by
 the run, not the one it had before.
