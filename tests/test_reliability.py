@@ -588,8 +588,14 @@ def test_stale_temp_files_of_an_interrupted_final_save_are_removed(tmp_path: Pat
 
 
 def test_ctrl_c_writes_a_checkpoint_at_the_current_step_and_the_rerun_resumes_exactly(tmp_path: Path) -> None:
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        pytest.skip("another SIGINT handler is installed")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # background jobs ignore SIGINT
+    try:
+        _ctrl_c_round_trip(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_round_trip(tmp_path: Path) -> None:
     steps = dict(steps=8, save_every=100, keep_last_checkpoints=0)
 
     class CtrlC(Callback):
