@@ -281,10 +281,10 @@ def test_svd_bounds_the_decoder_input_and_the_linear_readout_does_not():
     lin = make_model(**NOSVD_ROUNDS["round1"])
     with torch.no_grad():
         x = raw_cauchy()
-        before = lin.matrix_from_latent(lin.encode(x)).norm(dim=(-2, -1)).max()
+        before = float(lin.matrix_from_latent(lin.encode(x)).norm(dim=(-2, -1)).max())
         lin.inverse_readout.weight.mul_(100.0)
         lin.inverse_readout.bias.mul_(100.0)
-        after = lin.matrix_from_latent(lin.encode(x)).norm(dim=(-2, -1)).max()
+        after = float(lin.matrix_from_latent(lin.encode(x)).norm(dim=(-2, -1)).max())
     assert after == pytest.approx(100 * before, rel=1e-4) and after > 10 * bound
 
 

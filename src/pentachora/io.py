@@ -20,16 +20,53 @@ import torch
 from pentachora.errors import CheckpointError
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it where ``/proc`` allows; else set-and-restore)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Mode of a new file under the current umask (``0o666 & ~umask``, 0644 with the usual 022)."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """Mode of a new folder under the current umask (``0o777 & ~umask``, 0755 with the usual 022)."""
+    return 0o777 & ~current_umask()
+
+
+def make_temp_dir(prefix: str, dir: str | os.PathLike) -> Path:
+    """``tempfile.mkdtemp`` (created 0700), then given the umask's folder mode like ``mkdir`` would."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    with contextlib.suppress(OSError):
+        os.chmod(path, dir_mode())
+    return path
+
+
 @contextlib.contextmanager
 def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` when the block succeeds."""
+    """Yield a temporary path next to ``path``; move it onto ``path`` when the block succeeds.
+
+    The temporary file (``mkstemp`` makes it 0600) gets the mode a plain ``open()`` would give a
+    new file under the current umask, so the final file respects the umask.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: no fchmod on this platform
+        os.fchmod(fd, file_mode())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        with contextlib.suppress(OSError):  # a writer may have re-created the file (safetensors does)
+            os.chmod(tmp_path, file_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -98,6 +135,29 @@ def read_tensor_metadata(path: str | os.PathLike) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             return dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from exc
+
+
+def read_tensor_header(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Names, shapes and dtypes (safetensors spelling, e.g. ``"F32"``) of a safetensors file, read
+    from its header without loading any tensor.
+
+    Raises:
+        CheckpointError: a missing or unreadable file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"tensor file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            out = {}
+            for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+                sl = fh.get_slice(key)
+                out[key] = (tuple(int(n) for n in sl.get_shape()), str(sl.get_dtype()))
+            return out
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from exc
 

@@ -19,10 +19,12 @@ images** (:data:`HELDOUT_PHOTOS`: chelsea and coffee); the stereo pair ``motorcy
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -30,9 +32,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from pentachora.data.sources import step_generator
+from pentachora.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -163,11 +166,56 @@ def pil_to_tensor01(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float() / 255.0
 
 
+class MissingDataError(DataError, FileNotFoundError):
+    """A data file or folder does not exist (a :class:`DataError` and a ``FileNotFoundError``)."""
+
+
+#: Where each image tensor returned by the loaders came from (for messages that name the file), by
+#: ``id`` of the tensor; an entry leaves with its tensor.
+_ORIGINS: dict[int, str] = {}
+
+
+def image_origin(image: torch.Tensor) -> str | None:
+    """The file (or dataset row) an image tensor was loaded from, if a loader here made it."""
+    return _ORIGINS.get(id(image))
+
+
+def _remember(image: torch.Tensor, origin: str) -> torch.Tensor:
+    key = id(image)
+    with contextlib.suppress(TypeError):
+        weakref.finalize(image, _ORIGINS.pop, key, None)
+        _ORIGINS[key] = origin
+    return image
+
+
 def load_image_file(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Load one image file as (3, H, W) float32 in [0, 1] (see :func:`pil_to_tensor01`)."""
-    with Image.open(path) as img:
-        img.load()
-        return pil_to_tensor01(img)
+    """Load one image file as (3, H, W) float32 in [0, 1] (see :func:`pil_to_tensor01`).
+
+    Raises:
+        MissingDataError: the file does not exist (also a ``FileNotFoundError``).
+        DataError: the file is empty, a folder, not an image, truncated or corrupt (names the file).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MissingDataError(f"image file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise DataError(f"{str(path)!r} is not a file (expected an image)")
+    if path.stat().st_size == 0:
+        raise DataError(f"image file {str(path)!r} is empty (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            tensor = pil_to_tensor01(img)
+    except Image.DecompressionBombError as err:
+        raise DataError(f"image file {str(path)!r} is too large to decode safely ({err})") from err
+    except (OSError, ValueError, SyntaxError, EOFError) as err:  # UnidentifiedImageError is an OSError
+        what = (
+            "not an image PIL can read" if isinstance(err, UnidentifiedImageError) else "truncated or corrupt"
+        )
+        raise DataError(f"image file {str(path)!r} is {what} ({err})") from err
+    if tensor.ndim != 3 or tensor.shape[1] < 1 or tensor.shape[2] < 1:
+        raise DataError(f"image file {str(path)!r} has no pixels (shape {tuple(tensor.shape)})")
+    return _remember(tensor, str(path))
 
 
 def skimage_data_dir() -> Path:
@@ -237,29 +285,59 @@ def load_image_folder(path: str | os.PathLike[str], max_images: int | None = Non
         List of (3, H, W) float32 tensors in [0, 1].
 
     Raises:
-        FileNotFoundError: If the folder does not exist.
-        ValueError: If it holds no readable image file.
+        MissingDataError: If the folder does not exist (also a ``FileNotFoundError``).
+        DataError: If it is not a folder or holds no readable image file (names the files tried).
     """
     folder = Path(path)
+    if not folder.exists():
+        raise MissingDataError(f"image folder {str(folder)!r} does not exist or is not a directory")
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {str(folder)!r} does not exist or is not a directory")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        raise DataError(f"image folder {str(folder)!r} does not exist or is not a directory (it is a file)")
+    try:
+        entries = list(folder.iterdir())
+    except OSError as err:
+        raise DataError(f"cannot list image folder {str(folder)!r} ({err})") from err
+    files = sorted(p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if max_images is not None:
         files = files[:max_images]
     if not files:
-        raise ValueError(
-            f"image folder {str(folder)!r} contains no image files (looked for {', '.join(IMAGE_EXTENSIONS)})"
+        others = sorted(p.name for p in entries)[:3]
+        seen = f"; it holds {len(entries)} other entries, e.g. {others}" if entries else "; it is empty"
+        raise DataError(
+            f"image folder {str(folder)!r} contains no image files (looked for "
+            f"{', '.join(IMAGE_EXTENSIONS)}){seen}"
         )
     images = []
+    failures: list[str] = []
     for p in files:
         try:
             images.append(load_image_file(p))
-        except OSError as err:
+        except (DataError, OSError) as err:
             logger.warning("skipping unreadable image %s: %s", p, err)
+            failures.append(f"{p.name}: {err}")
     if not images:
-        raise ValueError(f"no image in {str(folder)!r} could be read")
+        raise DataError(
+            f"no image in {str(folder)!r} could be read ({len(failures)} tried; first: {failures[0]})"
+        )
     logger.info("loaded %d images from %s", len(images), folder)
     return images
+
+
+@contextlib.contextmanager
+def hf_dataset_errors(name: str, split: str) -> Iterator[None]:
+    """Turn the failures of ``datasets`` (offline, unknown dataset or split, network errors) into a
+    :class:`DataError` that says what is needed; our own errors pass through."""
+    try:
+        yield
+    except (DataError, KeyError, TypeError):
+        raise
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"cannot read the Hugging Face dataset {name!r} (split {split!r}): {first}. A Hub dataset "
+            "needs internet access (or a copy in the local Hugging Face cache with HF_DATASETS_OFFLINE=1); "
+            "without it, pass a local dataset folder as the name or use --data folder:PATH"
+        ) from err
 
 
 def load_hf_images(
@@ -294,28 +372,33 @@ def load_hf_images(
         ) from err
     import io
 
-    ds = datasets.load_dataset(name, split=split, streaming=True, **load_kwargs)
     images: list[torch.Tensor] = []
-    for i, row in enumerate(ds):
-        if max_images is not None and i >= max_images:
-            break
-        if column not in row:
-            raise KeyError(f"dataset {name!r} has no column {column!r}; columns: {sorted(row)}")
-        item = row[column]
-        if isinstance(item, Image.Image):
-            images.append(pil_to_tensor01(item))
-        elif isinstance(item, dict) and item.get("bytes") is not None:
-            with Image.open(io.BytesIO(item["bytes"])) as img:
-                img.load()
-                images.append(pil_to_tensor01(img))
-        elif isinstance(item, dict) and item.get("path"):
-            images.append(load_image_file(item["path"]))
-        elif isinstance(item, str):
-            images.append(load_image_file(item))
-        else:
-            raise TypeError(f"column {column!r} of {name!r} holds {type(item).__name__}, not an image")
+    with hf_dataset_errors(name, split):
+        ds = datasets.load_dataset(name, split=split, streaming=True, **load_kwargs)
+        for i, row in enumerate(ds):
+            if max_images is not None and i >= max_images:
+                break
+            if column not in row:
+                raise KeyError(f"dataset {name!r} has no column {column!r}; columns: {sorted(row)}")
+            item = row[column]
+            where = f"{name}[{split}] row {i}"
+            if isinstance(item, Image.Image):
+                images.append(_remember(pil_to_tensor01(item), where))
+            elif isinstance(item, dict) and item.get("bytes") is not None:
+                try:
+                    with Image.open(io.BytesIO(item["bytes"])) as img:
+                        img.load()
+                        images.append(_remember(pil_to_tensor01(img), where))
+                except (OSError, ValueError, SyntaxError, EOFError) as err:
+                    raise DataError(f"{where}: column {column!r} is not a readable image ({err})") from err
+            elif isinstance(item, dict) and item.get("path"):
+                images.append(load_image_file(item["path"]))
+            elif isinstance(item, str):
+                images.append(load_image_file(item))
+            else:
+                raise TypeError(f"column {column!r} of {name!r} holds {type(item).__name__}, not an image")
     if not images:
-        raise ValueError(f"no images read from {name!r} split {split!r}")
+        raise DataError(f"no images read from {name!r} split {split!r}")
     logger.info("loaded %d images from Hugging Face dataset %s[%s]", len(images), name, split)
     return images
 
@@ -375,15 +458,17 @@ class ImageCropSource:
     ) -> None:
         images = list(images)
         if not images:
-            raise ValueError("ImageCropSource needs at least one image")
+            raise DataError("ImageCropSource needs at least one image")
         if crop_size < 1 or batch_size < 1:
-            raise ValueError(f"crop_size and batch_size must be >= 1, got {crop_size}, {batch_size}")
+            raise DataError(f"crop_size and batch_size must be >= 1, got {crop_size}, {batch_size}")
         for i, im in enumerate(images):
+            origin = image_origin(im)
+            label = f"image {i}" + (f" ({origin})" if origin else "")
             if im.dim() != 3 or im.shape[0] != 3:
-                raise ValueError(f"image {i} has shape {tuple(im.shape)}, expected (3, H, W)")
+                raise DataError(f"{label} has shape {tuple(im.shape)}, expected (3, H, W)")
             if im.shape[1] < crop_size or im.shape[2] < crop_size:
-                raise ValueError(
-                    f"image {i} is {im.shape[1]}×{im.shape[2]} pixels, smaller than the "
+                raise DataError(
+                    f"{label} is {im.shape[1]}×{im.shape[2]} pixels, smaller than the "
                     f"{crop_size}×{crop_size} crop; use a smaller crop or larger images"
                 )
         self.images = [im.float() for im in images]

@@ -49,6 +49,9 @@ from pathlib import Path
 
 import torch
 
+from pentachora.data.images import MissingDataError, hf_dataset_errors
+from pentachora.errors import DataError
+
 __all__ = [
     "WIKI_LICENCE",
     "WIKI_RELATIVE_PATH",
@@ -384,9 +387,7 @@ def load_text_file(path: str | os.PathLike, separator: str = "blank_line") -> li
         ValueError: Unknown separator or no document in the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"text file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path, "text file")
     if separator == "blank_line":
         docs = [d.strip() for d in re.split(r"\n\s*\n", text)]
     elif separator == "line":
@@ -395,8 +396,26 @@ def load_text_file(path: str | os.PathLike, separator: str = "blank_line") -> li
         raise ValueError(f"separator must be 'blank_line' or 'line', got {separator!r}")
     docs = [d for d in docs if d]
     if not docs:
-        raise ValueError(f"{path} holds no text")
+        raise DataError(f"{path} holds no text")
     return docs
+
+
+def _read_utf8(path: Path, what: str) -> str:
+    """The file as UTF-8 text, with one-line errors that name it (missing, a folder, binary)."""
+    if not path.exists():
+        raise MissingDataError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise DataError(f"{what} {path} is not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {path} ({exc})") from exc
+    if b"\x00" in data[:8192]:
+        raise DataError(f"{what} {path} is binary, not UTF-8 text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {path} is not UTF-8 text ({exc})") from exc
 
 
 def load_jsonl(path: str | os.PathLike, field: str = "text") -> list[str]:
@@ -407,24 +426,22 @@ def load_jsonl(path: str | os.PathLike, field: str = "text") -> list[str]:
         ValueError: A line is not JSON, lacks ``field``, or the file holds no document.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"JSONL file not found: {path}")
+    text = _read_utf8(path, "JSONL file")
     docs: list[str] = []
-    with path.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{i} is not valid JSON ({exc})") from exc
-            if not isinstance(row, dict) or field not in row:
-                raise ValueError(f"{path}:{i} has no field {field!r}")
-            value = str(row[field]).strip()
-            if value:
-                docs.append(value)
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{i} is not valid JSON ({exc})") from exc
+        if not isinstance(row, dict) or field not in row:
+            raise DataError(f"{path}:{i} has no field {field!r}")
+        value = str(row[field]).strip()
+        if value:
+            docs.append(value)
     if not docs:
-        raise ValueError(f"{path} holds no text in field {field!r}")
+        raise DataError(f"{path} holds no text in field {field!r}")
     return docs
 
 
@@ -455,18 +472,19 @@ def load_hf_texts(
         raise ImportError(
             "loading Hugging Face datasets needs the 'datasets' package: pip install 'pentachora[hf]'"
         ) from err
-    ds = datasets.load_dataset(name, split=split, streaming=True, **load_kwargs)
     docs: list[str] = []
-    for row in ds:
-        if column not in row:
-            raise KeyError(f"dataset {name!r} has no column {column!r}; columns: {sorted(row)}")
-        value = str(row[column] or "").strip()
-        if value:
-            docs.append(value)
-        if max_docs is not None and len(docs) >= max_docs:
-            break
+    with hf_dataset_errors(name, split):
+        ds = datasets.load_dataset(name, split=split, streaming=True, **load_kwargs)
+        for row in ds:
+            if column not in row:
+                raise KeyError(f"dataset {name!r} has no column {column!r}; columns: {sorted(row)}")
+            value = str(row[column] or "").strip()
+            if value:
+                docs.append(value)
+            if max_docs is not None and len(docs) >= max_docs:
+                break
     if not docs:
-        raise ValueError(f"no text read from dataset {name!r} (split {split!r}, column {column!r})")
+        raise DataError(f"no text read from dataset {name!r} (split {split!r}, column {column!r})")
     return docs
 
 

@@ -32,11 +32,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from pentachora.errors import CheckpointError
+
 __all__ = [
     "DEFAULT_ENCODER",
+    "ENCODER_CLASSES",
     "POOLING_MODES",
     "TARGET_LAYERS",
     "TINY_ENCODERS",
+    "EncoderLoadError",
     "EncoderWindowOutput",
     "FrozenTextEncoder",
     "minilm_path",
@@ -55,6 +59,28 @@ examples — nothing is read from disk or the network)."""
 
 POOLING_MODES = ("auto", "mean", "cls", "eos", "projection")
 TARGET_LAYERS = ("last", "penultimate")
+
+ENCODER_CLASSES: tuple[str, ...] = (
+    "AutoModel",
+    "CLIPTextModel",
+    "CLIPTextModelWithProjection",
+    "BertModel",
+    "DistilBertModel",
+    "RobertaModel",
+    "XLMRobertaModel",
+    "MPNetModel",
+    "ModernBertModel",
+    "DebertaV2Model",
+    "ElectraModel",
+    "T5EncoderModel",
+)
+"""transformers classes a config may name as ``encoder_class`` / ``teacher_class`` (``model_class``).
+Anything else is refused: the name comes from files a user may have been sent."""
+
+
+class EncoderLoadError(CheckpointError, OSError):
+    """A text encoder cannot be loaded (a :class:`CheckpointError`, and an ``OSError`` like the
+    transformers error it replaces)."""
 
 
 def minilm_path() -> Path:
@@ -195,11 +221,27 @@ class FrozenTextEncoder(nn.Module):
             tokenizer_subfolder: Tokenizer subfolder (default: ``"tokenizer"`` + the suffix of
                 ``subfolder`` for diffusers layouts, else none).
             local_files_only: Never touch the network (default).
-            model_class: ``"CLIPTextModel"``, ``"CLIPTextModelWithProjection"`` or ``None`` for
-                ``AutoModel`` (CLIP configs are detected and loaded as ``CLIPTextModel``).
+            model_class: One of :data:`ENCODER_CLASSES` (e.g. ``"CLIPTextModel"``,
+                ``"CLIPTextModelWithProjection"``) or ``None`` for ``AutoModel`` (CLIP configs are
+                detected and loaded as ``CLIPTextModel``).
+
+        Weights are read only from safetensors files (``use_safetensors=True``: a folder that holds
+        only ``pytorch_model.bin`` is refused, since loading it would unpickle) and no remote code
+        runs (``trust_remote_code=False``).
+
+        Raises:
+            CheckpointError: ``model_class`` is not an allowed transformers class.
+            EncoderLoadError: the tokenizer, config or weights cannot be loaded (missing, offline,
+                not safetensors, corrupt); a ``CheckpointError`` and an ``OSError``.
         """
         import transformers
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        if model_class is not None and model_class not in ENCODER_CLASSES:
+            raise CheckpointError(
+                f"encoder class {model_class!r} is not allowed; use one of {list(ENCODER_CLASSES)} "
+                "(or none for AutoModel)"
+            )
 
         if name_or_path in TINY_ENCODERS:
             model, tokenizer = tiny_encoder(name_or_path.split("-")[1])
@@ -213,22 +255,39 @@ class FrozenTextEncoder(nn.Module):
                 name=name_or_path,
             )
         path = resolve_encoder_path(name_or_path)
-        kw: dict[str, Any] = {"local_files_only": local_files_only}
+        kw: dict[str, Any] = {"local_files_only": local_files_only, "trust_remote_code": False}
         if tokenizer_subfolder is None and subfolder and subfolder.startswith("text_encoder"):
             tokenizer_subfolder = subfolder.replace("text_encoder", "tokenizer")
         tok_kw = dict(kw)
         if tokenizer_subfolder:
             tok_kw["subfolder"] = tokenizer_subfolder
-        tokenizer = AutoTokenizer.from_pretrained(path, **tok_kw)
         model_kw = dict(kw)
         if subfolder:
             model_kw["subfolder"] = subfolder
-        if model_class is None:
-            config = AutoConfig.from_pretrained(path, **model_kw)
-            if config.model_type in ("clip", "clip_text_model"):
-                model_class = "CLIPTextModel"
-        klass = getattr(transformers, model_class) if model_class else AutoModel
-        model = klass.from_pretrained(path, **model_kw)
+        where = name_or_path if subfolder is None else f"{name_or_path}::{subfolder}"
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **tok_kw)
+            if model_class is None:
+                config = AutoConfig.from_pretrained(path, **model_kw)
+                if config.model_type in ("clip", "clip_text_model"):
+                    model_class = "CLIPTextModel"
+            klass = (
+                getattr(transformers, model_class)
+                if model_class and model_class != "AutoModel"
+                else AutoModel
+            )
+            model = klass.from_pretrained(path, use_safetensors=True, **model_kw)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as exc:
+            hint = (
+                " (offline: it must be a local folder or already in the Hugging Face cache)"
+                if local_files_only
+                else ""
+            )
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EncoderLoadError(
+                f"cannot load the text encoder {where!r}{hint}: {first}. It needs a tokenizer, a config "
+                "and model.safetensors weights (pytorch_model.bin is refused: loading it would unpickle)"
+            ) from exc
         return cls(
             model,
             tokenizer,
@@ -236,7 +295,7 @@ class FrozenTextEncoder(nn.Module):
             layers=layers,
             target_layer=target_layer,
             pooling=pooling,
-            name=name_or_path if subfolder is None else f"{name_or_path}::{subfolder}",
+            name=where,
         )
 
     # ------------------------------------------------------------------ properties

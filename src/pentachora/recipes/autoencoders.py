@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import torch
 
 from pentachora.data.noise import NOISE_TYPES
 from pentachora.data.sources import DataSpec, parse_data_spec
+from pentachora.errors import ConfigError
 from pentachora.io import atomic_write_json
 from pentachora.modeling import PentachoraModel
 from pentachora.recipes.evaluation import EvalData, evaluate_autoencoder, make_eval_data
@@ -40,6 +42,7 @@ from pentachora.training import (
     TrainResult,
     read_metrics,
 )
+from pentachora.training.state import is_main_process, run_folder_lock
 
 __all__ = [
     "FINAL_DIR",
@@ -78,6 +81,8 @@ def geovae_schedule(
     """GeoVAE's CV schedule as a :class:`PhaseCallback`: the alignment phase for the first
     ``align_fraction`` of the steps, then the hand-off weights (the seeds used 20 then 10 on one
     sector; GeoVAE's loss is normalised per sector, see ``benchmarks/autoencoders.py``)."""
+    if not (isinstance(align_fraction, (int, float)) and 0.0 <= align_fraction <= 1.0):
+        raise ConfigError(f"align_fraction must be a number in [0, 1], got {align_fraction!r}")
     hand = max(1, round(steps * align_fraction))
     return PhaseCallback(
         [(0, dict(align or GEOVAE_ALIGN_WEIGHTS)), (hand + 1, dict(handoff or GEOVAE_HANDOFF_WEIGHTS))]
@@ -135,7 +140,8 @@ def train_autoencoder(
     eval_data: EvalData | None = None,
     periodic_eval: EvalData | None = None,
     final_eval: bool = True,
-    resume: bool | os.PathLike = True,
+    resume: bool | str | os.PathLike = True,
+    fresh: bool = False,
 ) -> AutoencoderRun:
     """Train a patch autoencoder with the shared :class:`~pentachora.training.Trainer`, then evaluate it.
 
@@ -152,7 +158,14 @@ def train_autoencoder(
         periodic_eval: cheaper data for evaluations during training (default: a subset of
             ``eval_data`` — 24 tiles and 4 noise samples per type).
         final_eval: run the full evaluation at the end and write ``eval.json``.
-        resume: passed to :meth:`Trainer.fit` (True resumes from ``out_dir`` automatically).
+        resume: passed to :meth:`Trainer.fit` (True resumes from ``out_dir`` automatically; the
+            data spec, image size, soft-hand flag and name are part of what a resume must match,
+            ``"force"`` resumes anyway).
+        fresh: start over, moving an earlier run in ``out_dir`` aside to ``OUT.old-<timestamp>/``.
+
+    The run folder is locked from the start of training until ``final/`` and ``eval.json`` are
+    written (a second training on it fails at once with ``RunFolderError``); ``data.json`` is
+    written only once the run is accepted.
 
     Returns:
         An :class:`AutoencoderRun` with the trained model (unwrapped, on CPU) and its evaluation.
@@ -172,31 +185,28 @@ def train_autoencoder(
         cbs.append(SoftHandCallback(target_cv=float(target), metric="cv"))
 
     out_dir = Path(train_config.out_dir) if train_config.out_dir else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            out_dir / "data.json",
-            {"data": spec.spec, "image_size": image_size, "soft_hand": soft_hand, "name": name},
-        )
+    run_data = {"data": spec.spec, "image_size": image_size, "soft_hand": soft_hand, "name": name}
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
         return evaluate_autoencoder(m, periodic_eval)
 
-    trainer = Trainer(model, train_config, source, eval_fn=eval_fn, callbacks=cbs)
-    result = trainer.fit(resume=resume)
-    trained = trainer.unwrapped_model.to("cpu")
-    evaluation: dict[str, float] = {}
-    if final_eval:
-        evaluation = evaluate_autoencoder(trained, eval_data)
-        evaluation["nonfinite_steps"] = float(result.nonfinite_steps)
-        evaluation["train_steps"] = float(result.steps)
-        evaluation["train_wall_s"] = float(result.wall_time_s)
-    metrics: list[dict[str, Any]] = []
-    if out_dir is not None:
-        trained.save_pretrained(out_dir / FINAL_DIR)
+    trainer = Trainer(model, train_config, source, eval_fn=eval_fn, callbacks=cbs, run_data=run_data)
+    lock = run_folder_lock(out_dir, enabled=is_main_process()) if out_dir is not None else nullcontext()
+    with lock:
+        result = trainer.fit(resume=resume, fresh=fresh)
+        trained = trainer.unwrapped_model.to("cpu")
+        evaluation: dict[str, float] = {}
         if final_eval:
-            atomic_write_json(out_dir / "eval.json", evaluation)
-        metrics = read_metrics(out_dir / METRICS_NAME)
+            evaluation = evaluate_autoencoder(trained, eval_data)
+            evaluation["nonfinite_steps"] = float(result.nonfinite_steps)
+            evaluation["train_steps"] = float(result.steps)
+            evaluation["train_wall_s"] = float(result.wall_time_s)
+        metrics: list[dict[str, Any]] = []
+        if out_dir is not None:
+            trained.save_pretrained(out_dir / FINAL_DIR)
+            if final_eval:
+                atomic_write_json(out_dir / "eval.json", evaluation)
+            metrics = read_metrics(out_dir / METRICS_NAME)
     return AutoencoderRun(
         name=name, model=trained, result=result, evaluation=evaluation, out_dir=out_dir, metrics=metrics
     )

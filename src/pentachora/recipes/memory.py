@@ -7,7 +7,9 @@ through these functions.
 
 Run folder written by :func:`train_memory`::
 
-    OUT/train_config.json  model_config.json  data.json     resolved configuration
+    OUT/train_config.json  model_config.json  data.json     resolved configuration (data.json: corpus,
+                                                            encoders, mode; a resume must match it)
+    OUT/caches.json        where the feature caches were
     OUT/metrics.jsonl      OUT/tensorboard/                 training + evaluation records
     OUT/checkpoints/step-XXXXXXX/                           resumable checkpoints
     OUT/final/             config.json + model.safetensors  the trained model
@@ -33,6 +35,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ from typing import Any
 import torch
 
 from pentachora.data.text import TextCorpus, parse_text_spec
+from pentachora.errors import ConfigError
 from pentachora.geometry import ProcrustesMap, cv_metric, orthogonal_procrustes
 from pentachora.io import atomic_write_json
 from pentachora.memory.cache import CachedDocumentSource, FeatureCache, build_feature_cache
@@ -54,6 +58,7 @@ from pentachora.memory.model import GeometricMemory, MemoryConfig
 from pentachora.memory.segmenter import Segmenter
 from pentachora.recipes.loading import FINAL_DIR, resolve_model_dir
 from pentachora.training import Callback, PhaseCallback, TrainConfig, Trainer, TrainResult, read_metrics
+from pentachora.training.state import is_main_process, run_folder_lock
 
 __all__ = [
     "MODES",
@@ -88,7 +93,8 @@ def load_encoders(
         check: Verify the widths against ``config.hidden_size`` / ``config.teacher_dim``.
 
     Raises:
-        ValueError: With ``check``, a width that does not match the config.
+        ConfigError: With ``check``, a width that does not match the config.
+        CheckpointError: An encoder that cannot be loaded (see ``FrozenTextEncoder.from_pretrained``).
     """
     student = FrozenTextEncoder.from_pretrained(
         config.encoder,
@@ -117,12 +123,12 @@ def load_encoders(
             local_files_only=local_files_only,
         )
     if check and student.hidden_size != config.hidden_size:
-        raise ValueError(
+        raise ConfigError(
             f"encoder {config.encoder!r} has width {student.hidden_size}, the config says hidden_size="
             f"{config.hidden_size}"
         )
     if check and teacher.pooled_dim != config.teacher_dim:
-        raise ValueError(
+        raise ConfigError(
             f"teacher {config.teacher!r} embeds in {teacher.pooled_dim} dims, the config says teacher_dim="
             f"{config.teacher_dim}"
         )
@@ -532,7 +538,8 @@ def train_memory(
     pretrained_bank: bool = False,
     periodic_eval_docs: int | None = 128,
     callbacks: Sequence[Callback] = (),
-    resume: bool | os.PathLike = True,
+    resume: bool | str | os.PathLike = True,
+    fresh: bool = False,
 ) -> MemoryRun:
     """Train the memory model with the shared :class:`~pentachora.training.Trainer`, then evaluate.
 
@@ -546,10 +553,16 @@ def train_memory(
             pooled-only stage).
         periodic_eval_docs: Held-out documents used by the evaluations during training (all at the end).
         callbacks: Extra callbacks.
-        resume: Passed to :meth:`Trainer.fit`.
+        resume: Passed to :meth:`Trainer.fit` (the corpus, document counts, encoder and teacher
+            fingerprints, mode and ``bank_lr_scale`` are part of what a resume must match;
+            ``"force"`` resumes anyway).
+        fresh: Start over, moving an earlier run in ``out_dir`` aside to ``OUT.old-<timestamp>/``.
+
+    The run folder is locked until ``final/`` and ``eval.json`` are written; ``data.json`` is
+    written only once the run is accepted.
     """
     if data.train is None:
-        raise ValueError("train_memory needs the training cache (prepare_memory_data(include_train=True))")
+        raise ConfigError("train_memory needs the training cache (prepare_memory_data(include_train=True))")
     model.check_encoder(data.encoder)
     model.attach_encoder(data.encoder)
     source = CachedDocumentSource(data.train, train_config.batch_size, seed=train_config.seed)
@@ -564,31 +577,38 @@ def train_memory(
     ]
     groups = model.param_groups(train_config.lr, train_config.weight_decay)
     out_dir = Path(train_config.out_dir) if train_config.out_dir else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            out_dir / "data.json", {**data.describe(), "mode": mode, "bank_lr_scale": bank_lr_scale}
-        )
+    run_data = {**data.describe(), "mode": mode, "bank_lr_scale": bank_lr_scale}
+    # where the caches live may change between sessions; what they hold may not
+    run_data.pop("train_cache", None)
+    run_data.pop("heldout_cache", None)
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
         return evaluate_memory(m, data.heldout, max_docs=periodic_eval_docs, seq_map=seq_map)  # type: ignore[arg-type]
 
-    trainer = Trainer(model, train_config, source, eval_fn=eval_fn, callbacks=cbs, param_groups=groups)
-    result = trainer.fit(resume=resume)
-    trained: GeometricMemory = trainer.unwrapped_model.to("cpu")  # type: ignore[assignment]
-    for p in trained.parameters():
-        p.requires_grad_(True)
-    evaluation = evaluate_memory(trained, data.heldout, seq_map=seq_map)
-    evaluation.update(
-        train_steps=float(result.steps),
-        train_wall_s=float(result.wall_time_s),
-        nonfinite_steps=float(result.nonfinite_steps),
+    trainer = Trainer(
+        model, train_config, source, eval_fn=eval_fn, callbacks=cbs, param_groups=groups, run_data=run_data
     )
-    metrics: list[dict[str, Any]] = []
-    if out_dir is not None:
-        trained.save_pretrained(out_dir / FINAL_DIR)
-        atomic_write_json(out_dir / "eval.json", evaluation)
-        metrics = read_metrics(out_dir / "metrics.jsonl")
+    lock = run_folder_lock(out_dir, enabled=is_main_process()) if out_dir is not None else nullcontext()
+    with lock:
+        result = trainer.fit(resume=resume, fresh=fresh)
+        trained: GeometricMemory = trainer.unwrapped_model.to("cpu")  # type: ignore[assignment]
+        for p in trained.parameters():
+            p.requires_grad_(True)
+        evaluation = evaluate_memory(trained, data.heldout, seq_map=seq_map)
+        evaluation.update(
+            train_steps=float(result.steps),
+            train_wall_s=float(result.wall_time_s),
+            nonfinite_steps=float(result.nonfinite_steps),
+        )
+        metrics: list[dict[str, Any]] = []
+        if out_dir is not None:
+            trained.save_pretrained(out_dir / FINAL_DIR)
+            atomic_write_json(out_dir / "eval.json", evaluation)
+            atomic_write_json(
+                out_dir / "caches.json",
+                {"train_cache": str(data.train.path), "heldout_cache": str(data.heldout.path)},
+            )
+            metrics = read_metrics(out_dir / "metrics.jsonl")
     return MemoryRun(
         model=trained,
         result=result,

@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pentachora.modeling import config_from_dict, config_to_dict
+from pentachora.errors import ConfigError
+from pentachora.modeling import config_from_dict, config_to_dict, validate_config
 
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant", "linear")
 """Accepted values of :attr:`TrainConfig.lr_schedule`."""
@@ -98,7 +99,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.out_dir is not None:
             self.out_dir = str(self.out_dir)
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        if isinstance(self.betas, (list, tuple)):
+            self.betas = tuple(self.betas)  # type: ignore[assignment]
+        # types, finiteness (grad_clip=nan, lr=inf) and the ranges implied by the field names first
+        validate_config(self)
         problems: list[str] = []
         if self.steps < 1:
             problems.append(f"steps must be >= 1, got {self.steps}")
@@ -131,7 +135,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if problems:
-            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+            raise ConfigError("invalid TrainConfig: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (tuples become lists when serialised)."""
@@ -142,7 +146,7 @@ class TrainConfig:
         """Rebuild from :meth:`to_dict` output, refusing unknown keys.
 
         Raises:
-            pentachora.io.CheckpointError: unknown keys or invalid values (a ``ValueError``).
+            pentachora.errors.CheckpointError: unknown keys or invalid values (a ``ValueError``).
         """
         return config_from_dict(cls, data)
 

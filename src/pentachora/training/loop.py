@@ -30,6 +30,15 @@ states agree on every rank; only the main process writes files. Checkpoints hold
 states, which fits DDP; FSDP/DeepSpeed sharded optimizer states are not supported here. Exact resume
 needs the same world size.
 
+**Run folders.** :meth:`Trainer.fit` holds an exclusive lock on ``out_dir/.lock`` for the whole call
+(a second training on the folder fails at once), resumes only a run with the same seed, model config
+and ``run_data`` (``resume="force"`` overrides), refuses to start over on a folder holding a finished
+run without a usable checkpoint (``fresh=True`` moves it aside), and never overwrites a checkpoint
+folder that failed to load. Ctrl-C finishes the current step and writes a checkpoint before
+``KeyboardInterrupt`` propagates. A ``torch.linalg.LinAlgError`` in the forward or backward pass (a
+decomposition of NaN values) counts as a non-finite step; under DDP such a failure on one rank only
+would desynchronise the gradient all-reduce, so the guard is exact for single-process runs.
+
 **Global RNG.** Because the trainer seeds torch's global generator before every step (and before
 every evaluation), code that runs after :meth:`Trainer.fit` sees a generator state determined by
 the run, not the one it had before.
@@ -37,11 +46,13 @@ the run, not the one it had before.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
-import shutil
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -53,21 +64,28 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from pentachora.data.sources import EVAL_SALT, TRAIN_SALT, BatchSource, step_seed
-from pentachora.io import CheckpointError, atomic_write_json
+from pentachora.errors import ConfigError, RunFolderError
+from pentachora.io import CheckpointError, atomic_write_json, read_json
 from pentachora.modeling import PentachoraModel, config_to_dict
 from pentachora.training.callbacks import Callback
 from pentachora.training.config import TrainConfig
 from pentachora.training.logging import MetricsLogger, clean_record
 from pentachora.training.state import (
     CHECKPOINTS_DIR,
+    FINISHED_ARTIFACTS,
     LoadedCheckpoint,
+    RunFolderExistsError,
     check_model_matches,
     checkpoint_name,
+    clean_stale_temp_files,
     find_resumable_checkpoint,
     latest_checkpoint,
+    move_run_aside,
+    previous_run_artifacts,
     prune_checkpoints,
     read_checkpoint,
-    stale_temp_folders,
+    run_folder_lock,
+    set_aside_unreadable,
     write_checkpoint,
 )
 
@@ -78,6 +96,7 @@ logger = logging.getLogger(__name__)
 
 TRAIN_CONFIG_NAME = "train_config.json"
 MODEL_CONFIG_NAME = "model_config.json"
+DATA_NAME = "data.json"
 TRAINER_STATE_FORMAT = "pentachora-trainer-state-v1"
 SEEDING_SCHEME = (
     "before the forward pass of step s (1-based) on process r: "
@@ -213,6 +232,9 @@ class Trainer:
         optimizer_factory: Optional ``factory(param_groups) -> Optimizer`` replacing AdamW (its state
             must hold only tensors, numbers and strings — true of every ``torch.optim`` optimizer).
         accelerator: An existing ``Accelerator`` (default: :func:`make_accelerator`).
+        run_data: What the run trains on (data spec, image size ...), JSON-able. Written to
+            ``out_dir/data.json`` once the run is accepted and into every checkpoint; a resume whose
+            ``run_data`` differs from the saved one is refused unless ``fit(resume="force")``.
 
     Attributes:
         model: The model as prepared by Accelerate (DDP-wrapped under ``accelerate launch``).
@@ -236,6 +258,7 @@ class Trainer:
         param_groups: Sequence[dict[str, Any]] | None = None,
         optimizer_factory: Callable[[list[dict[str, Any]]], torch.optim.Optimizer] | None = None,
         accelerator: Accelerator | None = None,
+        run_data: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, PentachoraModel):
             raise TypeError(f"Trainer needs a PentachoraModel, got {type(model).__name__}")
@@ -247,6 +270,9 @@ class Trainer:
             )
         self.config = config
         self.train_source = train_source
+        self.run_data: dict[str, Any] | None = (
+            _json_normalise(dict(run_data)) if run_data is not None else None
+        )
         self.eval_fn = eval_fn
         self.callbacks: list[Callback] = list(callbacks)
         self.accelerator = (
@@ -285,6 +311,8 @@ class Trainer:
         self._metrics_logger: MetricsLogger | None = None
         self._gn_window: list[float] = []
         self._batch_checked = False
+        self._step_consistent = True  # False while a step is half applied (no checkpoint then)
+        self._interrupt_requested = False
 
     # ------------------------------------------------------------------ properties / helpers
     @property
@@ -341,29 +369,80 @@ class Trainer:
         return self._elapsed_before + (time.perf_counter() - self._session_t0)
 
     # ------------------------------------------------------------------ resume
-    def _resume_checkpoint(self, resume: bool | str | os.PathLike) -> LoadedCheckpoint | None:
+    def _resume_checkpoint(
+        self, resume: bool | str | os.PathLike
+    ) -> tuple[LoadedCheckpoint | None, list[Path]]:
+        """The checkpoint to resume from, and the newer unreadable folders that were skipped."""
         out_dir = self.out_dir
         if resume is False:
-            if out_dir is not None and latest_checkpoint(out_dir) is not None:
-                raise FileExistsError(
-                    f"{out_dir} already holds checkpoints (latest {latest_checkpoint(out_dir)}); "
-                    "fit(resume=True) continues that run, or choose a new or empty out_dir"
-                )
-            return None
-        if resume is not True:
-            return read_checkpoint(resume)  # an explicit folder: errors are the caller's to see
+            if out_dir is not None:
+                latest = latest_checkpoint(out_dir)
+                if latest is not None:
+                    raise RunFolderExistsError(
+                        f"{out_dir} already holds checkpoints (latest {latest}); fit(resume=True) continues "
+                        "that run, fit(fresh=True) moves it aside and starts over, or choose a new or "
+                        "empty out_dir"
+                    )
+                finished = [
+                    n for n in previous_run_artifacts(out_dir) if n in (*FINISHED_ARTIFACTS, CHECKPOINTS_DIR)
+                ]
+                if finished:
+                    raise RunFolderExistsError(
+                        f"{out_dir} holds an earlier run ({', '.join(finished)}); fit(fresh=True) moves it "
+                        "aside and starts over, or choose a new or empty out_dir"
+                    )
+            return None, []
+        if resume is not True and resume != "force":
+            return read_checkpoint(resume), []  # an explicit folder: errors are the caller's to see
         if out_dir is None:
-            return None
-        ckpt = find_resumable_checkpoint(out_dir, warn=self.is_main_process)
-        if self.is_main_process:
-            for tmp in stale_temp_folders(out_dir):
-                shutil.rmtree(tmp, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        return ckpt
+            return None, []
+        unreadable: list[tuple[Path, str]] = []
+        ckpt = find_resumable_checkpoint(out_dir, warn=self.is_main_process, unreadable=unreadable)
+        if ckpt is None:
+            found = previous_run_artifacts(out_dir)
+            finished = [n for n in found if n in (*FINISHED_ARTIFACTS, CHECKPOINTS_DIR)]
+            if finished:
+                why = (
+                    "; ".join(f"{p.name}: {reason}" for p, reason in unreadable[:2])
+                    if unreadable
+                    else "no checkpoint folder"
+                )
+                raise RunFolderError(
+                    f"{out_dir} holds an earlier run ({', '.join(finished)}) but no usable checkpoint to "
+                    f"resume from ({why}); starting over would replace it. Pass fresh=True (CLI: --fresh) to "
+                    f"move it aside into {out_dir.name}.old-<timestamp>/ and start over, or choose another "
+                    "out_dir"
+                )
+            if found and self.is_main_process:
+                logger.warning(
+                    "%s holds an earlier attempt that saved no checkpoint (%s); starting over",
+                    out_dir,
+                    ", ".join(found),
+                )
+        return ckpt, [p for p, _ in unreadable]
 
-    def _restore(self, ckpt: LoadedCheckpoint) -> None:
-        """Apply a checkpoint read into memory; everything is checked before anything is changed."""
-        check_model_matches(ckpt, self._raw_model)
+    def _restore(self, ckpt: LoadedCheckpoint, force: bool = False) -> None:
+        """Apply a checkpoint read into memory; everything is checked before anything is changed.
+
+        Args:
+            ckpt: The checkpoint.
+            force: Accept a different seed, ``run_data`` or model config (the model type and the
+                tensor shapes must still match).
+        """
+        ts = ckpt.trainer_state
+        if force:
+            if ckpt.model_meta["model_type"] != self._raw_model.model_type:
+                check_model_matches(ckpt, self._raw_model)  # raises the model-type message
+        else:
+            check_model_matches(ckpt, self._raw_model)
+            saved_seed = ts.get("seeding", {}).get("seed")
+            if saved_seed is not None and saved_seed != self.config.seed:
+                raise RunFolderError(
+                    f"{ckpt.path} was trained with seed {saved_seed}, this run has seed {self.config.seed}: "
+                    "resuming would mix two runs. Use the same seed, another out_dir, fresh=True (CLI: "
+                    "--fresh) to start over, or resume='force' to continue anyway"
+                )
+            self._check_run_data(ckpt)
         saved_groups = ckpt.optimizer_state.get("param_groups", [])
         ours = [len(g["params"]) for g in self.optimizer.param_groups]
         theirs = [len(g.get("params", [])) for g in saved_groups]
@@ -375,9 +454,14 @@ class Trainer:
         ts = ckpt.trainer_state
         states = ts.get("callbacks", {})
         self._raw_model.load_state_dict_checked(ckpt.model_state, source=str(ckpt.path))
-        self.optimizer.load_state_dict(ckpt.optimizer_state)
-        if ckpt.scheduler_state is not None:
-            self.scheduler.load_state_dict(ckpt.scheduler_state)
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+            if ckpt.scheduler_state is not None:
+                self.scheduler.load_state_dict(ckpt.scheduler_state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {ckpt.path}: the optimizer/scheduler state does not fit this trainer ({exc})"
+            ) from exc
         self.step = ckpt.step
         self.nonfinite_steps = int(ts.get("nonfinite_steps", 0))
         self.nonfinite_in_row = int(ts.get("nonfinite_in_row", 0))
@@ -409,6 +493,30 @@ class Trainer:
             )
         logger.info("resumed from %s after step %d", ckpt.path, ckpt.step)
 
+    def _check_run_data(self, ckpt: LoadedCheckpoint) -> None:
+        """Refuse a resume whose ``run_data`` (data spec, image size ...) differs from the saved one."""
+        if self.run_data is None:
+            return
+        saved = ckpt.trainer_state.get("run_data")
+        if saved is None and self.out_dir is not None and (self.out_dir / DATA_NAME).is_file():
+            with contextlib.suppress(CheckpointError):
+                saved = read_json(self.out_dir / DATA_NAME)  # checkpoints written before run_data
+        if not isinstance(saved, dict):
+            return
+        saved = _json_normalise(saved)
+        keys = sorted(set(saved) | set(self.run_data))
+        diff = [
+            f"{k}: saved {saved.get(k, '<absent>')!r} vs now {self.run_data.get(k, '<absent>')!r}"
+            for k in keys
+            if saved.get(k, "<absent>") != self.run_data.get(k, "<absent>")
+        ]
+        if diff:
+            raise RunFolderError(
+                f"{ckpt.path} was trained on other data ({'; '.join(diff[:4])}): resuming would mix two runs. "
+                "Use the same data, another out_dir, fresh=True (CLI: --fresh) to start over, or "
+                "resume='force' to continue anyway"
+            )
+
     # ------------------------------------------------------------------ state / checkpoints
     def trainer_state(self) -> dict[str, Any]:
         """The JSON-able state written as ``trainer_state.json`` into every checkpoint."""
@@ -429,6 +537,7 @@ class Trainer:
             "metrics": clean_record(self.last_metrics),
             "eval_metrics": clean_record(self.last_eval_metrics),
             "train_config": self.config.to_dict(),
+            "run_data": self.run_data,
             "model_type": self._raw_model.model_type,
             "pentachora_version": __version__,
         }
@@ -476,6 +585,8 @@ class Trainer:
                 "config": config_to_dict(model.config),
             },
         )
+        if self.run_data is not None:
+            atomic_write_json(out_dir / DATA_NAME, self.run_data)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
@@ -561,6 +672,7 @@ class Trainer:
     def _train_step(self, step: int) -> tuple[dict[str, float], list[str]]:
         """Run step ``step``; return its scalars and what was non-finite (empty if the update ran)."""
         cfg, acc = self.config, self.accelerator
+        self._step_consistent = False
         self._dispatch("on_step_start", step)
         batch = self.train_source.batch(self._source_index(step))
         self._check_batch(batch)
@@ -568,17 +680,25 @@ class Trainer:
 
         batch = send_to_device(batch, acc.device)
         torch.manual_seed(step_seed(cfg.seed, step, acc.process_index, salt=TRAIN_SALT))
-        output = self.model(batch)
-        loss = getattr(output, "loss", None)
-        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-            raise TypeError(
-                f"{type(self.unwrapped_model).__name__}(batch) must return a ModelOutput whose .loss is a 0-d "
-                f"tensor; got {type(output).__name__} with loss={type(loss).__name__}"
-                + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else "")
-            )
-        acc.backward(loss)
-        scalars = output.scalars() if hasattr(output, "scalars") else {}
-        scalars.setdefault("loss", float(loss.detach().float()))
+        try:
+            output = self.model(batch)
+            loss = getattr(output, "loss", None)
+            if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+                raise TypeError(
+                    f"{type(self.unwrapped_model).__name__}(batch) must return a ModelOutput whose .loss is a "
+                    f"0-d tensor; got {type(output).__name__} with loss={type(loss).__name__}"
+                    + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else "")
+                )
+            acc.backward(loss)
+            scalars = output.scalars() if hasattr(output, "scalars") else {}
+            scalars.setdefault("loss", float(loss.detach().float()))
+        except torch.linalg.LinAlgError as exc:
+            # a decomposition of NaN/inf values (e.g. the SVD's eigh after NaN weights) fails instead of
+            # returning NaN: the step is non-finite, and the NaN guard below skips and counts it
+            if self.is_main_process:
+                logger.warning("step %d: %s; treated as a non-finite loss", step, str(exc).splitlines()[0])
+            self.optimizer.zero_grad(set_to_none=True)
+            scalars = {"loss": math.nan}
         scalars = self._reduce(scalars)
         max_norm = self._clip_threshold(scalars)
         # clip at inf when the threshold is NaN: the norm is still measured and the step is skipped below
@@ -609,35 +729,86 @@ class Trainer:
         if cfg.grad_clip_mode == "adaptive":
             out["clip_threshold"] = max_norm
         self._dispatch("on_step_end", step, out)
+        self._step_consistent = True
         return out, nonfinite
 
     # ------------------------------------------------------------------ fit
-    def fit(self, resume: bool | str | os.PathLike = True) -> TrainResult:
+    def fit(self, resume: bool | str | os.PathLike = True, fresh: bool = False) -> TrainResult:
         """Train until ``config.steps`` (or until a callback sets ``should_stop``).
+
+        The run folder is locked for the whole call (``out_dir/.lock``): a second training on the
+        same folder fails at once. Run metadata (``train_config.json``, ``model_config.json``,
+        ``data.json``) is written only once the run is accepted. Temporary files left by an
+        interrupted earlier write are deleted. Ctrl-C (SIGINT, single process) finishes the current
+        step, writes a checkpoint there and re-raises ``KeyboardInterrupt``, so a rerun resumes at
+        that step; a second Ctrl-C stops at once.
 
         Args:
             resume: ``True`` continues from the newest complete checkpoint in ``out_dir`` if there is
-                one (corrupt or partial folders are skipped with a warning); ``False`` starts fresh
-                and refuses an ``out_dir`` that already holds checkpoints; a path resumes from that
-                checkpoint folder.
+                one (corrupt or partial folders are skipped with a warning and renamed
+                ``unreadable-step-…`` so nothing overwrites them); the seed, the model config and
+                ``run_data`` must match the saved run. ``"force"`` resumes even if they differ
+                (the model type and tensor shapes must still match). ``False`` starts fresh and
+                refuses an ``out_dir`` that already holds checkpoints or a finished run. A path
+                resumes from that checkpoint folder.
+            fresh: Start over: move the earlier run's files (``train_config.json`` ... ``final/``,
+                ``checkpoints/``) into a new sibling folder ``OUT.old-YYYYmmdd-HHMMSS/`` first.
 
         Returns:
             A :class:`TrainResult`.
 
         Raises:
             TrainingDiverged: after ``max_nonfinite_in_row`` consecutive non-finite steps.
-            pentachora.io.CheckpointError: the checkpoint to resume from belongs to another model type
-                or config, or does not fit the optimizer.
-            FileExistsError: ``resume=False`` on an ``out_dir`` with checkpoints.
+            pentachora.errors.CheckpointError: the checkpoint to resume from belongs to another model
+                type or config, or does not fit the optimizer.
+            pentachora.errors.RunFolderError: ``out_dir`` is in use by another training; the saved run
+                has another seed or ``run_data``; or it holds a finished run but no usable
+                checkpoint (pass ``fresh=True``).
+            FileExistsError: ``resume=False`` on an ``out_dir`` with checkpoints or a finished run
+                (a :class:`~pentachora.training.state.RunFolderExistsError`).
         """
+        if fresh and resume not in (True, False):
+            raise ConfigError(
+                "fit(fresh=True) starts over; it cannot be combined with resume='force' or a path"
+            )
+        out_dir = self.out_dir
+        lock = (
+            run_folder_lock(out_dir, enabled=self.is_main_process)
+            if out_dir is not None
+            else contextlib.nullcontext()
+        )
+        with lock:
+            return self._fit(resume, fresh)
+
+    def _fit(self, resume: bool | str | os.PathLike, fresh: bool) -> TrainResult:
         cfg, acc = self.config, self.accelerator
         self._session_t0 = time.perf_counter()
+        out_dir = self.out_dir
         resumed_from = None
         if not self._prepared:
-            ckpt = self._resume_checkpoint(resume)
+            if out_dir is not None and self.is_main_process:
+                for path in clean_stale_temp_files(out_dir):
+                    logger.warning("removed stale temporary checkpoint data %s (an interrupted save)", path)
+            acc.wait_for_everyone()
+            unreadable: list[Path] = []
+            if fresh:
+                if out_dir is not None and self.is_main_process:
+                    moved = move_run_aside(out_dir)
+                    if moved is not None:
+                        logger.warning("fresh start: moved the earlier run in %s to %s", out_dir, moved)
+                acc.wait_for_everyone()
+                ckpt = None
+            else:
+                ckpt, unreadable = self._resume_checkpoint(resume)
             if ckpt is not None:
-                self._restore(ckpt)
+                self._restore(ckpt, force=resume == "force")
                 resumed_from = ckpt.step
+                acc.wait_for_everyone()
+                if self.is_main_process:
+                    for path in unreadable:
+                        if path.exists():
+                            kept = set_aside_unreadable(path)
+                            logger.warning("kept the unreadable checkpoint %s as %s", path, kept)
             self.model, self.optimizer, self.scheduler = acc.prepare(
                 self._raw_model, self.optimizer, self.scheduler
             )
@@ -645,7 +816,6 @@ class Trainer:
         self.start_step = self.step
         self.should_stop = False
         self._write_run_configs()
-        out_dir = self.out_dir
         if out_dir is not None and self.is_main_process:
             # a continuation keeps the records up to the current step and drops any later ones
             self._metrics_logger = MetricsLogger(
@@ -672,6 +842,8 @@ class Trainer:
             out_dir,
         )
         self.model.train()
+        self._interrupt_requested = False
+        restore_sigint = self._install_sigint_handler()
         try:
             self._dispatch("on_train_start")
             for step in range(self.step + 1, cfg.steps + 1):
@@ -694,6 +866,8 @@ class Trainer:
                     self.evaluate()
                 if cfg.save_every and step % cfg.save_every == 0:
                     self.save_checkpoint()
+                if self._interrupt_requested:
+                    raise KeyboardInterrupt
                 if self.should_stop:
                     logger.info("stopping after step %d (requested by a callback)", step)
                     break
@@ -703,7 +877,11 @@ class Trainer:
                 if self._last_save_step != self.step:
                     self.save_checkpoint()
             self._dispatch("on_train_end")
+        except KeyboardInterrupt:
+            self._checkpoint_on_interrupt()
+            raise
         finally:
+            restore_sigint()
             pbar.close()
             if self._metrics_logger is not None:
                 self._metrics_logger.close()
@@ -717,6 +895,51 @@ class Trainer:
             checkpoint=self.last_checkpoint,
             resumed_from=resumed_from,
             stopped_early=self.should_stop,
+        )
+
+    def _install_sigint_handler(self) -> Callable[[], None]:
+        """Make the first Ctrl-C stop after the current step (single process, main thread, default
+        handler only); returns the function that restores the previous handler."""
+        if (
+            self.accelerator.num_processes != 1
+            or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
+            return lambda: None
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._interrupt_requested or self.out_dir is None:
+                raise KeyboardInterrupt
+            self._interrupt_requested = True
+            logger.warning(
+                "interrupted: finishing step %d, then saving a checkpoint (press Ctrl-C again to stop now)",
+                self.step + 1,
+            )
+
+        signal.signal(signal.SIGINT, handler)
+
+        def restore() -> None:
+            if signal.getsignal(signal.SIGINT) is handler:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        return restore
+
+    def _checkpoint_on_interrupt(self) -> None:
+        """On KeyboardInterrupt: save the current step if its state is whole, and say where a rerun resumes."""
+        if self.out_dir is None or self.accelerator.num_processes != 1:
+            return
+        if self._step_consistent and self.step > (self._last_save_step or 0) and self.step > self.start_step:
+            try:
+                self.save_checkpoint()
+            except Exception as exc:  # the interrupt matters more than the save
+                logger.error("could not save a checkpoint after the interrupt: %s", exc)
+        where = self.last_checkpoint
+        logger.warning(
+            "training interrupted after step %d; %s",
+            self.step,
+            f"a rerun with the same out_dir resumes from {where}"
+            if where is not None
+            else "no checkpoint was saved, a rerun starts over",
         )
 
     def _log_step(self, step: int, scalars: dict[str, float], nonfinite: list[str], pbar: Any) -> None:
@@ -761,6 +984,10 @@ def _fmt(values: Mapping[str, float]) -> str:
 
 
 def _json_eq(a: Any, b: Any) -> bool:
+    return _json_normalise(a) == _json_normalise(b)
+
+
+def _json_normalise(obj: Any) -> Any:
     import json
 
-    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+    return json.loads(json.dumps(obj, default=str))

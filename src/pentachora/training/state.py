@@ -2,8 +2,10 @@
 
 Layout of a run folder written by :class:`~pentachora.training.Trainer`::
 
-    OUT/train_config.json                 resolved TrainConfig (+ run facts), written at start
+    OUT/.lock                             exclusive lock of the running training (holds its pid)
+    OUT/train_config.json                 resolved TrainConfig, written once the run is accepted
     OUT/model_config.json                 {"model_type", "pentachora_version", "config"} of the model
+    OUT/data.json                         what the run trains on (``Trainer(run_data=...)``), if given
     OUT/metrics.jsonl                     one JSON record per logged step / evaluation
     OUT/tensorboard/                      TensorBoard event files (when tensorboard is installed)
     OUT/checkpoints/latest                text file: the name of the newest complete checkpoint
@@ -17,7 +19,11 @@ Layout of a run folder written by :class:`~pentachora.training.Trainer`::
 A checkpoint folder is first written under a temporary name (``.tmp-step-…``) and moved into place
 with :func:`os.replace`, so a crash leaves either no folder or a complete one. Loading reads every
 file into memory *before* anything is applied to a model; a folder that is incomplete or corrupt is
-skipped with a warning and the next older one is tried.
+skipped with a warning and the next older one is tried. When the trainer resumes from an older one,
+the unreadable folders are renamed ``unreadable-step-…`` so that nothing overwrites or prunes them.
+
+A running training holds ``OUT/.lock`` (:func:`run_folder_lock`); a second one on the same folder
+fails at once with :class:`~pentachora.errors.RunFolderError`.
 """
 
 from __future__ import annotations
@@ -30,23 +36,31 @@ import math
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pentachora.errors import RunFolderError
 from pentachora.io import (
     CheckpointError,
     atomic_save_tensors,
     atomic_write_json,
     atomic_write_text,
+    file_mode,
     load_tensors,
+    make_temp_dir,
     read_json,
     read_tensor_metadata,
 )
-from pentachora.modeling import CONFIG_NAME, WEIGHTS_NAME, PentachoraModel, config_to_dict
+from pentachora.modeling import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    PentachoraModel,
+    config_to_dict,
+    nonfinite_tensor,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +72,23 @@ OPTIMIZER_FORMAT = "pentachora-optimizer-v1"
 CHECKPOINT_FILES: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME, OPTIMIZER_NAME, TRAINER_STATE_NAME)
 _STEP_RE = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"
+UNREADABLE_PREFIX = "unreadable-"
+LOCK_NAME = ".lock"
+#: What a run writes into its folder; any of these means the folder holds an earlier run.
+RUN_ARTIFACTS: tuple[str, ...] = (
+    "train_config.json",
+    "model_config.json",
+    "data.json",
+    "metrics.jsonl",
+    "eval.json",
+    "final",
+    CHECKPOINTS_DIR,
+    "tensorboard",
+)
+#: Artifacts that are finished or resumable work (a rerun must not silently replace them).
+FINISHED_ARTIFACTS: tuple[str, ...] = ("final", "eval.json")
+#: Temporary files of :mod:`pentachora.io` atomic writes: ``.NAME.XXXXXXXX.tmp``.
+_TMP_FILE_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 # ----------------------------------------------------------------------------- flatten / unflatten
@@ -211,14 +242,14 @@ def write_checkpoint(
     checkpoints_dir = Path(checkpoints_dir)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoints_dir / checkpoint_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=checkpoints_dir))
+    tmp = make_temp_dir(f"{_TMP_PREFIX}{final.name}-", checkpoints_dir)
     try:
         model.save_pretrained(tmp)
         save_optimizer_state(tmp / OPTIMIZER_NAME, optimizer_state, scheduler_state)
         # trainer_state.json last: its presence (with the right step) marks the folder complete.
         atomic_write_json(tmp / TRAINER_STATE_NAME, {**trainer_state, "step": int(step)})
         if final.exists():  # e.g. the same step saved again after a resume: swap, then delete the old one
-            old = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}old-{final.name}-", dir=checkpoints_dir))
+            old = make_temp_dir(f"{_TMP_PREFIX}old-{final.name}-", checkpoints_dir)
             os.replace(final, old / final.name)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -342,15 +373,89 @@ def read_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     trainer_state = read_json(path / TRAINER_STATE_NAME)
     if not isinstance(trainer_state, dict) or trainer_state.get("step") != step:
         raise CheckpointError(f"{path / TRAINER_STATE_NAME} does not describe step {step}")
+    check_trainer_state(trainer_state, path / TRAINER_STATE_NAME)
     meta = read_json(path / CONFIG_NAME)
     if not isinstance(meta, dict) or "model_type" not in meta or "config" not in meta:
         raise CheckpointError(f"{path / CONFIG_NAME} is not a pentachora model config")
+    if not isinstance(meta["model_type"], str) or not isinstance(meta["config"], dict):
+        raise CheckpointError(f"{path / CONFIG_NAME}: 'model_type' must be a string and 'config' an object")
     model_state = load_tensors(path / WEIGHTS_NAME)
+    bad = nonfinite_tensor(model_state)
+    if bad is not None:
+        raise CheckpointError(f"{path / WEIGHTS_NAME}: tensor {bad!r} holds NaN or infinite values")
     optimizer_state, scheduler_state = load_optimizer_state(path / OPTIMIZER_NAME)
+    _check_optimizer_state(optimizer_state, path / OPTIMIZER_NAME)
     return LoadedCheckpoint(path, step, meta, model_state, trainer_state, optimizer_state, scheduler_state)
 
 
-def find_resumable_checkpoint(out_dir: str | os.PathLike, warn: bool = True) -> LoadedCheckpoint | None:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_trainer_state(state: Mapping[str, Any], source: str | os.PathLike) -> None:
+    """Refuse a ``trainer_state.json`` that parses but is not what the trainer wrote.
+
+    Raises:
+        CheckpointError: a counter that is not a non-negative integer, a non-numeric ``elapsed_s``,
+            ``callbacks`` / ``metrics`` / ``eval_metrics`` / ``train_config`` / ``seeding`` that are
+            not objects, or a non-integer seed.
+    """
+    problems = []
+    for key in ("step", "nonfinite_steps", "nonfinite_in_row"):
+        if key in state and not (_is_int(state[key]) and state[key] >= 0):
+            problems.append(f"{key} must be a non-negative integer, got {state[key]!r}")
+    elapsed = state.get("elapsed_s", 0.0)
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not math.isfinite(elapsed):
+        problems.append(f"elapsed_s must be a finite number, got {elapsed!r}")
+    for key in ("callbacks", "metrics", "eval_metrics", "train_config", "seeding"):
+        if key in state and not isinstance(state[key], dict):
+            problems.append(f"{key} must be an object, got {type(state[key]).__name__}")
+    callbacks = state.get("callbacks", {})
+    if isinstance(callbacks, dict):
+        for key, value in callbacks.items():
+            if not isinstance(value, dict):
+                problems.append(f"callbacks[{key!r}] must be an object, got {type(value).__name__}")
+    for key in ("metrics", "eval_metrics"):
+        values = state.get(key, {})
+        if isinstance(values, dict):
+            for name, v in values.items():
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, str))):
+                    problems.append(f"{key}[{name!r}] must be a number, got {type(v).__name__}")
+    seeding = state.get("seeding", {})
+    if isinstance(seeding, dict):
+        if "seed" in seeding and not _is_int(seeding["seed"]):
+            problems.append(f"seeding.seed must be an integer, got {seeding['seed']!r}")
+        if "world_size" in seeding and not (_is_int(seeding["world_size"]) and seeding["world_size"] >= 1):
+            problems.append(f"seeding.world_size must be a positive integer, got {seeding['world_size']!r}")
+    if "run_data" in state and not isinstance(state["run_data"], (dict, type(None))):
+        problems.append(f"run_data must be an object, got {type(state['run_data']).__name__}")
+    if problems:
+        raise CheckpointError(f"{source} is not a valid trainer state: " + "; ".join(problems[:4]))
+
+
+def _check_optimizer_state(state: Any, source: Path) -> None:
+    """Structure of an optimizer state dict (``state`` object, ``param_groups`` list) and finite
+    moment tensors (the trainer never steps on a non-finite gradient, so they always are)."""
+    if not isinstance(state, dict) or not isinstance(state.get("state", {}), dict):
+        raise CheckpointError(f"{source}: the optimizer state is not a state dict")
+    groups = state.get("param_groups", [])
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("params", []), list) for g in groups
+    ):
+        raise CheckpointError(f"{source}: the optimizer's param_groups are malformed")
+    for pid, entry in state["state"].items():
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{source}: optimizer state of parameter {pid} is not an object")
+        bad = nonfinite_tensor({str(k): v for k, v in entry.items()})
+        if bad is not None:
+            raise CheckpointError(
+                f"{source}: optimizer state {bad!r} of parameter {pid} holds NaN or infinite values"
+            )
+
+
+def find_resumable_checkpoint(
+    out_dir: str | os.PathLike, warn: bool = True, unreadable: list[tuple[Path, str]] | None = None
+) -> LoadedCheckpoint | None:
     """Read the newest checkpoint of ``out_dir`` that loads completely, warning about the others.
 
     Stale temporary folders and incomplete or corrupt ``step-*`` folders are skipped with a warning
@@ -359,6 +464,7 @@ def find_resumable_checkpoint(out_dir: str | os.PathLike, warn: bool = True) -> 
     Args:
         out_dir: The run folder.
         warn: Log the skipped folders (the trainer passes ``False`` on non-main processes).
+        unreadable: If given, ``(folder, reason)`` of every newer folder that failed is appended.
     """
     log = logger.warning if warn else logger.debug
     for tmp in stale_temp_folders(out_dir):
@@ -368,7 +474,166 @@ def find_resumable_checkpoint(out_dir: str | os.PathLike, warn: bool = True) -> 
             return read_checkpoint(path)
         except CheckpointError as exc:
             log("skipping unusable checkpoint %s: %s", path, exc)
+            if unreadable is not None:
+                unreadable.append((path, str(exc)))
     return None
+
+
+def set_aside_unreadable(path: str | os.PathLike) -> Path:
+    """Rename an unreadable ``step-*`` folder to ``unreadable-step-*`` (kept for inspection).
+
+    The new name is no checkpoint name, so a resumed run never overwrites, prunes or loads it.
+    """
+    path = Path(path)
+    target = path.with_name(UNREADABLE_PREFIX + path.name)
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{UNREADABLE_PREFIX}{path.name}.{n}")
+    os.replace(path, target)
+    return target
+
+
+def previous_run_artifacts(out_dir: str | os.PathLike) -> list[str]:
+    """The names of :data:`RUN_ARTIFACTS` present in ``out_dir`` (an empty checkpoints/ folder is
+    not counted)."""
+    out_dir = Path(out_dir)
+    found = []
+    for name in RUN_ARTIFACTS:
+        path = out_dir / name
+        if name == CHECKPOINTS_DIR:
+            if path.is_dir() and any(
+                checkpoint_step(p) is not None or p.name.startswith(UNREADABLE_PREFIX) for p in path.iterdir()
+            ):
+                found.append(name)
+        elif path.exists():
+            found.append(name)
+    return found
+
+
+def move_run_aside(out_dir: str | os.PathLike) -> Path | None:
+    """Move every earlier-run artifact of ``out_dir`` into a new sibling ``OUT.old-YYYYmmdd-HHMMSS``
+    (``-2``, ``-3`` ... when taken); the folder itself and its lock stay. ``None`` if nothing to move.
+    """
+    import time
+
+    out_dir = Path(out_dir)
+    names = previous_run_artifacts(out_dir)
+    ckdir = out_dir / CHECKPOINTS_DIR
+    if not names and not ckdir.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = out_dir.with_name(f"{out_dir.name}.old-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = out_dir.with_name(f"{out_dir.name}.old-{stamp}-{n}")
+    target.mkdir(parents=True)
+    for name in RUN_ARTIFACTS:
+        if (out_dir / name).exists():
+            os.replace(out_dir / name, target / name)
+    _fsync_dir(out_dir)
+    return target
+
+
+def clean_stale_temp_files(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete what interrupted writes left behind: ``.tmp-*`` folders under ``checkpoints/`` and
+    ``.NAME.XXXXXXXX.tmp`` files of atomic writes in ``out_dir`` and its direct subfolders (e.g.
+    ``final/``). Call it only while holding the run folder's lock (no writer is active).
+
+    Returns:
+        What was deleted.
+    """
+    out_dir = Path(out_dir)
+    removed: list[Path] = []
+    for tmp in stale_temp_folders(out_dir):
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    if not out_dir.is_dir():
+        return removed
+    folders = [out_dir, *(p for p in out_dir.iterdir() if p.is_dir() and not p.is_symlink())]
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            for child in folder.iterdir():
+                if _TMP_FILE_RE.match(child.name) and child.is_file():
+                    with contextlib.suppress(OSError):
+                        child.unlink()
+                        removed.append(child)
+    return removed
+
+
+# ----------------------------------------------------------------------------- run folder lock
+_HELD_LOCKS: dict[str, list[int]] = {}  # real path -> [fd, depth]
+
+
+class RunFolderExistsError(RunFolderError, FileExistsError):
+    """``resume=False`` on a run folder that already holds a run (also a ``FileExistsError``)."""
+
+
+def is_main_process() -> bool:
+    """Whether this process writes run folders: rank 0 under ``accelerate launch`` / ``torchrun``
+    (they set ``RANK``), always true in a plain process. For code that runs before a Trainer exists."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextlib.contextmanager
+def run_folder_lock(out_dir: str | os.PathLike, enabled: bool = True) -> Iterator[Path]:
+    """Hold an exclusive, non-blocking lock on ``out_dir/.lock`` (``fcntl.flock``) for the block.
+
+    Re-entrant within one process (a recipe holds it around :meth:`Trainer.fit`, which takes it
+    again). The lock file holds the owner's pid; the lock dies with the process, so a killed run
+    never leaves the folder locked. Without ``fcntl`` (Windows) it does nothing.
+
+    Args:
+        out_dir: The run folder (created if needed).
+        enabled: ``False`` makes it a no-op (non-main processes of a distributed run).
+
+    Raises:
+        RunFolderError: another process holds the lock.
+    """
+    out_dir = Path(out_dir)
+    if not enabled:
+        yield out_dir
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield out_dir
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(out_dir)
+    held = _HELD_LOCKS.get(key)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield out_dir
+        finally:
+            held[1] -= 1
+        return
+    lock_path = out_dir / LOCK_NAME
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, file_mode())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        try:
+            pid = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise RunFolderError(
+            f"{out_dir} is in use by another training (pid {pid}); wait for it to finish or choose "
+            "another out_dir"
+        ) from exc
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _HELD_LOCKS[key] = [fd, 1]
+        yield out_dir
+    finally:
+        _HELD_LOCKS.pop(key, None)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _json_normalise(obj: Any) -> Any:

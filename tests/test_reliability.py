@@ -1,0 +1,635 @@
+"""Reliability: fresh machines, run folders, hostile checkpoints, bad settings (issue 10, items 1–10)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from pentachora.errors import CheckpointError, ConfigError, DataError, RunFolderError
+from pentachora.io import atomic_save_tensors, atomic_write_json
+from pentachora.modeling import ModelOutput, PentachoraModel, register_model
+from pentachora.training import Callback, TrainConfig, Trainer, TrainingDiverged, read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- 1. fresh machine
+def test_requirements_install_the_versions_ci_tested():
+    req = (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    assert "-c constraints.txt" in [line.strip() for line in req]
+    assert "torch==2.13.0" in [line.strip() for line in req]
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([0-9][A-Za-z0-9_.\-]*)", line)
+            assert m, f"constraints.txt line is not an exact pin: {line!r}"
+            pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+    for name in (
+        "pytest",
+        "hypothesis",
+        "transformers",
+        "diffusers",
+        "accelerate",
+        "numpy",
+        "scipy",
+        "scikit-image",
+        "safetensors",
+        "typer",
+        "pillow",
+        "einops",
+        "torch",
+    ):
+        assert name in pins, f"constraints.txt does not pin {name}"
+    assert pins["torch"] == "2.13.0"
+    assert "+" not in "".join(pins.values())  # local tags (+cpu) are not on PyPI
+
+
+# ----------------------------------------------------------------------------- shared test pieces
+@dataclass
+class RelConfig:
+    dim: int = 8
+    hidden: int = 16
+    dropout: float = 0.1
+    recon_weight: float = 1.0
+
+
+@dataclass
+class RelOutput(ModelOutput):
+    recon: torch.Tensor | None = None
+
+
+@register_model
+class RelAE(PentachoraModel):
+    model_type = "test_reliability_ae"
+    config_class = RelConfig
+
+    def __init__(self, config: RelConfig) -> None:
+        super().__init__(config)
+        self.enc = nn.Sequential(nn.Linear(config.dim, config.hidden), nn.Tanh(), nn.Dropout(config.dropout))
+        self.dec = nn.Linear(config.hidden, config.dim)
+
+    def forward(self, x: torch.Tensor) -> RelOutput:
+        recon = (self.dec(self.enc(x)) - x).pow(2).mean()
+        return RelOutput(loss=self.config.recon_weight * recon, recon=recon)
+
+
+@register_model
+class OtherAE(RelAE):
+    model_type = "test_reliability_other_ae"
+
+
+class Toy:
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.mix = torch.randn(2, 8, generator=torch.Generator().manual_seed(99))
+
+    def batch(self, step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return torch.randn(16, 2, generator=g) @ self.mix
+
+
+def model(seed: int = 0, cls: type[RelAE] = RelAE, **kw: Any) -> RelAE:
+    torch.manual_seed(seed)
+    return cls(RelConfig(**kw))
+
+
+def tcfg(out: Path | None, **kw: Any) -> TrainConfig:
+    base: dict[str, Any] = dict(
+        steps=6, batch_size=16, lr=1e-2, log_every=1, progress=False, tensorboard=False, seed=7
+    )
+    base.update(kw)
+    return TrainConfig(out_dir=str(out) if out is not None else None, **base)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (except the lock) by relative path."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+# ----------------------------------------------------------------------------- 2. one training per folder
+def test_a_second_training_on_a_locked_run_folder_fails_at_once(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "w") as fh:  # another process's lock (a separate open file description)
+        fh.write("4242\n")
+        fh.flush()
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunFolderError, match=r"in use by another training \(pid 4242\)"):
+            Trainer(model(), tcfg(out), Toy()).fit()
+        assert not (out / "train_config.json").exists()  # refused before writing anything
+    res = Trainer(model(), tcfg(out), Toy()).fit()  # released: trains
+    assert res.steps == 6
+
+
+def test_the_lock_is_held_during_training_and_names_this_process(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    class Peek(Callback):
+        def on_step_end(self, trainer: Trainer, step: int, scalars: dict[str, float]) -> None:
+            if step == 2:
+                seen.append((tmp_path / ".lock").read_text().strip())
+                with open(tmp_path / ".lock") as fh, pytest.raises(BlockingIOError):
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    Trainer(model(), tcfg(tmp_path), Toy(), callbacks=[Peek()]).fit()
+    assert seen == [str(os.getpid())]
+
+
+def test_resume_with_another_seed_is_refused_unless_forced(tmp_path: Path) -> None:
+    Trainer(model(), tcfg(tmp_path, steps=3), Toy()).fit()
+    with pytest.raises(RunFolderError, match=r"seed 7, this run has seed 8"):
+        Trainer(model(), tcfg(tmp_path, steps=6, seed=8), Toy()).fit()
+    res = Trainer(model(), tcfg(tmp_path, steps=6, seed=8), Toy()).fit(resume="force")
+    assert res.resumed_from == 3 and res.steps == 6
+
+
+def test_resume_with_another_model_config_can_be_forced_when_shapes_match(tmp_path: Path) -> None:
+    Trainer(model(), tcfg(tmp_path, steps=3), Toy()).fit()
+    with pytest.raises(CheckpointError, match="different"):
+        Trainer(model(recon_weight=2.0), tcfg(tmp_path, steps=6), Toy()).fit()
+    res = Trainer(model(recon_weight=2.0), tcfg(tmp_path, steps=6), Toy()).fit(resume="force")
+    assert res.resumed_from == 3
+    with pytest.raises(CheckpointError, match="holds a 'test_reliability_ae' model"):
+        Trainer(model(cls=OtherAE), tcfg(tmp_path, steps=9), Toy()).fit(resume="force")
+
+
+# ----------------------------------------------------------------------------- 3. finished runs are not wiped
+def _finished_run(out: Path) -> None:
+    m = model()
+    Trainer(m, tcfg(out, steps=4, save_every=2, keep_last_checkpoints=0), Toy()).fit()
+    m.save_pretrained(out / "final")
+    atomic_write_json(out / "eval.json", {"psnr": 1.0})
+
+
+def test_a_finished_run_without_a_usable_checkpoint_is_refused_not_wiped(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _finished_run(out)
+    for step in ("step-0000002", "step-0000004"):  # every checkpoint corrupt
+        (out / "checkpoints" / step / "model.safetensors").write_bytes(b"\x00garbage")
+    before = snapshot(out)
+    with pytest.raises(RunFolderError, match=r"no usable checkpoint.*fresh=True"):
+        Trainer(model(), tcfg(out, steps=8), Toy()).fit()
+    assert snapshot(out) == before  # nothing replaced, truncated or renamed
+    with pytest.raises(FileExistsError, match=r"already holds checkpoints|earlier run"):
+        Trainer(model(), tcfg(out, steps=8), Toy()).fit(resume=False)
+
+    shutil.rmtree(out / "checkpoints")  # no checkpoint at all, but final/ and eval.json
+    before = snapshot(out)
+    with pytest.raises(RunFolderError, match=r"earlier run \(.*final.*\) but no usable checkpoint"):
+        Trainer(model(), tcfg(out, steps=8), Toy()).fit()
+    with pytest.raises(FileExistsError, match="earlier run"):
+        Trainer(model(), tcfg(out, steps=8), Toy()).fit(resume=False)
+    assert snapshot(out) == before
+
+
+def test_fresh_moves_the_earlier_run_aside(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _finished_run(out)
+    before = snapshot(out)
+    res = Trainer(model(), tcfg(out, steps=3), Toy()).fit(fresh=True)
+    assert res.resumed_from is None and res.steps == 3
+    olds = sorted(tmp_path.glob("run.old-*"))
+    assert len(olds) == 1 and snapshot(olds[0]) == before
+    assert not (out / "final").exists() and not (out / "eval.json").exists()
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_an_unreadable_newer_checkpoint_is_kept_aside_and_never_overwritten(tmp_path: Path) -> None:
+    Trainer(model(), tcfg(tmp_path, steps=4, save_every=2, keep_last_checkpoints=0), Toy()).fit()
+    bad = tmp_path / "checkpoints" / "step-0000004"
+    (bad / "model.safetensors").write_bytes(b"\x00garbage")
+    kept = snapshot(bad)
+    res = Trainer(model(), tcfg(tmp_path, steps=6, save_every=2, keep_last_checkpoints=1), Toy()).fit()
+    assert res.resumed_from == 2 and res.steps == 6
+    aside = tmp_path / "checkpoints" / "unreadable-step-0000004"
+    assert aside.is_dir() and snapshot(aside) == kept  # neither overwritten by the new step 4 nor pruned
+    assert (tmp_path / "checkpoints" / "step-0000006").is_dir()
+
+
+def test_parseable_but_wrong_trainer_state_falls_back_to_the_previous_checkpoint(tmp_path: Path) -> None:
+    Trainer(model(), tcfg(tmp_path, steps=4, save_every=2, keep_last_checkpoints=0), Toy()).fit()
+    path = tmp_path / "checkpoints" / "step-0000004" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    path.write_text(json.dumps({**state, "nonfinite_steps": "many", "callbacks": []}))
+    res = Trainer(model(), tcfg(tmp_path, steps=6), Toy()).fit()
+    assert res.resumed_from == 2
+
+
+def test_nan_optimizer_moments_fall_back_to_the_previous_checkpoint(tmp_path: Path) -> None:
+    from pentachora.training import load_optimizer_state, save_optimizer_state
+
+    Trainer(model(), tcfg(tmp_path, steps=4, save_every=2, keep_last_checkpoints=0), Toy()).fit()
+    path = tmp_path / "checkpoints" / "step-0000004" / "optimizer.safetensors"
+    opt, sched = load_optimizer_state(path)
+    first = next(iter(opt["state"].values()))
+    first["exp_avg"].fill_(math.nan)
+    save_optimizer_state(path, opt, sched)
+    res = Trainer(model(), tcfg(tmp_path, steps=6), Toy()).fit()
+    assert res.resumed_from == 2 and res.nonfinite_steps == 0
+
+
+# ----------------------------------------------------------------------------- 4. data is part of the run
+def test_resume_on_other_data_is_refused_and_metadata_is_written_only_when_accepted(tmp_path: Path) -> None:
+    data = {"data": "noise:gaussian", "image_size": 16}
+    Trainer(model(), tcfg(tmp_path, steps=3), Toy(), run_data=data).fit()
+    assert json.loads((tmp_path / "data.json").read_text()) == data
+    saved = snapshot(tmp_path)
+    with pytest.raises(RunFolderError, match=r"other data \(image_size: saved 16 vs now 32"):
+        Trainer(model(), tcfg(tmp_path, steps=6), Toy(), run_data={**data, "image_size": 32}).fit()
+    with pytest.raises(CheckpointError, match="holds a 'test_reliability_ae' model"):
+        Trainer(model(cls=OtherAE), tcfg(tmp_path, steps=6), Toy(), run_data={"data": "images"}).fit()
+    assert snapshot(tmp_path) == saved  # refused runs rewrite neither data.json nor the configs
+    res = Trainer(model(), tcfg(tmp_path, steps=6), Toy(), run_data=data).fit()
+    assert res.resumed_from == 3
+
+
+def test_train_autoencoder_compares_the_data_spec_and_image_size(tmp_path: Path) -> None:
+    from pentachora.autoencoders import PatchSVAE, PatchSVAEConfig
+    from pentachora.recipes import build_eval_data, train_autoencoder
+
+    def run(data: str, size: int, steps: int, **kw: Any):
+        torch.manual_seed(0)
+        net = PatchSVAE(PatchSVAEConfig.preset("tiny"))
+        ev = build_eval_data(parse(data), size, n_noise_per_type=1)
+        return train_autoencoder(
+            net, data, tcfg(tmp_path, steps=steps, batch_size=2), image_size=size, eval_data=ev, **kw
+        )
+
+    from pentachora.data import parse_data_spec as parse
+
+    run("noise:gaussian", 16, 2)
+    saved = json.loads((tmp_path / "data.json").read_text())
+    with pytest.raises(RunFolderError, match="other data"):
+        run("noise:pink", 16, 3)
+    with pytest.raises(RunFolderError, match="image_size"):
+        run("noise:gaussian", 32, 3)
+    assert json.loads((tmp_path / "data.json").read_text()) == saved
+    assert run("noise:gaussian", 16, 3).result.resumed_from == 2
+
+
+# ----------------------------------------------------------------------------- 5. no unpickling
+def test_encoder_classes_are_allow_listed() -> None:
+    pytest.importorskip("transformers")
+    from pentachora.memory.encoders import FrozenTextEncoder
+
+    for bad in ("os", "AutoModelForCausalLM", "__class__", "PreTrainedModel"):
+        with pytest.raises(CheckpointError, match="not allowed"):
+            FrozenTextEncoder.from_pretrained("minilm", model_class=bad)
+
+
+def test_a_pickle_weights_file_is_refused_without_being_unpickled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("transformers")
+    from pentachora.memory.encoders import FrozenTextEncoder, tiny_encoder
+
+    net, tok = tiny_encoder("bert")
+    net.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(state, tmp_path / "pytorch_model.bin")  # the test writes a pickle; nothing may read it
+    calls: list[Any] = []
+    real_load = torch.load
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*pytorch_model\.bin is refused"):
+        FrozenTextEncoder.from_pretrained(str(tmp_path))
+    with pytest.raises(CheckpointError, match="cannot load the text encoder"):
+        FrozenTextEncoder.from_pretrained(str(tmp_path), model_class="BertModel")
+    assert calls == []
+
+
+def test_a_missing_encoder_is_a_checkpoint_error(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from pentachora.memory.encoders import FrozenTextEncoder
+
+    with pytest.raises(CheckpointError, match="offline"):
+        FrozenTextEncoder.from_pretrained(str(tmp_path / "nowhere"))
+
+
+# ----------------------------------------------------------------------------- 6. no allocation before the check
+def _svae_checkpoint(folder: Path, **config_changes: Any) -> Path:
+    from pentachora.autoencoders import PatchSVAE, PatchSVAEConfig
+
+    torch.manual_seed(0)
+    PatchSVAE(PatchSVAEConfig.preset("tiny")).save_pretrained(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    meta["config"].update(config_changes)
+    (folder / "config.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_a_huge_depth_in_config_is_refused_before_building(tmp_path: Path) -> None:
+    from pentachora.recipes import load_model
+
+    folder = _svae_checkpoint(tmp_path, depth=5000)
+    with pytest.raises(CheckpointError, match=r"more than \d+ tensors, but the file holds \d+"):
+        load_model(folder)
+
+
+def test_a_huge_width_in_config_is_refused_against_the_header(tmp_path: Path) -> None:
+    from pentachora.recipes import load_model
+
+    for hidden in (100_000, 10**9):
+        folder = _svae_checkpoint(tmp_path / str(hidden), hidden=hidden)
+        with pytest.raises(CheckpointError, match=r"does not match PatchSVAE: .*shape mismatch|more memory"):
+            load_model(folder)
+
+
+def test_a_good_checkpoint_still_loads_exactly(tmp_path: Path) -> None:
+    from pentachora.autoencoders import PatchSVAE, PatchSVAEConfig
+    from pentachora.recipes import load_model
+
+    torch.manual_seed(0)
+    net = PatchSVAE(PatchSVAEConfig.preset("tiny"))
+    net.save_pretrained(tmp_path)
+    back = load_model(tmp_path)
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in net.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- 7. settings are checked
+def test_non_finite_and_out_of_range_settings_are_refused() -> None:
+    from pentachora.autoencoders import PatchSVAE, PatchSVAEConfig
+
+    for bad, match in (
+        ({"max_alpha": math.inf}, "max_alpha must be a finite number"),
+        ({"cv_weight": math.nan}, "cv_weight must be a finite number"),
+        ({"dropout": 2.0}, r"dropout must be in \[0, 1\)"),
+        ({"V": 32.5}, "V must be an integer"),
+        ({"recon_weight": -1.0}, "recon_weight must be >= 0"),
+        ({"readout": "linear", "omega_layernorm": 1}, "omega_layernorm must be true or false"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            PatchSVAE(PatchSVAEConfig.preset("tiny", **bad))
+    from pentachora.modeling import config_from_dict
+
+    with pytest.raises(ConfigError, match=r"readout must be one of \['svd', 'linear'\]"):
+        config_from_dict(PatchSVAEConfig, {"readout": "magic"}, error=ConfigError)
+    with pytest.raises(ConfigError, match="V must be an integer, got '8'"):
+        config_from_dict(PatchSVAEConfig, {"V": "8"}, error=ConfigError)
+    net = PatchSVAE(PatchSVAEConfig.preset("tiny", cv_weight=1))  # an int for a float field: coerced
+    assert isinstance(net.config.cv_weight, float) and net.config.cv_weight == 1.0
+    for bad in (
+        {"grad_clip": math.nan},
+        {"lr": math.inf},
+        {"seed": 10**30},
+        {"steps": 2.5},
+        {"min_lr_ratio": 2.0},
+        {"betas": (0.9, math.nan)},
+    ):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)
+
+
+def test_geovae_align_fraction_is_checked() -> None:
+    from pentachora.recipes import geovae_schedule
+
+    for bad in (2.0, -0.1, math.nan):
+        with pytest.raises(ConfigError, match="align_fraction"):
+            geovae_schedule(100, align_fraction=bad)
+
+
+def test_a_nan_in_a_saved_config_is_a_checkpoint_error(tmp_path: Path) -> None:
+    from pentachora.recipes import load_model
+
+    folder = _svae_checkpoint(tmp_path, max_alpha=math.nan)  # json writes NaN, Python reads it
+    with pytest.raises(CheckpointError, match=r"config\.json.*max_alpha must be a finite number"):
+        load_model(folder)
+    folder = _svae_checkpoint(tmp_path / "b", V="8")
+    with pytest.raises(CheckpointError, match="V must be an integer"):
+        load_model(folder)
+
+
+def test_integer_or_non_finite_weights_are_refused_naming_the_tensor(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from pentachora.recipes import load_model
+
+    folder = _svae_checkpoint(tmp_path / "int")
+    state = load_file(str(folder / "model.safetensors"))
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.ndim == 2)
+    save_file({**state, name: state[name].round().to(torch.int32)}, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"dtype mismatch e\.g\. {name}"):
+        load_model(folder)
+    folder = _svae_checkpoint(tmp_path / "nan")
+    poisoned = state[name].clone()
+    poisoned[0, 0] = math.nan
+    save_file({**state, name: poisoned}, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"tensor '{name}' holds NaN"):
+        load_model(folder)
+
+
+# ----------------------------------------------------------------------------- 8. the umask is respected
+@contextlib.contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_files_and_checkpoint_folders_follow_the_umask(tmp_path: Path, mask: int) -> None:
+    with umask(mask):
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        atomic_save_tensors(tmp_path / "t.safetensors", {"x": torch.zeros(2)})
+        Trainer(model(), tcfg(tmp_path / "run", steps=2), Toy()).fit()
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "a.json") == 0o666 & ~mask
+    assert mode(tmp_path / "t.safetensors") == 0o666 & ~mask
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000002"
+    assert mode(ckpt) == 0o777 & ~mask
+    assert mode(ckpt / "model.safetensors") == 0o666 & ~mask
+    assert mode(tmp_path / "run" / "train_config.json") == 0o666 & ~mask
+
+
+# ----------------------------------------------------------------------------- 9. user errors say what to do
+def test_image_folder_errors_name_the_folder_and_the_file(tmp_path: Path) -> None:
+    from pentachora.data.images import load_image_file, load_image_folder
+
+    with pytest.raises(DataError, match=r"'.*missing' does not exist") as info:
+        load_image_folder(tmp_path / "missing")
+    assert isinstance(info.value, FileNotFoundError)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"empty.*contains no image files.*it is empty"):
+        load_image_folder(empty)
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=r"no image files.*notes\.txt"):
+        load_image_folder(texts)
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "photo.png").write_text("not a png")
+    with pytest.raises(DataError, match=r"could be read.*photo\.png"):
+        load_image_folder(fake)
+    with pytest.raises(DataError, match=r"photo\.png' is not an image"):
+        load_image_file(fake / "photo.png")
+    (fake / "empty.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty\.jpg' is empty"):
+        load_image_file(fake / "empty.jpg")
+    from PIL import Image
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (40, 40), (10, 20, 30)).save(good)
+    data = good.read_bytes()
+    (fake / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cut\.png' is (truncated|not an image)"):
+        load_image_file(fake / "cut.png")
+
+
+def test_a_too_small_image_names_its_file(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pentachora.data import parse_data_spec
+
+    Image.new("RGB", (20, 24), (1, 2, 3)).save(tmp_path / "tiny.png")
+    with pytest.raises(DataError, match=r"tiny\.png\) is 24×20 pixels, smaller than the 64×64 crop"):
+        parse_data_spec(f"folder:{tmp_path}").train_source(2, 64)
+
+
+def test_hf_data_offline_says_it_needs_internet(monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    from pentachora.data.images import load_hf_images
+    from pentachora.data.text import load_hf_texts
+
+    def offline(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("Couldn't reach 'someone/photos' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    for load in (load_hf_images, load_hf_texts):
+        with pytest.raises(DataError, match=r"needs internet access.*local dataset folder"):
+            load("someone/photos")
+
+
+def test_text_files_that_are_missing_empty_or_binary(tmp_path: Path) -> None:
+    from pentachora.data.text import load_jsonl, load_text_file
+
+    with pytest.raises(FileNotFoundError):
+        load_text_file(tmp_path / "nope.txt")
+    (tmp_path / "empty.txt").write_text("  \n\n")
+    with pytest.raises(DataError, match="holds no text"):
+        load_text_file(tmp_path / "empty.txt")
+    (tmp_path / "bin.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
+    with pytest.raises(DataError, match="binary"):
+        load_text_file(tmp_path / "bin.txt")
+    (tmp_path / "latin.jsonl").write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_jsonl(tmp_path / "latin.jsonl")
+
+
+def test_nan_weights_reach_the_nan_guard_instead_of_crashing_in_eigh(tmp_path: Path) -> None:
+    from pentachora.autoencoders import PatchSVAE, PatchSVAEConfig
+
+    torch.manual_seed(0)
+    net = PatchSVAE(PatchSVAEConfig.preset("tiny"))
+    with torch.no_grad():
+        next(net.parameters()).fill_(math.nan)
+
+    class Images:
+        def batch(self, step: int) -> torch.Tensor:
+            return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(step))
+
+    with pytest.raises(TrainingDiverged, match=r"2 non-finite steps in a row.*non-finite: loss"):
+        Trainer(net, tcfg(None, steps=5, batch_size=2, max_nonfinite_in_row=2), Images()).fit()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_precisions_are_cast_to_the_model_dtype(dtype: torch.dtype) -> None:
+    from pentachora.autoencoders import PatchSVAE, PatchSVAEConfig
+
+    torch.manual_seed(0)
+    net = PatchSVAE(PatchSVAEConfig.preset("tiny")).eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        ref = float(net(x).loss)
+        got = float(net(x.to(dtype)).loss)
+    assert math.isfinite(got) and abs(got - ref) <= 0.05 * abs(ref) + 1e-3
+
+
+# ----------------------------------------------------------------------------- 10. rough edges
+def test_stale_temp_files_of_an_interrupted_final_save_are_removed(tmp_path: Path) -> None:
+    Trainer(model(), tcfg(tmp_path, steps=2), Toy()).fit()
+    final = tmp_path / "final"
+    model().save_pretrained(final)
+    stale = [final / ".model.safetensors.ab12cd34.tmp", tmp_path / ".train_config.json.zz_99xyz.tmp"]
+    for p in stale:
+        p.write_bytes(b"half")
+    keep = final / "notes.tmp"  # not one of our temp names
+    keep.write_text("mine")
+    Trainer(model(), tcfg(tmp_path, steps=3), Toy()).fit()
+    assert not any(p.exists() for p in stale) and keep.exists()
+
+
+def test_ctrl_c_writes_a_checkpoint_at_the_current_step_and_the_rerun_resumes_exactly(tmp_path: Path) -> None:
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # background jobs ignore SIGINT
+    try:
+        _ctrl_c_round_trip(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_round_trip(tmp_path: Path) -> None:
+    steps = dict(steps=8, save_every=100, keep_last_checkpoints=0)
+
+    class CtrlC(Callback):
+        def on_step_end(self, trainer: Trainer, step: int, scalars: dict[str, float]) -> None:
+            if step == 3 and not trainer.config.out_dir.endswith("a"):
+                signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C during step 3
+
+    a = model(seed=0)
+    Trainer(a, tcfg(tmp_path / "a", **steps), Toy(), callbacks=[CtrlC()]).fit()
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(model(seed=0), tcfg(tmp_path / "b", **steps), Toy(), callbacks=[CtrlC()]).fit()
+    assert (tmp_path / "b" / "checkpoints" / "step-0000003").is_dir()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    b = model(seed=5)
+    res = Trainer(b, tcfg(tmp_path / "b", **steps), Toy()).fit()
+    assert res.resumed_from == 3 and res.steps == 8
+    for k, v in a.state_dict().items():
+        assert torch.equal(b.state_dict()[k], v), k
+
+
+def test_a_keyboard_interrupt_between_steps_saves_the_last_finished_step(tmp_path: Path) -> None:
+    class Boom(Callback):
+        def on_eval(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+            if step == 4:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(
+            model(),
+            tcfg(tmp_path, steps=8, eval_every=4),
+            Toy(),
+            eval_fn=lambda m: {"x": 1.0},
+            callbacks=[Boom()],
+        ).fit()
+    assert (tmp_path / "checkpoints" / "step-0000004").is_dir()
+    res = Trainer(model(), tcfg(tmp_path, steps=8, eval_every=4), Toy(), eval_fn=lambda m: {"x": 1.0}).fit()
+    assert res.resumed_from == 4
