@@ -399,6 +399,28 @@ def test_fresh_is_passed_only_to_recipes_that_take_it():
     with pytest.raises(ConfigError, match="--fresh"):
         TrainOptions(fresh=True).fit_kwargs(lacks)
 
+    def resumes(model, resume: bool = True, fresh: bool = False): ...
+
+    assert TrainOptions(force_resume=True).fit_kwargs(resumes) == {"resume": "force"}
+    with pytest.raises(ConfigError, match="--force-resume"):
+        TrainOptions(force_resume=True).fit_kwargs(lacks)
+    with pytest.raises(ConfigError, match="give one of them"):
+        TrainOptions(fresh=True, force_resume=True).fit_kwargs(resumes)
+
+
+def test_a_resume_with_another_seed_is_refused_unless_forced(tmp_path):
+    out = str(tmp_path / "run")
+    base = ("train", "svae", "--preset", "tiny", "--data", "noise", "--image-size", "16", "--batch-size", "2")
+    assert run(*base, "--steps", "2", "--out", out).exit_code == 0
+    refused = run(*base, "--steps", "3", "--seed", "5", "--out", out)
+    assert (
+        refused.exit_code == 2 and "seed 0" in error_line(refused) and "--force-resume" in error_line(refused)
+    )
+    forced = run(*base, "--steps", "3", "--seed", "5", "--force-resume", "--out", out)
+    assert forced.exit_code == 0, forced.output
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
+    assert state["step"] == 3
+
 
 def test_a_run_folder_that_is_a_file_is_refused_before_training(tmp_path):
     (tmp_path / "taken").write_text("x")

@@ -278,7 +278,7 @@ def test_presets_and_config_validation():
     with pytest.raises(ValueError, match="divisible"):
         MemoryConfig(dim=30, n_heads=4)
     model = GeometricMemory(MemoryConfig.preset("minilm-tiny"))
-    groups = model.parameter_groups(1e-3, bank_lr_scale=0.1)
+    groups = model.param_groups(1e-3, 0.01, bank_lr_scale=0.1)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     assert {g["lr"] for g in groups if g["bank"]} == {1e-4}
 

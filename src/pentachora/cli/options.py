@@ -193,6 +193,12 @@ TRAIN_OPTIONS: dict[str, OptionSpec] = {
         bool,
         "Start over: move an earlier run in --out aside (to OUT.old-<time>) instead of resuming it.",
     ),
+    "force_resume": OptionSpec(
+        False,
+        bool,
+        "Resume even though the seed or model config differs from the saved run (the model type and the "
+        "data must still match).",
+    ),
 }
 
 
@@ -217,18 +223,29 @@ class TrainOptions:
     bf16: bool = False
     out: Path | None = None
     fresh: bool = False
+    force_resume: bool = False
 
     def fit_kwargs(self, recipe: Callable[..., Any]) -> dict[str, Any]:
-        """Keyword arguments of a training recipe that come from these options (``fresh=``).
+        """Keyword arguments of a training recipe that come from these options (``fresh=``,
+        ``resume="force"``).
 
         Raises:
-            ConfigError: ``--fresh`` was given but ``recipe`` cannot start over.
+            ConfigError: ``--fresh`` / ``--force-resume`` was given but ``recipe`` does not support it,
+                or both were given.
         """
-        if not self.fresh:
-            return {}
-        if "fresh" not in inspect.signature(recipe).parameters:
-            raise ConfigError(f"--fresh is not supported by {recipe.__name__} in this version")
-        return {"fresh": True}
+        params = inspect.signature(recipe).parameters
+        if self.fresh and self.force_resume:
+            raise ConfigError("--fresh starts over and --force-resume continues: give one of them")
+        out: dict[str, Any] = {}
+        if self.fresh:
+            if "fresh" not in params:
+                raise ConfigError(f"--fresh is not supported by {recipe.__name__} in this version")
+            out["fresh"] = True
+        if self.force_resume:
+            if "resume" not in params:
+                raise ConfigError(f"--force-resume is not supported by {recipe.__name__} in this version")
+            out["resume"] = "force"
+        return out
 
     def train_config(self, out: str | os.PathLike | None = None, progress: bool = True, **changes: Any):
         """The :class:`~pentachora.training.TrainConfig` these options describe.

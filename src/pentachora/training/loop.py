@@ -440,7 +440,7 @@ class Trainer:
                 raise RunFolderError(
                     f"{ckpt.path} was trained with seed {saved_seed}, this run has seed {self.config.seed}: "
                     "resuming would mix two runs. Use the same seed, another out_dir, fresh=True (CLI: "
-                    "--fresh) to start over, or resume='force' to continue anyway"
+                    "--fresh) to start over, or resume='force' (CLI: --force-resume) to continue anyway"
                 )
             self._check_run_data(ckpt)
         saved_groups = ckpt.optimizer_state.get("param_groups", [])
@@ -514,7 +514,7 @@ class Trainer:
             raise RunFolderError(
                 f"{ckpt.path} was trained on other data ({'; '.join(diff[:4])}): resuming would mix two runs. "
                 "Use the same data, another out_dir, fresh=True (CLI: --fresh) to start over, or "
-                "resume='force' to continue anyway"
+                "resume='force' (CLI: --force-resume) to continue anyway"
             )
 
     # ------------------------------------------------------------------ state / checkpoints
