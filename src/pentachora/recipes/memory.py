@@ -43,6 +43,7 @@ from pentachora.data.text import TextCorpus, parse_text_spec
 from pentachora.geometry import ProcrustesMap, cv_metric, orthogonal_procrustes
 from pentachora.io import atomic_write_json
 from pentachora.memory.cache import CachedDocumentSource, FeatureCache, build_feature_cache
+from pentachora.memory.chunks import tail_ramp
 from pentachora.memory.encoders import FrozenTextEncoder
 from pentachora.memory.metrics import (
     convergence_order,
@@ -336,8 +337,12 @@ def memory_outputs(
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(n, start + batch_size))
         batch = {k: v.to(device) for k, v in cache.batch(idx).items()}
-        out = model({k: batch[k] for k in ("states", "attention_mask", "segment_mask")})
-        p, seq = out.pooled, out.sequence  # (residual mode reads the native windows off the batch)
+        state, p = model.read(batch["states"], batch["attention_mask"], batch["segment_mask"])
+        native = ramp = None
+        if model.config.sequence_mode == "residual":  # native first window + ramped residual
+            native = model.native_windows(batch)
+            ramp = tail_ramp(batch["attention_mask"], batch["segment_mask"], model.config.window)
+        seq = model.reconstruct(state, native, ramp)
         pooled.append(p.float().cpu())
         seq_mean.append(seq.float().mean(1).cpu())
         for r in range(seq.shape[0]):
