@@ -23,6 +23,11 @@ Usage::
     python benchmarks/memory.py --model runs/memory  # benchmark an already-trained run
 
 Writes ``benchmarks/results/memory.json`` and ``benchmarks/results/memory.md``.
+
+Issue 14's suite (short-prompt buckets, the 77-position trade-off curve incl. a training-free
+mean-shift contender, contextual chunks vs concatenation, per-term gradient norms at the bank)::
+
+    python benchmarks/memory.py --suite long --model runs/m14-residual-chunks   # → memory_long.{json,md,png}
 """
 
 from __future__ import annotations
