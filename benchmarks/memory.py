@@ -23,6 +23,11 @@ Usage::
     python benchmarks/memory.py --model runs/memory  # benchmark an already-trained run
 
 Writes ``benchmarks/results/memory.json`` and ``benchmarks/results/memory.md``.
+
+Issue 14's suite (short-prompt buckets, the 77-position trade-off curve incl. a training-free
+mean-shift contender, contextual chunks vs concatenation, per-term gradient norms at the bank)::
+
+    python benchmarks/memory.py --suite long --model runs/m14-residual-chunks   # → memory_long.{json,md,png}
 """
 
 from __future__ import annotations
@@ -76,6 +81,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory")
     p.add_argument("--no-throughput", action="store_true", help="skip the subprocess timings")
+    p.add_argument(
+        "--suite-docs", type=int, default=0, help="--suite long: first N held-out docs only (smoke)"
+    )
+    p.add_argument(
+        "--suite",
+        choices=("main", "long"),
+        default="main",
+        help="main: the contenders table (memory.md); long: issue 14's short-prompt buckets, trade-off "
+        "curve, contextual chunks and gradient norms (memory_long.md, needs --model)",
+    )
     p.add_argument(
         "--variant",
         action="append",
@@ -503,5 +518,338 @@ def render_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+# ============================================================================= issue 14: the long-prompt suite
+SHORT_BUCKETS = ((8, 20), (21, 50), (51, 75), (76, 150), (151, 300))
+SHIFT_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+RESIDUAL_SCALES = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+def mean_shift_curve(held, scales=SHIFT_SCALES) -> list[dict]:
+    """Training-free contender: the native first window shifted at every position by
+    ``λ·(token mean of all windows − token mean of the first window)``; at λ = 1 the sequence mean is
+    concatenation's, at λ = 0 it is truncation."""
+    from pentachora.memory.metrics import masked_sequence_cosine, recall_at_1
+    from pentachora.recipes.memory import window_target_means
+
+    first_mean, concat_mean = window_target_means(held)
+    target = held.tensors["seq_target"].float()
+    mask = held.tensors["seq_mask"].float()
+    valid, tail = held.tensors["has_tail"].bool(), held.tensors["tail"].float()
+    out = []
+    for lam in scales:
+        seq = target + lam * (concat_mean - first_mean).unsqueeze(1)
+        out.append(
+            {
+                "scale": lam,
+                "s_cos": float(masked_sequence_cosine(seq, target, mask)),
+                "seq_tail_r1": recall_at_1(seq.mean(1), tail, valid),
+            }
+        )
+    return out
+
+
+def short_prompt_buckets(model, encoder, texts: list[str], n_docs: int = 48, seed: int = 0) -> list[dict]:
+    """s_cos to the pipeline's native sequence (``native_sequence``) by prompt length, on prompts cut
+    from held-out documents at a seeded length inside each bucket."""
+    from pentachora.memory.metrics import masked_sequence_cosine
+
+    g = torch.Generator().manual_seed(seed)
+    ids = encoder.tokenize(texts[:n_docs])
+    rows = []
+    for lo, hi in SHORT_BUCKETS:
+        prompts = []
+        for t in ids:
+            n = int(torch.randint(lo, min(hi, len(t)) + 1, (), generator=g)) if len(t) >= lo else len(t)
+            prompts.append(encoder.tokenizer.decode(t[:n]))
+        lengths = [len(t) for t in encoder.tokenize(prompts)]
+        native, mask = encoder.native_sequence(prompts)
+        if model is None:
+            seq = native
+        else:
+            seq = model.encode(prompts, encoder=encoder).sequence
+        per = [
+            float(masked_sequence_cosine(seq[i : i + 1], native[i : i + 1], mask[i : i + 1]))
+            for i in range(len(prompts))
+        ]
+        rows.append(
+            {
+                "bucket": f"{lo}-{hi}",
+                "prompts": len(prompts),
+                "mean_tokens": sum(lengths) / len(lengths),
+                "windows": f"{min(1 + max(0, (n - 1)) // 75 for n in lengths)}-{max(1 + max(0, (n - 1)) // 75 for n in lengths)}",
+                "s_cos": sum(per) / len(per),
+                "min_s_cos": min(per),
+            }
+        )
+    return rows
+
+
+def _first_docs(cache, n: int):
+    """The first ``n`` documents of a feature cache, per-document and per-segment tensors alike."""
+    from pentachora.memory.cache import FeatureCache
+
+    docs, segs = cache.n_docs, int(cache.seg_offsets[-1])
+    m = int(cache.seg_offsets[n])
+    tensors = {}
+    for k, v in cache.tensors.items():
+        tensors[k] = v[:n] if v.shape[0] == docs else v[:m] if v.shape[0] == segs else v
+    return FeatureCache(cache.path, cache.key, cache.spec, tensors, cache.seg_offsets[: n + 1])
+
+
+def long_prompt_suite(argv: list[str] | None = None) -> dict:
+    """``python benchmarks/memory.py --suite long --model DIR [--variant LABEL=DIR ...]``: short-prompt
+    buckets, the 77-position trade-off curve (tail R@1 vs s_cos), contextual chunks vs concatenation,
+    per-term gradient norms at the bank; writes ``benchmarks/results/memory_long.{json,md,png}``."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    from pentachora.memory import GeometricMemory
+    from pentachora.recipes.memory import (
+        baseline_outputs,
+        concat_chunk_metrics,
+        evaluate_chunks,
+        evaluate_memory,
+        load_memory_model,
+        loss_gradient_norms,
+        prepare_memory_data,
+        resolve_config,
+        retrieval_metrics,
+        same_space,
+    )
+
+    t0 = time.perf_counter()
+    specs = ([f"memory={args.model}"] if args.model else []) + list(args.variant)
+    if not specs:
+        raise SystemExit("--suite long needs --model DIR (and optionally --variant LABEL=DIR)")
+    models = {}
+    for spec in specs:
+        label, _, path = spec.partition("=")
+        models[label] = (Path(path), load_memory_model(path))
+    first = next(iter(models.values()))[1]
+    config, student, teacher = resolve_config(first.config)
+    if not same_space(student, teacher):
+        raise SystemExit("the long-prompt suite assumes the MiniLM frame (student and teacher share a space)")
+    data = prepare_memory_data(
+        config, "wiki", cache_root=args.cache_dir, encoders=(student, teacher), include_train=False
+    )
+    held = data.heldout
+    if args.suite_docs:
+        held = _first_docs(held, min(args.suite_docs, held.n_docs))
+    n_short = min(48, held.n_docs)
+    quality = {}
+    for name, outs in baseline_outputs(held).items():
+        quality[name] = retrieval_metrics(outs["pooled"], held, outs["seq_mean"])
+        quality[name]["s_cos"] = 1.0 if name in ("truncate", "concat") else math.nan
+        quality[name]["sequence_positions"] = outs["seq_len"]
+    chunks = {"concat": concat_chunk_metrics(held)}
+    curves = {"mean-shift (training-free)": mean_shift_curve(held)}
+    short = {"truncate / native": short_prompt_buckets(None, student, data.corpus.heldout, n_short)}
+    grads, training = {}, {}
+    batch = held.batch(torch.arange(min(32, held.n_docs)))
+    for label, (path, model) in models.items():
+        logging.info("evaluating %s (%s)", label, path)
+        model.attach_encoder(student)
+        quality[label] = evaluate_memory(model, held)
+        quality[label]["sequence_positions"] = float(model.config.seq_len)
+        training[label] = {**run_folder_training(path), "sequence_mode": model.config.sequence_mode,
+                           "contextual_chunks": model.config.contextual_chunks,
+                           "seq_pool_weight": model.config.seq_pool_weight}  # fmt: skip
+        if model.config.sequence_mode == "residual":
+            pts = []
+            for scale in RESIDUAL_SCALES:
+                model.residual_scale = scale
+                ev = evaluate_memory(model, held)
+                pts.append({"scale": scale, "s_cos": ev["s_cos"], "seq_tail_r1": ev["seq_tail_r1"]})
+            model.residual_scale = 1.0
+            curves[f"{label} (residual × scale)"] = pts
+        if model.config.contextual_chunks:
+            chunks[label] = evaluate_chunks(model, held)
+        short[label] = short_prompt_buckets(model, student, data.corpus.heldout, n_short)
+        torch.manual_seed(0)
+        fresh = GeometricMemory(model.config)
+        grads[label] = {
+            "trained": loss_gradient_norms(model, batch),
+            "init": loss_gradient_norms(fresh, batch),
+        }
+    previous = ROOT / "benchmarks" / "results" / "memory.json"
+    earlier = {}
+    if previous.is_file():
+        prev = json.loads(previous.read_text())
+        for name, q in {"memory": prev["quality"].get("memory", {}), **prev.get("variants", {})}.items():
+            if "s_cos" in q and "seq_tail_r1" in q:
+                earlier[f"earlier run: reconstruct {name}"] = {
+                    "s_cos": q["s_cos"],
+                    "seq_tail_r1": q["seq_tail_r1"],
+                }
+    command = "python benchmarks/memory.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    result = {
+        "command": command.strip(),
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
+        "data": {
+            "corpus": data.corpus.description,
+            "heldout_documents": held.n_docs,
+            "heldout_mean_segments": float(held.tensors["seg_counts"].float().mean()),
+        },
+        "quality": quality,
+        "chunks": chunks,
+        "curves": curves,
+        "earlier_points": earlier,
+        "short_prompts": short,
+        "gradient_norms_at_bank": grads,
+        "training": training,
+        "benchmark_wall_s": time.perf_counter() - t0,
+    }
+    out = args.out.with_name(args.out.name + "_long") if args.out.name == "memory" else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    plot_tradeoff(result, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(render_long_markdown(result, out.with_suffix(".png").name))
+    print(render_long_markdown(result, out.with_suffix(".png").name))
+    return result
+
+
+def plot_tradeoff(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    ax.axhspan(0.9, 1.02, xmin=0, xmax=1, color="none")
+    ax.fill_between(
+        [0.73, 1.01], 0.9, 1.02, color="tab:green", alpha=0.12, label="goal (s_cos ≥ 0.73, tail R@1 ≥ 0.9)"
+    )
+    for (name, pts), marker in zip(r["curves"].items(), "os^vD<>", strict=False):
+        xs, ys = [p["s_cos"] for p in pts], [p["seq_tail_r1"] for p in pts]
+        ax.plot(xs, ys, marker=marker, label=name)
+        for p in pts:
+            ax.annotate(
+                f"{p['scale']:g}",
+                (p["s_cos"], p["seq_tail_r1"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    for name, p in r["earlier_points"].items():
+        ax.scatter([p["s_cos"]], [p["seq_tail_r1"]], marker="x", s=60, label=name)
+    q = r["quality"]
+    ax.scatter([1.0], [q["concat"]["seq_tail_r1"]], marker="*", s=120, color="k",
+               label=f"(c) concat ({q['concat']['sequence_positions']:.0f} positions)")  # fmt: skip
+    ax.scatter(
+        [1.0], [q["truncate"]["seq_tail_r1"]], marker="P", s=80, color="grey", label="(a) truncate (77)"
+    )
+    ax.set_xlabel("s_cos to the native first window (content positions)")
+    ax.set_ylabel("tail R@1 from the 77-position sequence mean")
+    ax.set_title("77 positions: carrying the tail vs keeping the format (held-out wiki)")
+    ax.set_xlim(0.5, 1.01)
+    ax.set_ylim(0.0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render_long_markdown(r: dict, png: str) -> str:
+    q, ch = r["quality"], r["chunks"]
+    labels = [k for k in q if k not in ("truncate", "window_mean", "concat")]
+    lines = [
+        "# Long prompts, issue 14: native-exact short prompts, the 77-position trade-off, contextual chunks",
+        "",
+        f"Command: `{r['command']}`",
+        "",
+        f"Data: {r['data']['corpus']} Held-out: {r['data']['heldout_documents']} documents, "
+        f"{r['data']['heldout_mean_segments']:.2f} windows on average. Student all-MiniLM-L6-v2 through a 77-token "
+        "window, teacher the same model over 512 tokens.",
+        "",
+        "## Short prompts: s_cos to the pipeline's native sequence by prompt length",
+        "",
+        "| prompt tokens (windows) | " + " | ".join(r["short_prompts"]) + " |",
+        "|---|" + "---:|" * len(r["short_prompts"]),
+    ]
+    names = list(r["short_prompts"])
+    for i, row in enumerate(r["short_prompts"][names[0]]):
+        cells = [
+            f"{r['short_prompts'][n][i]['s_cos']:.4f} (min {r['short_prompts'][n][i]['min_s_cos']:.3f})"
+            for n in names
+        ]
+        lines.append(
+            f"| {row['bucket']} (mean {row['mean_tokens']:.0f}; {row['windows']}) | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
+        "## The 77-position sequence (held-out documents, all with a tail)",
+        "",
+        "| metric | (a) truncate | (b) window mean | (c) concat | " + " | ".join(labels) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(labels),
+    ]
+    rows = [
+        ("tail R@1 (sequence mean) ↑", "seq_tail_r1", "{:.3f}"),
+        ("s_cos vs native first window ↑", "s_cos", "{:.3f}"),
+        ("tail R@1 (pooled) ↑", "tail_r1", "{:.3f}"),
+        ("teacher cosine (pooled) ↑", "pooled_cos", "{:.4f}"),
+        ("teacher R@1 (pooled) ↑", "teacher_r1", "{:.3f}"),
+        ("sequence positions", "sequence_positions", "{:.0f}"),
+    ]
+    for label, key, fmt in rows:
+        cells = [_fmt(q[m].get(key), fmt) for m in ("truncate", "window_mean", "concat", *labels)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"![trade-off]({png})", "", "Trade-off points (s_cos, tail R@1):", ""]
+    for name, pts in r["curves"].items():
+        lines.append(
+            f"- {name}: "
+            + "; ".join(f"{p['scale']:g} → ({p['s_cos']:.3f}, {p['seq_tail_r1']:.3f})" for p in pts)
+        )
+    for name, p in r["earlier_points"].items():
+        lines.append(f"- {name}: ({p['s_cos']:.3f}, {p['seq_tail_r1']:.3f})")
+    lines += [
+        "",
+        "## Contextual chunks vs plain concatenation (one 77-position sequence per window)",
+        "",
+        "| metric | " + " | ".join(ch) + " |",
+        "|---|" + "---:|" * len(ch),
+    ]
+    crow = [
+        ("per-window s_cos to the native window ↑", "window_s_cos", "{:.3f}"),
+        ("  first window / later windows", None, None),
+        ("  worst window", "min_window_s_cos", "{:.3f}"),
+        ("cross-window R@1 (window i → window j's embedding, i ≠ j) ↑", "cross_window_r1", "{:.3f}"),
+        ("window → whole-text teacher R@1 ↑", "whole_r1", "{:.3f}"),
+        ("first window → tail R@1 ↑", "first_window_tail_r1", "{:.3f}"),
+        ("ordered window pairs", "cross_window_pairs", "{:.0f}"),
+    ]
+    for label, key, fmt in crow:
+        if key is None:
+            cells = [f"{ch[m]['first_window_s_cos']:.3f} / {ch[m]['later_window_s_cos']:.3f}" for m in ch]
+        else:
+            cells = [_fmt(ch[m].get(key), fmt) for m in ch]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Per-term gradient norms at the bank side (‖∂(w·L)/∂θ_bank‖, one held-out batch of 32)",
+        "",
+    ]
+    for label, g in r["gradient_norms_at_bank"].items():
+        for when in ("init", "trained"):
+            terms = sorted(g[when].items(), key=lambda kv: -kv[1])
+            lines.append(f"- {label} at {when}: " + ", ".join(f"{k} {v:.3g}" for k, v in terms))
+    lines += ["", "## Runs", ""]
+    for label, tr in r["training"].items():
+        lines.append(
+            f"- {label}: sequence_mode={tr['sequence_mode']}, contextual_chunks={tr['contextual_chunks']}, "
+            f"seq_pool_weight={tr['seq_pool_weight']}; {tr.get('steps') or 0:.0f} steps in {tr.get('wall_s') or 0:.0f} s. "
+            f"Command: `{tr.get('command', '?')}`"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    if "--suite" in sys.argv and parse_args().suite == "long":
+        long_prompt_suite()
+    else:
+        main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -192,3 +193,50 @@ def test_cli_train_encode_eval(tmp_path, corpus_file):
     metrics = json.loads(js.read_text())
     assert set(metrics) == {"truncate", "window_mean", "concat", "memory"}
     assert metrics["truncate"]["s_cos"] == 1.0
+
+
+def test_residual_chunk_model_trains_and_its_metrics(tmp_path, corpus_file):
+    from pentachora.recipes.memory import concat_chunk_metrics, evaluate_chunks, loss_gradient_norms
+
+    config = tiny(
+        sequence_mode="residual", contextual_chunks=True, native_state_index=-1, seq_pool_weight=1.0
+    )
+    data = prepare_memory_data(config, f"text:{corpus_file}", cache_root=tmp_path / "cache", progress=False)
+    torch.manual_seed(0)
+    model = GeometricMemory(config)
+    before = evaluate_chunks(model, data.heldout)
+    concat = concat_chunk_metrics(data.heldout)
+    # an untrained chunk model is plain concatenation (zero-initialised residual)
+    assert before["window_s_cos"] == pytest.approx(1.0, abs=1e-4)
+    assert before["cross_window_r1"] == pytest.approx(concat["cross_window_r1"], abs=1e-6)
+    assert evaluate_memory(model, data.heldout)["s_cos"] == pytest.approx(1.0, abs=1e-4)
+    batch = data.train.batch(torch.arange(8))
+    norms = loss_gradient_norms(model, batch)
+    assert {"infonce", "seq_pool", "chunk_ctx", "cv_loss"} <= set(norms)
+    assert all(math.isfinite(v) and v >= 0 for v in norms.values())
+    cfg = TrainConfig(steps=20, batch_size=8, lr=3e-3, warmup_steps=2, progress=False, tensorboard=False)
+    run = train_memory(model, data, cfg, mode="joint")
+    after = evaluate_chunks(run.model, data.heldout)
+    assert after["window_s_cos"] < 1.0 and math.isfinite(after["cross_window_r1"])
+    assert 0.0 <= after["whole_r1"] <= 1.0 and "first_window_tail_r1" in after
+
+
+def test_long_prompt_suite_helpers_on_a_tiny_cache(tmp_path, corpus_file):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory.py"
+    spec = importlib.util.spec_from_file_location("bench_memory_long", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = tiny(sequence_mode="residual", native_state_index=-1)
+    data = prepare_memory_data(config, f"text:{corpus_file}", cache_root=tmp_path / "cache", progress=False)
+    curve = bench.mean_shift_curve(data.heldout, scales=(0.0, 1.0))
+    assert curve[0]["s_cos"] == pytest.approx(1.0, abs=1e-4)  # λ = 0 is truncation
+    assert curve[1]["s_cos"] < 1.0
+    torch.manual_seed(0)
+    model = GeometricMemory(config)
+    model.attach_encoder(data.encoder)
+    rows = bench.short_prompt_buckets(model, data.encoder, data.corpus.heldout, n_docs=4)
+    assert [r["bucket"] for r in rows][:3] == ["8-20", "21-50", "51-75"]
+    assert all(r["s_cos"] == pytest.approx(1.0, abs=1e-4) for r in rows)  # untrained residual = native

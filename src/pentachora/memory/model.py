@@ -37,7 +37,25 @@ The loss is ``w_nce·InfoNCE(pooled, teacher) + w_pc·(1 − cos(pooled, teacher
 * the differentiable pentachoron CV loss on the bank anchors, aimed at ``target_cv(d)`` of the
   anchors' dimension (never a hard-coded 0.2 — docs/findings.md);
 * the Procrustes residual of the batch (pooled vs teacher), see
-  :func:`~pentachora.memory.metrics.procrustes_alignment_loss`.
+  :func:`~pentachora.memory.metrics.procrustes_alignment_loss`;
+* with ``contextual_chunks``: ``w_chunk·[MSE + (1 − cos)]`` of every window's chunk to its native
+  window (the format), and ``w_chunk_ctx·[InfoNCE + (1 − cos)]`` between each window's chunk mean
+  and the teacher embedding of the *whole* text (what makes a chunk carry the other windows).
+
+Two sequence modes (``sequence_mode``):
+
+* ``reconstruct`` (the seed): the reconstructor's queries write the 77 positions from the memory.
+* ``residual``: ``native first window + ramp · reconstructor(memory)``, the reconstructor's output
+  layer starting at zero and ``ramp`` = 0 for single-window prompts (see
+  :mod:`pentachora.memory.chunks`): short prompts come out as the encoder's native sequence by
+  construction, and the memory can only *add* the rest of the text to the first window.
+
+``contextual_chunks=True`` adds ``chunks (B, S·W, H)`` — one native-format sequence per window, each
+with a residual read from the memory of the whole prompt — a drop-in for compel's concatenated
+``prompt_embeds`` whose chunks see each other. Both need the native window sequences: ``batch["native"]
+(B, S, W, H)`` (what :meth:`GeometricMemory.encode` passes), or, from the feature cache, the
+extraction layer ``native_state_index`` when it *is* the target layer (MiniLM: ``hidden_states[6]`` is
+``last_hidden_state``, index ``-1`` of ``(2, 4, 6)``; the ``minilm*`` presets set it).
 """
 
 from __future__ import annotations
@@ -52,23 +70,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pentachora.errors import ConfigError
 from pentachora.geometry import cv_loss, cv_metric, target_cv
 from pentachora.memory.bank import BankState, DepthProfileFusion, MemoryBank
+from pentachora.memory.chunks import ContextualChunks, tail_ramp
 from pentachora.memory.metrics import masked_sequence_cosine, procrustes_alignment_loss
 from pentachora.memory.reconstructor import SequenceReconstructor
 from pentachora.modeling import ModelOutput, PentachoraModel, Presets, register_model
 
 if TYPE_CHECKING:
     from pentachora.memory.encoders import FrozenTextEncoder
-    from pentachora.memory.segmenter import Segmenter
+    from pentachora.memory.segmenter import SegmentBatch, Segmenter
 
 __all__ = [
     "LOSS_WEIGHTS",
     "PRESETS",
+    "SEQUENCE_MODES",
     "GeometricMemory",
     "MemoryConfig",
     "MemoryEncoding",
     "MemoryOutput",
+    "native_window_sequences",
 ]
 
 LOSS_WEIGHTS = (
@@ -79,7 +101,11 @@ LOSS_WEIGHTS = (
     "seq_norm_weight",
     "cv_weight",
     "procrustes_weight",
+    "chunk_weight",
+    "chunk_ctx_weight",
 )
+
+SEQUENCE_MODES = ("reconstruct", "residual")
 
 
 @dataclass
@@ -124,6 +150,16 @@ class MemoryConfig(Presets):
         procrustes_weight: Weight of the Procrustes alignment term.
         cv_target: CV target of the anchors; ``None`` = ``target_cv(dim)``.
         cv_samples: Random pentachora per CV-loss evaluation.
+        sequence_mode: ``"reconstruct"`` (the seed) or ``"residual"`` (native first window + ramped
+            memory residual; exact native output for single-window prompts).
+        contextual_chunks: Also output one native-format sequence per window with a residual read from
+            the whole prompt's memory (``chunks``).
+        native_state_index: Index into ``extraction_layers`` of the layer that equals the target layer,
+            to read native window sequences off cached states (``None``: the batch must carry
+            ``native``).
+        chunk_layers: Cross-attention layers of the contextual-chunk residual.
+        chunk_weight: Weight of the chunks' per-window format loss.
+        chunk_ctx_weight: Weight of the chunk-mean ↔ whole-text teacher term.
     """
 
     preset_family = "memory"  # presets: PRESETS below, `MemoryConfig.preset("minilm-tiny", max_segments=16)`
@@ -165,6 +201,12 @@ class MemoryConfig(Presets):
     procrustes_weight: float = 0.1
     cv_target: float | None = None
     cv_samples: int = 64
+    sequence_mode: str = "reconstruct"
+    contextual_chunks: bool = False
+    native_state_index: int | None = None
+    chunk_layers: int = 1
+    chunk_weight: float = 1.0
+    chunk_ctx_weight: float = 1.0
 
     def __post_init__(self) -> None:
         self.extraction_layers = tuple(int(i) for i in self.extraction_layers)
@@ -187,8 +229,25 @@ class MemoryConfig(Presets):
             problems.append("need at least one extraction layer")
         if self.seq_pool_weight > 0 and self.hidden_size != self.teacher_dim:
             problems.append("seq_pool_weight > 0 needs hidden_size == teacher_dim (a shared space)")
+        if self.sequence_mode not in SEQUENCE_MODES:
+            problems.append(f"sequence_mode must be one of {SEQUENCE_MODES}, got {self.sequence_mode!r}")
+        if self.sequence_mode == "residual" and self.seq_len != self.window:
+            problems.append(
+                f"sequence_mode='residual' needs seq_len == window ({self.seq_len} != {self.window})"
+            )
+        if self.contextual_chunks and self.chunk_ctx_weight > 0 and self.hidden_size != self.teacher_dim:
+            problems.append("chunk_ctx_weight > 0 needs hidden_size == teacher_dim (a shared space)")
+        if self.native_state_index is not None and not (
+            -len(self.extraction_layers) <= self.native_state_index < len(self.extraction_layers)
+        ):
+            problems.append(f"native_state_index {self.native_state_index} is not an extraction-layer index")
         if problems:
-            raise ValueError("invalid MemoryConfig: " + "; ".join(problems))
+            raise ConfigError("invalid MemoryConfig: " + "; ".join(problems))
+
+    @property
+    def needs_native(self) -> bool:
+        """Whether the model reads the native window sequences (residual mode or contextual chunks)."""
+        return self.sequence_mode == "residual" or self.contextual_chunks
 
     @property
     def anchor_cv_target(self) -> float:
@@ -198,9 +257,10 @@ class MemoryConfig(Presets):
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU: MiniLM student (77-token window) + MiniLM teacher (512 tokens), a narrow memory system
-    "minilm-tiny": {"dim": 192, "n_heads": 4, "ffn_mult": 2},
+    # (native_state_index=-1: MiniLM's hidden_states[6] is its last_hidden_state, the target layer)
+    "minilm-tiny": {"dim": 192, "n_heads": 4, "ffn_mult": 2, "native_state_index": -1},
     # MiniLM at full width (d = H = 384), the seed's shape at MiniLM scale
-    "minilm": {"dim": 384, "n_heads": 6, "ffn_mult": 4},
+    "minilm": {"dim": 384, "n_heads": 6, "ffn_mult": 4, "native_state_index": -1},
     # SD 1.5: CLIP-L text tower (half of its 12 layers), ModernBERT-large teacher, d = H = 768
     "clip-l": {
         "encoder": "openai/clip-vit-large-patch14",
@@ -234,7 +294,8 @@ MemoryConfig.presets = PRESETS
 class MemoryOutput(ModelOutput):
     """What :meth:`GeometricMemory.forward` returns.
 
-    Tensor fields: ``pooled (B, P)``, ``sequence (B, L, H)``. Scalar fields (logged by the trainer):
+    Tensor fields: ``pooled (B, P)``, ``sequence (B, L, H)``, with contextual chunks ``chunks
+    (B, S·W, H)`` and ``chunk_mask (B, S·W)`` (positions of real windows). Scalar fields (logged by the trainer):
     the loss parts, ``m_acc`` (in-batch pooled → teacher accuracy), ``s_cos``, ``pooled_cos``, ``cv``
     (anchors, readout) and ``temperature``.
     """
@@ -248,6 +309,11 @@ class MemoryOutput(ModelOutput):
     seq_pool: torch.Tensor | None = None
     cv_loss: torch.Tensor | None = None
     procrustes: torch.Tensor | None = None
+    chunks: torch.Tensor | None = None
+    chunk_mask: torch.Tensor | None = None
+    chunk_loss: torch.Tensor | None = None
+    chunk_ctx: torch.Tensor | None = None
+    chunk_s_cos: float | None = None
     m_acc: float | None = None
     s_cos: float | None = None
     pooled_cos: float | None = None
@@ -265,6 +331,9 @@ class MemoryEncoding:
         n_segments: ``(B,)`` segments read per text.
         n_tokens: ``(B,)`` content tokens read per text.
         truncated: ``(B,)`` True where the text was cut at ``max_tokens``.
+        chunks: ``(B, S·W, H)`` contextual chunks (models with ``contextual_chunks``), else None;
+            ``S`` is the longest text's window count, absent windows are zeros.
+        chunk_mask: ``(B, S·W)`` True on the positions of each text's real windows.
     """
 
     pooled: torch.Tensor
@@ -272,6 +341,8 @@ class MemoryEncoding:
     n_segments: torch.Tensor
     n_tokens: torch.Tensor
     truncated: torch.Tensor
+    chunks: torch.Tensor | None = None
+    chunk_mask: torch.Tensor | None = None
 
 
 @register_model
@@ -312,7 +383,22 @@ class GeometricMemory(PentachoraModel):
             ffn_mult=c.ffn_mult,
             dropout=c.dropout,
         )
+        if c.sequence_mode == "residual":
+            nn.init.zeros_(self.reconstructor.out.weight)  # starts as the native first window
+            nn.init.zeros_(self.reconstructor.out.bias)
+        if c.contextual_chunks:
+            self.chunker = ContextualChunks(
+                c.dim,
+                c.hidden_size,
+                c.max_segments,
+                window=c.window,
+                n_heads=c.n_heads,
+                layers=c.chunk_layers,
+                ffn_mult=c.ffn_mult,
+                dropout=c.dropout,
+            )
         self.log_temperature = nn.Parameter(torch.tensor(math.log(c.temperature_init)))
+        self.residual_scale = 1.0  # inference knob of the residual mode (1 = as trained; 0 = native)
         self.loss_weights: dict[str, float] = {k: float(getattr(c, k)) for k in LOSS_WEIGHTS}
         self._cv_target = c.anchor_cv_target
         self._frozen: dict[str, Any] = {}
@@ -413,8 +499,9 @@ class GeometricMemory(PentachoraModel):
         pooled = self.projector(self.pool_norm(torch.cat([state.memory.mean(dim=1), bank_mean], dim=-1)))
         return state, pooled
 
-    def reconstruct(self, state: BankState) -> torch.Tensor:
-        """``(B, L, H)`` sequence from the bank state."""
+    @staticmethod
+    def context(state: BankState) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(context (B, T, d), mask (B, T))``: memory tokens, bank entries, anchors and content tokens."""
         b = state.memory.shape[0]
         anchors = state.anchors.unsqueeze(0).expand(b, -1, -1)
         context = torch.cat([state.memory, state.entries, anchors, state.content], dim=1)
@@ -422,7 +509,54 @@ class GeometricMemory(PentachoraModel):
         mask = torch.cat(
             [ones(state.memory.shape[1]), state.entry_mask, ones(anchors.shape[1]), state.content_mask], dim=1
         )
-        return self.reconstructor(context, mask)
+        return context, mask
+
+    def reconstruct(
+        self,
+        state: BankState,
+        native: torch.Tensor | None = None,
+        ramp: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(B, L, H)`` sequence from the bank state.
+
+        Args:
+            state: The bank state.
+            native: ``(B, S, W, H)`` native window sequences (``residual`` mode only).
+            ramp: ``(B,)`` residual scale (``residual`` mode only; :func:`tail_ramp`).
+        """
+        context, mask = self.context(state)
+        out = self.reconstructor(context, mask)
+        if self.config.sequence_mode != "residual":
+            return out
+        if native is None or ramp is None:
+            raise ConfigError("sequence_mode='residual' needs the native window sequences and the ramp")
+        scale = ramp.to(out.dtype) * float(self.residual_scale)
+        return native[:, 0].to(out.dtype) + scale.view(-1, 1, 1) * out
+
+    def native_windows(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, S, W, H)`` native window sequences: ``batch["native"]`` or the cached target-layer states.
+
+        Raises:
+            ConfigError: Neither is available.
+        """
+        if "native" in batch:
+            return batch["native"].float()
+        idx = self.config.native_state_index
+        if idx is None:
+            raise ConfigError(
+                "this model reads native window sequences: pass batch['native'] (B, S, W, H), or set "
+                "native_state_index to the extraction layer that is the target layer"
+            )
+        return batch["states"][:, :, idx].float()
+
+    def chunk_outputs(
+        self, state: BankState, native: torch.Tensor, ramp: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Contextual chunks ``(B, S, W, H)``, their token mask ``(B, S, W)`` and window mask ``(B, S)``."""
+        context, mask = self.context(state)
+        chunks = self.chunker(native, context, mask, ramp, state.entry_mask)
+        tokens = attention_mask.bool() & state.entry_mask.unsqueeze(-1)
+        return chunks, tokens, state.entry_mask
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MemoryOutput:
         """Read a batch of segmented texts; compute the losses when targets are present.
@@ -433,9 +567,20 @@ class GeometricMemory(PentachoraModel):
         Returns:
             A :class:`MemoryOutput` (``loss`` is None without targets).
         """
+        c = self.config
         state, pooled = self.read(batch["states"], batch["attention_mask"], batch["segment_mask"])
-        sequence = self.reconstruct(state)
+        native = ramp = None
+        if c.needs_native:
+            native = self.native_windows(batch)
+            ramp = tail_ramp(batch["attention_mask"], batch["segment_mask"], c.window)
+        sequence = self.reconstruct(state, native, ramp)
         out = MemoryOutput(pooled=pooled, sequence=sequence)
+        chunk_tokens = None
+        if c.contextual_chunks:
+            chunks, chunk_tokens, windows = self.chunk_outputs(state, native, ramp, batch["attention_mask"])
+            b, s, win, h = chunks.shape
+            out.chunks = chunks.reshape(b, s * win, h)
+            out.chunk_mask = windows.unsqueeze(-1).expand(b, s, win).reshape(b, s * win)
         teacher, target = batch.get("teacher"), batch.get("seq_target")
         if teacher is None and target is None:
             return out
@@ -481,6 +626,25 @@ class GeometricMemory(PentachoraModel):
             nce = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
             out.seq_pool = nce + (1.0 - F.cosine_similarity(seq_mean, teacher, dim=-1)).mean()
             loss = loss + w["seq_pool_weight"] * out.seq_pool
+        if c.contextual_chunks and target is not None:
+            m = chunk_tokens.to(chunks.dtype)
+            ref = native.to(chunks.dtype)
+            mse = ((F.normalize(chunks, dim=-1) - F.normalize(ref, dim=-1)) ** 2).mean(-1)
+            cos = F.cosine_similarity(chunks, ref, dim=-1, eps=1e-8)
+            denom = m.sum().clamp_min(1.0)
+            out.chunk_loss = ((mse + 1.0 - cos) * m).sum() / denom
+            loss = loss + w["chunk_weight"] * out.chunk_loss
+            with torch.no_grad():
+                out.chunk_s_cos = float((cos * m).sum() / denom)
+        if c.contextual_chunks and teacher is not None and w["chunk_ctx_weight"] > 0 and pooled.shape[0] >= 2:
+            m = chunk_tokens.to(chunks.dtype).unsqueeze(-1)
+            means = (chunks * m).sum(2) / m.sum(2).clamp_min(1.0)  # (B, S, H)
+            rows, cols = torch.nonzero(state.entry_mask, as_tuple=True)
+            q = means[rows, cols]  # every real window
+            logits = F.normalize(q, dim=-1) @ F.normalize(teacher, dim=-1).T / self.temperature
+            nce = F.cross_entropy(logits, rows)
+            out.chunk_ctx = nce + (1.0 - F.cosine_similarity(q, teacher[rows], dim=-1)).mean()
+            loss = loss + w["chunk_ctx_weight"] * out.chunk_ctx
         anchors = self.bank.anchor_directions()
         if w["cv_weight"] > 0:
             out.cv_loss = cv_loss(anchors, self._cv_target, n_samples=self.config.cv_samples)
@@ -567,20 +731,28 @@ class GeometricMemory(PentachoraModel):
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        pooled, seqs, n_seg = [], [], []
+        pooled, seqs, n_seg, chunks, chunk_masks = [], [], [], [], []
+        s_all = max(seg.segments_for(len(t)) for t in ids)  # chunks of every text share one length
         try:
             for start in range(0, len(texts), batch_size):
-                chunk = seg.from_ids(ids[start : start + batch_size], truncated[start : start + batch_size])
-                feats = segment_features(encoder, chunk)
+                part = seg.from_ids(
+                    ids[start : start + batch_size], truncated[start : start + batch_size], n_segments=s_all
+                )
+                feats = segment_features(encoder, part)
                 batch = {
                     "states": feats["states"].to(device),
-                    "attention_mask": chunk.attention_mask.to(device),
-                    "segment_mask": chunk.segment_mask.to(device),
+                    "attention_mask": part.attention_mask.to(device),
+                    "segment_mask": part.segment_mask.to(device),
                 }
+                if self.config.needs_native:
+                    batch["native"] = native_window_sequences(encoder, part, feats["target"]).to(device)
                 out = self(batch)
                 pooled.append(out.pooled.float().cpu())
                 seqs.append(out.sequence.float().cpu())
-                n_seg.append(chunk.n_segments)
+                n_seg.append(part.n_segments)
+                if out.chunks is not None:
+                    chunks.append(out.chunks.float().cpu())
+                    chunk_masks.append(out.chunk_mask.cpu())
         finally:
             self.train(was_training)
         return MemoryEncoding(
@@ -589,4 +761,36 @@ class GeometricMemory(PentachoraModel):
             n_segments=torch.cat(n_seg),
             n_tokens=torch.tensor([len(t) for t in ids]),
             truncated=torch.tensor(truncated),
+            chunks=torch.cat(chunks) if chunks else None,
+            chunk_mask=torch.cat(chunk_masks) if chunk_masks else None,
         )
+
+
+@torch.no_grad()
+def native_window_sequences(
+    encoder: FrozenTextEncoder, part: SegmentBatch, target: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(B, S, W, H)``: every real window encoded alone, as compel / the lpw pipelines encode a chunk.
+
+    For CLIP towers (every position is read, padding included) each window is padded to W with the
+    tokenizer's padding and run alone — exactly the pipeline's own first-window output for a short
+    prompt. For masked encoders the real positions of ``target`` (from
+    :func:`~pentachora.memory.cache.segment_features`) are already exact and are used as they are.
+
+    Args:
+        encoder: The frozen student.
+        part: A :class:`~pentachora.memory.segmenter.SegmentBatch`.
+        target: Its ``segment_features(...)["target"]`` (reused for masked encoders).
+    """
+    b, s, w = part.input_ids.shape
+    if not encoder.is_clip and target is not None:
+        return target
+    ids, mask, index = part.flat_windows()
+    out = torch.zeros(b, s, encoder.window, encoder.hidden_size)
+    windows = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+    for start in range(0, len(windows), 32):
+        sel = slice(start, start + 32)
+        input_ids, pad_mask = encoder.pad_windows(windows[sel])
+        tgt = encoder.encode_windows(input_ids, pad_mask).target.cpu()
+        out[index[sel, 0], index[sel, 1]] = tgt
+    return out[:, :, :w]

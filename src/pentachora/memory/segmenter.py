@@ -144,13 +144,16 @@ class Segmenter:
                     f"{len(long)} text(s) exceed max_tokens={self.max_tokens} ({lengths}); shorten them, "
                     "raise max_tokens, or use on_overflow='truncate'"
                 )
+            dropped = sum(len(all_ids[i]) - self.max_tokens for i in long)
             logger.warning(
-                "%d text(s) exceed max_tokens=%d tokens (%s%s); keeping the first %d tokens of each",
+                "%d text(s) exceed max_tokens=%d tokens (%s%s); keeping the first %d tokens of each, "
+                "%d token(s) dropped in all (raise max_tokens to read them)",
                 len(long),
                 self.max_tokens,
                 lengths,
                 ", …" if len(long) > 5 else "",
                 self.max_tokens,
+                dropped,
             )
         return [ids[: self.max_tokens] for ids in all_ids], flags
 

@@ -47,6 +47,7 @@ from pentachora.errors import ConfigError
 from pentachora.geometry import ProcrustesMap, cv_metric, orthogonal_procrustes
 from pentachora.io import atomic_write_json
 from pentachora.memory.cache import CachedDocumentSource, FeatureCache, build_feature_cache
+from pentachora.memory.chunks import tail_ramp
 from pentachora.memory.encoders import FrozenTextEncoder
 from pentachora.memory.metrics import (
     convergence_order,
@@ -66,10 +67,13 @@ __all__ = [
     "LRScaleCallback",
     "MemoryData",
     "MemoryRun",
+    "concat_chunk_metrics",
+    "evaluate_chunks",
     "evaluate_memory",
     "fit_student_to_teacher",
     "load_encoders",
     "load_memory_model",
+    "loss_gradient_norms",
     "mode_callbacks",
     "prepare_memory_data",
     "train_memory",
@@ -340,7 +344,11 @@ def memory_outputs(
         idx = torch.arange(start, min(n, start + batch_size))
         batch = {k: v.to(device) for k, v in cache.batch(idx).items()}
         state, p = model.read(batch["states"], batch["attention_mask"], batch["segment_mask"])
-        seq = model.reconstruct(state)
+        native = ramp = None
+        if model.config.sequence_mode == "residual":  # native first window + ramped residual
+            native = model.native_windows(batch)
+            ramp = tail_ramp(batch["attention_mask"], batch["segment_mask"], model.config.window)
+        seq = model.reconstruct(state, native, ramp)
         pooled.append(p.float().cpu())
         seq_mean.append(seq.float().mean(1).cpu())
         for r in range(seq.shape[0]):
@@ -617,3 +625,149 @@ def train_memory(
         out_dir=out_dir,
         metrics=metrics,
     )
+
+
+# ----------------------------------------------------------------------------- issue 14: chunks, gradients
+def _window_metrics(
+    cache: FeatureCache, window_means: list[torch.Tensor], window_cos: list[torch.Tensor] | None
+) -> dict[str, float]:
+    """Per-window s_cos and cross-window retrieval from per-document ``(S_d, H)`` window means.
+
+    ``cross_window_r1``: for every document d and ordered pair of its windows i ≠ j, rank the teacher-
+    space embedding of window j of every held-out document that has a window j (the encoder's pooled
+    output of that window alone) against window i's sequence mean; a hit is document d's window j.
+    ``whole_r1``: window i's mean → the teacher embedding of the whole document, among all documents.
+    ``first_window_tail_r1``: the first window's sequence mean → the teacher embedding of the tail.
+    """
+    from pentachora.memory.metrics import _unit
+
+    pooled = cache.per_document("window_pooled")
+    n = len(window_means)
+    counts = [int(m.shape[0]) for m in window_means]
+    hits = total = 0
+    for j in range(max(counts)):
+        docs = [d for d in range(n) if counts[d] > j]
+        if len(docs) < 2:
+            continue
+        keys = _unit(torch.stack([pooled[d][j] for d in docs]))
+        pos = {d: r for r, d in enumerate(docs)}
+        q_rows, q_docs = [], []
+        for d in docs:
+            for i in range(counts[d]):
+                if i != j:
+                    q_rows.append(window_means[d][i])
+                    q_docs.append(pos[d])
+        if not q_rows:
+            continue
+        best = (_unit(torch.stack(q_rows)) @ keys.T).argmax(1)
+        hits += int((best == torch.tensor(q_docs)).sum())
+        total += len(q_rows)
+    teacher = _unit(cache.tensors["teacher"][:n].float())
+    rows = [(d, i) for d in range(n) for i in range(counts[d])]
+    q = _unit(torch.stack([window_means[d][i] for d, i in rows]))
+    whole = float(((q @ teacher.T).argmax(1) == torch.tensor([d for d, _ in rows])).float().mean())
+    out = {
+        "cross_window_r1": hits / total if total else math.nan,
+        "cross_window_pairs": float(total),
+        "whole_r1": whole,
+    }
+    if cache.has_tails:
+        valid = cache.tensors["has_tail"][:n].bool()
+        first = torch.stack([m[0] for m in window_means])
+        out["first_window_tail_r1"] = recall_at_1(first, cache.tensors["tail"][:n].float(), valid)
+    if window_cos is not None:
+        flat = torch.cat(window_cos)
+        out["window_s_cos"] = float(flat.mean())
+        out["first_window_s_cos"] = float(torch.stack([c[0] for c in window_cos]).mean())
+        later = [c[1:] for c in window_cos if c.numel() > 1]
+        out["later_window_s_cos"] = float(torch.cat(later).mean()) if later else math.nan
+        out["min_window_s_cos"] = float(flat.min())
+    return out
+
+
+@torch.no_grad()
+def evaluate_chunks(
+    model: GeometricMemory, cache: FeatureCache, max_docs: int | None = None, batch_size: int = EVAL_BATCH
+) -> dict[str, float]:
+    """Contextual chunks on cached documents: per-window s_cos to the native window (content tokens) and
+    how much each window's chunk knows about the others (see :func:`_window_metrics`).
+
+    Raises:
+        ConfigError: The model has no contextual chunks.
+    """
+    from pentachora.errors import ConfigError
+
+    if not model.config.contextual_chunks:
+        raise ConfigError("this memory model has no contextual chunks (contextual_chunks=False)")
+    n = cache.n_docs if max_docs is None else min(max_docs, cache.n_docs)
+    device = next(model.parameters()).device
+    means, coss = [], []
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(n, start + batch_size))
+        batch = {k: v.to(device) for k, v in cache.batch(idx, with_targets=False).items()}
+        out = model(batch)
+        b, s = batch["segment_mask"].shape
+        chunks = out.chunks.view(b, s, -1, out.chunks.shape[-1]).float().cpu()
+        native = model.native_windows(batch).float().cpu()
+        tok = (batch["attention_mask"].bool() & batch["segment_mask"].unsqueeze(-1)).cpu()
+        cos = torch.nn.functional.cosine_similarity(chunks, native, dim=-1, eps=1e-8)
+        m = tok.float()
+        win_mean = (chunks * m.unsqueeze(-1)).sum(2) / m.sum(2, keepdim=True).clamp_min(1.0)
+        win_cos = (cos * m).sum(2) / m.sum(2).clamp_min(1.0)
+        for r in range(b):
+            k = int(batch["segment_mask"][r].sum())
+            means.append(win_mean[r, :k])
+            coss.append(win_cos[r, :k])
+    sub = cache if n == cache.n_docs else _subset(cache, n)
+    return _window_metrics(sub, means, coss)
+
+
+def concat_chunk_metrics(cache: FeatureCache) -> dict[str, float]:
+    """The same measures for compel-style concatenation (every window's native sequence alone)."""
+    sums = cache.per_document("window_target_sum")
+    toks = cache.per_document("window_tokens")
+    means = [s / t.clamp_min(1).unsqueeze(-1).float() for s, t in zip(sums, toks, strict=True)]
+    out = _window_metrics(cache, means, None)
+    out.update(window_s_cos=1.0, first_window_s_cos=1.0, later_window_s_cos=1.0, min_window_s_cos=1.0)
+    return out
+
+
+def loss_gradient_norms(
+    model: GeometricMemory, batch: dict[str, torch.Tensor], at: str = "bank"
+) -> dict[str, float]:
+    """The norm of each weighted loss term's gradient at the bank side (the seed's §6.3 "loudest
+    gradient"): ``‖∂(w_k·L_k)/∂θ_bank‖`` over the fusion, bank and projector parameters (``at="bank"``)
+    or every parameter (``at="all"``), measured with :func:`torch.autograd.grad` on one batch.
+    """
+    names = {
+        "infonce": "infonce_weight",
+        "pooled_cos_loss": "pooled_cos_weight",
+        "seq_loss": "seq_weight",
+        "seq_norm": "seq_norm_weight",
+        "seq_pool": "seq_pool_weight",
+        "cv_loss": "cv_weight",
+        "procrustes": "procrustes_weight",
+        "chunk_loss": "chunk_weight",
+        "chunk_ctx": "chunk_ctx_weight",
+    }
+    params = [
+        p
+        for n, p in model.named_parameters()
+        if (at == "all" or n.startswith(GeometricMemory.BANK_PREFIXES)) and n != "log_temperature"
+    ]
+    was = model.training
+    model.train()
+    try:
+        out = model(batch)
+        norms: dict[str, float] = {}
+        for term, weight in names.items():
+            value = getattr(out, term, None)
+            w = model.loss_weights.get(weight, 0.0)
+            if value is None or not torch.is_tensor(value) or not value.requires_grad or w == 0:
+                continue
+            grads = torch.autograd.grad(w * value, params, retain_graph=True, allow_unused=True)
+            sq = sum(float((g.float() ** 2).sum()) for g in grads if g is not None)
+            norms[term] = math.sqrt(sq)
+    finally:
+        model.train(was)
+    return norms
