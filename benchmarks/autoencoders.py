@@ -22,8 +22,28 @@ skipped NaN/inf steps. A speed section times the reference-size pair (GeoVAE ``4
 ``--mode stability`` instead trains GeoVAE ``tiny-48`` on all 16 noise types with **raw** heavy
 tails (fixed grad-clip 1.0) and writes gradient-norm and CV traces (JSON + PNG).
 
+``--mode lr-sweep`` (issue 13, learning-rate robustness): GeoVAE ``tiny-48`` (bounded posterior
+heads, the preset default), the same with the old unbounded heads, the NoSVD readout and PatchSVAE,
+trained interleaved on the same batches at every ``--lrs`` × ``--seeds``; reports non-finite steps,
+held-out PSNR next to predictors that learn nothing (mid-grey, mean colour), max z std and max KL.
+
+``--mode fair`` (issue 13, equal budget): GeoVAE, NoSVD, diffusers' AutoencoderKL and AutoencoderTiny
+(f8, 4 / 16 channels, 1.2–1.7M parameters) and PatchSVAE (non-bottleneck reference) at 48:1 and 12:1
+get the same budget per seed — ``--budget-kind cpu`` (process CPU seconds, ``time.process_time()``,
+barely changed by other processes' load), ``wall`` or ``steps`` — the same augmented crops
+(:class:`pentachora.data.images.AugmentedCropSource`: the 7 colour + 6 grayscale training photos at
+scales 1, 0.75, 0.5, flips and 90° turns; chelsea / coffee held out), the same seeds, trained
+round-robin in chunks of ``--chunk-steps`` steps so that every contender sees the same machine load.
+Outputs: held-out PSNR (whole photos) with the spread over seeds, the training-photo minus held-out gap,
+learning curves (PNG), and the rate: every latent quantised per channel to ``--bits`` (min/max range),
+bits per pixel raw and after zlib / lzma, next to Pillow's JPEG and WebP (one PSNR-vs-bpp PNG).
+
 Usage::
 
+    python benchmarks/autoencoders.py --mode lr-sweep                      # 3 lrs × 2 seeds × 300 steps
+    python benchmarks/autoencoders.py --mode fair                          # default, ≈90 min on 2 idle cores
+    python benchmarks/autoencoders.py --mode fair --quick --threads 2      # ≈ 12 min: 45 CPU s, 1 seed
+    python benchmarks/autoencoders.py --mode fair --gpu                    # GPU: 120 wall s, 128² crops, 3 seeds (≈60 min)
     python benchmarks/autoencoders.py --quick                 # CPU-sized, writes results/autoencoders.*
     python benchmarks/autoencoders.py --steps 3000 --batch-size 32 --image-size 64
     python benchmarks/autoencoders.py --mode stability --steps 3000
@@ -809,6 +829,26 @@ def photo_psnr(model: torch.nn.Module, images01: list[torch.Tensor], device: tor
     return out
 
 
+@torch.no_grad()
+def psnr_latent_zeroed(
+    model: torch.nn.Module, images01: list[torch.Tensor], device: torch.device
+) -> float | None:
+    """GeoVAE only: held-out PSNR with the stochastic latent set to 0 (only the magnitude channel left).
+
+    Close to the model's own PSNR means the decoder ignores z (it reconstructs from per-patch
+    brightness alone); ``None`` for models without a magnitude channel.
+    """
+    if not isinstance(model, GeoVAE):
+        return None
+    model.eval()
+    out = []
+    for im in images01:
+        z = model.encode(to_model_space(im)[None].to(device)).mode()
+        z[:, : model.config.latent_dim] = 0
+        out.append(float(psnr(to_pixel_space(model.decode(z).float().cpu()), im[None])))
+    return statistics.mean(out)
+
+
 def baseline_psnr(images01: list[torch.Tensor]) -> dict[str, list[float]]:
     """PSNR of two predictors that learn nothing: mid-grey (model-space zero) and each image's mean colour."""
     grey = [float(psnr(torch.full_like(im, 0.5)[None], im[None])) for im in images01]
@@ -888,6 +928,7 @@ def run_lr_sweep(args: argparse.Namespace, device: torch.device) -> dict[str, An
                         "nonfinite_steps": r.nonfinite,
                         "psnr_heldout": statistics.mean(ps),
                         "psnr_per_image": ps,
+                        "psnr_latent_zeroed": psnr_latent_zeroed(r.model, held, device),
                         "max_z_std": r.max_z_std or None,
                         "max_kl_per_patch": r.max_kl or None,
                         "cpu_s": r.cpu_s,
@@ -1047,22 +1088,24 @@ def sweep_markdown(res: dict[str, Any], command: str) -> str:
         "",
         f"Settings: {json.dumps(res['settings'])}",
         "",
-        "| model | lr | seeds | PSNR dB (mean, min–max) | non-finite steps | max z std | max KL / patch (nats) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | lr | seeds | PSNR dB (mean, min–max) | PSNR with z = 0 (magnitude only) | non-finite steps "
+        "| max z std | max KL / patch (nats) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in res["runs"]:
         groups.setdefault((r["model"], r["lr"]), []).append(r)
     for (model, lr), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         p = [r["psnr_heldout"] for r in rs]
+        zero = [r.get("psnr_latent_zeroed") for r in rs if r.get("psnr_latent_zeroed") is not None]
+        zcol = f"{statistics.mean(zero):.2f}" if zero else "–"
         z = [r["max_z_std"] for r in rs if r["max_z_std"]]
         k = [r["max_kl_per_patch"] for r in rs if r["max_kl_per_patch"]]
+        zs = f"{max(z):.3g}" if z else "–"
+        ks = f"{max(k):.3g}" if k else "–"
         lines.append(
-            f"| {model} | {lr:g} | {len(rs)} | {statistics.mean(p):.2f} ({min(p):.2f}–{max(p):.2f}) "
-            f"| {sum(r['nonfinite_steps'] for r in rs)} | {max(z):.3g} | {max(k):.3g} |"
-            if z
-            else f"| {model} | {lr:g} | {len(rs)} | {statistics.mean(p):.2f} ({min(p):.2f}–{max(p):.2f}) "
-            f"| {sum(r['nonfinite_steps'] for r in rs)} | – | – |"
+            f"| {model} | {lr:g} | {len(rs)} | {statistics.mean(p):.2f} ({min(p):.2f}–{max(p):.2f}) | {zcol} "
+            f"| {sum(r['nonfinite_steps'] for r in rs)} | {zs} | {ks} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -1297,7 +1340,7 @@ def run_budget_mode(args: argparse.Namespace, p: argparse.ArgumentParser) -> Non
     if args.mode == "lr-sweep":
         defaults = dict(steps=300, batch_size=16, image_size=32, seeds=[0, 1], budget_kind="steps")
     elif args.gpu:
-        defaults = dict(budget=300.0, budget_kind="wall", batch_size=32, image_size=128, seeds=[0, 1, 2])
+        defaults = dict(budget=120.0, budget_kind="wall", batch_size=32, image_size=128, seeds=[0, 1, 2])
     elif args.quick:
         defaults = dict(budget=45.0, budget_kind="cpu", batch_size=8, image_size=64, seeds=[0])
     else:  # ≈ 90 min on 2 idle cores: 2 ratios × 5 contenders × 3 seeds × 150 CPU s (2 threads ≈ 75 s wall)
