@@ -175,8 +175,11 @@ class GeoVAEConfig(Presets):
             with ``c, r`` the centre and half-width of ``[logvar_min, logvar_max]`` (both are the
             identity near 0 / near ``c``, so the start of training is unchanged). Every preset turns
             it on; the dataclass default stays ``False`` so configs saved before the field existed
-            load to the exact model they were trained as. Measured: at lr 1e-2 the unbounded heads
-            let z's std run to ≈ 8 and the KL to ≈ 460 nats per patch within 50 steps.
+            load to the exact model they were trained as. Measured (``benchmarks/autoencoders.py
+            --mode lr-sweep``, tiny-48, 150 steps, 2 seeds): at lr 1e-2 with no warm-up, no clip and a
+            constant lr the unbounded heads reach z std 103 and KL 9·10⁴ nats per patch and end at
+            16.4 dB held-out (one seed 14.5, below the mean-colour predictor's 15.1); bounded:
+            z std ≤ 3.4, KL ≤ 105, 19.7 dB. With warm-up and clip 1.0 both end near 20.7 dB.
         mean_bound: the box of μ (in prior standard deviations).
         logvar_min, logvar_max: the box of log σ² (default σ ∈ [e^-5, e]).
         free_bits: per-dimension KL floor in nats (0 disables).
