@@ -34,6 +34,9 @@ barely changed by other processes' load), ``wall`` or ``steps`` — the same aug
 (:class:`pentachora.data.images.AugmentedCropSource`: the 7 colour + 6 grayscale training photos at
 scales 1, 0.75, 0.5, flips and 90° turns; chelsea / coffee held out), the same seeds, trained
 round-robin in chunks of ``--chunk-steps`` steps so that every contender sees the same machine load.
+Caveat measured here: with ``--threads 2`` on an oversubscribed machine, process CPU seconds per step
+grew several-fold (idle OpenMP workers spin while their partner thread is descheduled, and that spin
+is charged), so on a loaded machine use ``--threads 1`` with ``--budget-kind cpu``.
 Outputs: held-out PSNR (whole photos) with the spread over seeds, the training-photo minus held-out gap,
 learning curves (PNG), and the rate: every latent quantised per channel to ``--bits`` (min/max range),
 bits per pixel raw and after zlib / lzma, next to Pillow's JPEG and WebP (one PSNR-vs-bpp PNG).
@@ -41,8 +44,8 @@ bits per pixel raw and after zlib / lzma, next to Pillow's JPEG and WebP (one PS
 Usage::
 
     python benchmarks/autoencoders.py --mode lr-sweep                      # 3 lrs × 2 seeds × 300 steps
-    python benchmarks/autoencoders.py --mode fair                          # default, ≈90 min on 2 idle cores
-    python benchmarks/autoencoders.py --mode fair --quick --threads 2      # ≈ 12 min: 45 CPU s, 1 seed
+    python benchmarks/autoencoders.py --mode fair                          # default, ≈90 min on 2 idle cores (estimate, not run)
+    python benchmarks/autoencoders.py --mode fair --quick --threads 1      # 45 CPU s per contender, 1 seed
     python benchmarks/autoencoders.py --mode fair --gpu                    # GPU: 120 wall s, 128² crops, 3 seeds (≈60 min)
     python benchmarks/autoencoders.py --quick                 # CPU-sized, writes results/autoencoders.*
     python benchmarks/autoencoders.py --steps 3000 --batch-size 32 --image-size 64
@@ -1187,7 +1190,7 @@ def plot_fair(res: dict[str, Any], path_curves: Path, path_rate: Path) -> None:
                 ax.plot(xs, [c["psnr"] for c in sd["curve"]], marker="o", ms=3, color=f"C{i}", alpha=0.9 if j == 0 else 0.4,
                         label=name if j == 0 else None)  # fmt: skip
         ax.set(
-            title=f"{ratio}:1 — held-out PSNR vs {kind} budget",
+            title=f"{ratio}:1 — held-out PSNR (photos ≤{res['settings']['curve_side']} px) vs {kind} budget",
             xlabel={"cpu": "process CPU s", "wall": "wall s", "steps": "steps"}[kind],
             ylabel="dB",
         )
