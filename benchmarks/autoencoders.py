@@ -22,8 +22,31 @@ skipped NaN/inf steps. A speed section times the reference-size pair (GeoVAE ``4
 ``--mode stability`` instead trains GeoVAE ``tiny-48`` on all 16 noise types with **raw** heavy
 tails (fixed grad-clip 1.0) and writes gradient-norm and CV traces (JSON + PNG).
 
+``--mode lr-sweep`` (issue 13, learning-rate robustness): GeoVAE ``tiny-48`` (bounded posterior
+heads, the preset default), the same with the old unbounded heads, the NoSVD readout and PatchSVAE,
+trained interleaved on the same batches at every ``--lrs`` × ``--seeds``; reports non-finite steps,
+held-out PSNR next to predictors that learn nothing (mid-grey, mean colour), max z std and max KL.
+
+``--mode fair`` (issue 13, equal budget): GeoVAE, NoSVD, diffusers' AutoencoderKL and AutoencoderTiny
+(f8, 4 / 16 channels, 1.2–1.7M parameters) and PatchSVAE (non-bottleneck reference) at 48:1 and 12:1
+get the same budget per seed — ``--budget-kind cpu`` (process CPU seconds, ``time.process_time()``,
+barely changed by other processes' load), ``wall`` or ``steps`` — the same augmented crops
+(:class:`pentachora.data.images.AugmentedCropSource`: the 7 colour + 6 grayscale training photos at
+scales 1, 0.75, 0.5, flips and 90° turns; chelsea / coffee held out), the same seeds, trained
+round-robin in chunks of ``--chunk-steps`` steps so that every contender sees the same machine load.
+Caveat measured here: with ``--threads 2`` on an oversubscribed machine, process CPU seconds per step
+grew several-fold (idle OpenMP workers spin while their partner thread is descheduled, and that spin
+is charged), so on a loaded machine use ``--threads 1`` with ``--budget-kind cpu``.
+Outputs: held-out PSNR (whole photos) with the spread over seeds, the training-photo minus held-out gap,
+learning curves (PNG), and the rate: every latent quantised per channel to ``--bits`` (min/max range),
+bits per pixel raw and after zlib / lzma, next to Pillow's JPEG and WebP (one PSNR-vs-bpp PNG).
+
 Usage::
 
+    python benchmarks/autoencoders.py --mode lr-sweep                      # 3 lrs × 2 seeds × 300 steps
+    python benchmarks/autoencoders.py --mode fair                          # default, ≈90 min on 2 idle cores (estimate, not run)
+    python benchmarks/autoencoders.py --mode fair --quick --threads 1      # 45 CPU s per contender, 1 seed
+    python benchmarks/autoencoders.py --mode fair --gpu                    # GPU: 120 wall s, 128² crops, 3 seeds (≈60 min)
     python benchmarks/autoencoders.py --quick                 # CPU-sized, writes results/autoencoders.*
     python benchmarks/autoencoders.py --steps 3000 --batch-size 32 --image-size 64
     python benchmarks/autoencoders.py --mode stability --steps 3000
@@ -633,9 +656,581 @@ def bench_markdown(res: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+# ======================================================================================== budget modes
+# ``--mode lr-sweep | fair`` (issue 13). Contenders are trained by one small interleaved loop (AdamW,
+# warm-up then cosine on the *fraction of the budget used*, grad-clip, non-finite steps skipped and
+# counted) so that they can take turns: round-robin chunks of ``--chunk-steps`` steps, each contender
+# charged only the CPU seconds (``time.process_time``) or wall seconds of its own chunks. Evaluation
+# is not charged. GeoVAE gets the recipe's CV schedule (alignment weights for the first
+# ``--align-fraction`` of its budget, then the hand-off weights).
+class TinyAE(torch.nn.Module):
+    """diffusers' ``AutoencoderTiny`` (TAESD-shaped, deterministic) behind the small API used here.
+
+    ``f8`` with ``latent_channels`` channels: 48:1 for 4 channels, 12:1 for 16. Trained with the
+    plain MSE (TAESD is distilled with adversarial and perceptual terms; none here). Its latent is
+    what ``encoder`` returns, read by ``decoder`` (no scaling / uint8 step of diffusers' ``forward``).
+    """
+
+    patch_size = 8
+
+    def __init__(self, latent_channels: int, width: int = 48) -> None:
+        super().__init__()
+        from diffusers import AutoencoderTiny
+
+        self.latent_floats_per_patch = latent_channels
+        self.vae = AutoencoderTiny(
+            encoder_block_out_channels=(width,) * 4,
+            decoder_block_out_channels=(width,) * 4,
+            latent_channels=latent_channels,
+        )
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.encoder(x)
+
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        from types import SimpleNamespace
+
+        recon = self.decode_latent(self.encode_latent(x))
+        mse = (recon.float() - x.float()).square().mean()
+        return SimpleNamespace(loss=mse, recon_loss=mse, recon=recon)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        was = self.training
+        self.eval()
+        try:
+            return self.decode_latent(self.encode_latent(x))
+        finally:
+            self.train(was)
+
+
+def budget_contenders(ratio: int) -> dict[str, Callable[[], torch.nn.Module]]:
+    """The fair mode's contenders at one ratio (CPU-sized, 1.2–1.7M parameters except PatchSVAE)."""
+    base = contenders(ratio)
+    return {
+        "GeoVAE": base["GeoVAE"],
+        "NoSVD": base["NoSVD"],
+        "AutoencoderKL": base["AutoencoderKL"],
+        "AutoencoderTiny": lambda: TinyAE(4 if ratio == 48 else 16),
+        "PatchSVAE": base["PatchSVAE"],
+    }
+
+
+SWEEP_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
+    "GeoVAE": lambda: GeoVAE(GeoVAEConfig.preset("tiny-48")),
+    "GeoVAE (unbounded heads)": lambda: GeoVAE(GeoVAEConfig.preset("tiny-48", bounded_heads=False)),
+    "NoSVD": contenders(48)["NoSVD"],
+    "PatchSVAE": contenders(48)["PatchSVAE"],
+}
+
+
+class Runner:
+    """One contender in an interleaved budget run: model, optimiser, step count, charged time, curve."""
+
+    def __init__(
+        self, name: str, model: torch.nn.Module, lr: float, args: argparse.Namespace, budget: float
+    ) -> None:
+        from pentachora.training.loop import default_param_groups
+
+        self.name, self.model, self.lr, self.args, self.budget = name, model, lr, args, budget
+        self.opt = torch.optim.AdamW(default_param_groups(model, 0.01), lr=lr)
+        self.step = 0
+        self.cpu_s = 0.0
+        self.wall_s = 0.0
+        self.nonfinite = 0
+        self.curve: list[dict[str, float]] = []
+        self.max_z_std = 0.0
+        self.max_kl = 0.0
+        self.phase = None
+
+    @property
+    def used(self) -> float:
+        """Budget used: CPU seconds or wall seconds (per ``--budget-kind``), or steps."""
+        kind = self.args.budget_kind
+        return {"cpu": self.cpu_s, "wall": self.wall_s, "steps": float(self.step)}[kind]
+
+    @property
+    def done(self) -> bool:
+        return self.used >= self.budget
+
+    def _lr_factor(self) -> float:
+        frac = min(1.0, self.used / self.budget)
+        warm = self.args.warmup_fraction
+        if warm > 0 and frac < warm:
+            return max(frac / warm, 0.02)
+        if self.args.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (frac - warm) / max(1e-9, 1 - warm)))
+
+    def _geo_phase(self) -> None:
+        if not isinstance(self.model, GeoVAE):
+            return
+        phase = "align" if self.used < self.args.align_fraction * self.budget else "handoff"
+        if phase != self.phase:
+            self.model.set_loss_weights(
+                **(GEOVAE_ALIGN_WEIGHTS if phase == "align" else GEOVAE_HANDOFF_WEIGHTS)
+            )
+            self.phase = phase
+
+    def run_chunk(self, source: Any, n: int, device: torch.device) -> None:
+        self.model.train()
+        for _ in range(n):
+            if self.done:
+                return
+            self._geo_phase()
+            batch = source.batch(self.step + 1).to(device)
+            c0, w0 = time.process_time(), time.perf_counter()
+            for g in self.opt.param_groups:
+                g["lr"] = self.lr * self._lr_factor()
+            out = self.model(batch)
+            loss = out.loss
+            self.opt.zero_grad(set_to_none=True)
+            ok = bool(torch.isfinite(loss))
+            if ok:
+                loss.backward()
+                if self.args.grad_clip > 0:
+                    gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+                else:
+                    gn = torch.sqrt(
+                        sum(
+                            p.grad.float().square().sum()
+                            for p in self.model.parameters()
+                            if p.grad is not None
+                        )
+                    )
+                ok = bool(torch.isfinite(gn))
+            if ok:
+                self.opt.step()
+            else:
+                self.nonfinite += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            self.cpu_s += time.process_time() - c0
+            self.wall_s += time.perf_counter() - w0
+            self.step += 1
+            z = getattr(out, "z_std", None)
+            if z is not None and torch.isfinite(z):
+                self.max_z_std = max(self.max_z_std, float(z.detach()))
+            kl = getattr(out, "kl", None)
+            if kl is not None and torch.isfinite(kl):
+                self.max_kl = max(self.max_kl, float(kl.detach()))
+
+
+@torch.no_grad()
+def photo_psnr(model: torch.nn.Module, images01: list[torch.Tensor], device: torch.device) -> list[float]:
+    """PSNR (dB, pixel space) of the model's reconstruction of each whole photo."""
+    out = []
+    for im in images01:
+        rec = model.reconstruct(to_model_space(im)[None].to(device)).float().cpu()
+        out.append(float(psnr(to_pixel_space(rec), im[None])))
+    return out
+
+
+@torch.no_grad()
+def psnr_latent_zeroed(
+    model: torch.nn.Module, images01: list[torch.Tensor], device: torch.device
+) -> float | None:
+    """GeoVAE only: held-out PSNR with the stochastic latent set to 0 (only the magnitude channel left).
+
+    Close to the model's own PSNR means the decoder ignores z (it reconstructs from per-patch
+    brightness alone); ``None`` for models without a magnitude channel.
+    """
+    if not isinstance(model, GeoVAE):
+        return None
+    model.eval()
+    out = []
+    for im in images01:
+        z = model.encode(to_model_space(im)[None].to(device)).mode()
+        z[:, : model.config.latent_dim] = 0
+        out.append(float(psnr(to_pixel_space(model.decode(z).float().cpu()), im[None])))
+    return statistics.mean(out)
+
+
+def baseline_psnr(images01: list[torch.Tensor]) -> dict[str, list[float]]:
+    """PSNR of two predictors that learn nothing: mid-grey (model-space zero) and each image's mean colour."""
+    grey = [float(psnr(torch.full_like(im, 0.5)[None], im[None])) for im in images01]
+    mean = [float(psnr(im.mean(dim=(1, 2), keepdim=True).expand_as(im)[None], im[None])) for im in images01]
+    return {"zero": grey, "mean_colour": mean}
+
+
+def train_interleaved(
+    factories: dict[str, Callable[[], torch.nn.Module]],
+    lrs: dict[str, float],
+    source_fn: Callable[[], Any],
+    args: argparse.Namespace,
+    device: torch.device,
+    seed: int,
+    budget: float,
+    eval_images: list[torch.Tensor],
+) -> dict[str, Runner]:
+    """Build every contender (seed ``seed``), then train them round-robin until each used ``budget``.
+
+    Held-out PSNR is recorded ``--curve-points`` times per contender (at equal fractions of the budget).
+    """
+    runners = {}
+    for name, factory in factories.items():
+        torch.manual_seed(seed)
+        runners[name] = Runner(name, factory().to(device), lrs[name], args, budget)
+    source = source_fn()
+    curve_images = heldout_like(eval_images, args.curve_side) if args.curve_side else eval_images
+    marks = [budget * (i + 1) / args.curve_points for i in range(args.curve_points)]
+    next_mark = dict.fromkeys(runners, 0)
+    while not all(r.done for r in runners.values()):
+        for name, r in runners.items():
+            if r.done:
+                continue
+            r.run_chunk(source, args.chunk_steps, device)
+            while next_mark[name] < len(marks) and (r.used >= marks[next_mark[name]] or r.done):
+                ps = photo_psnr(r.model, curve_images, device)
+                r.curve.append(
+                    {"step": r.step, "cpu_s": r.cpu_s, "wall_s": r.wall_s, "psnr": statistics.mean(ps)}
+                )
+                next_mark[name] += 1
+        logger.info(
+            "seed %d: %s",
+            seed,
+            ", ".join(f"{n} {r.step} steps {r.used:.0f}/{budget:.0f}" for n, r in runners.items()),
+        )
+    return runners
+
+
+def run_lr_sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """GeoVAE (bounded heads), GeoVAE with the old unbounded heads, NoSVD and PatchSVAE × lrs × seeds."""
+    held = heldout_images()
+    base = baseline_psnr(held)
+    models = {k: v for k, v in SWEEP_MODELS.items() if not args.only or k in args.only}
+    runs = []
+    for lr in args.lrs:
+        for seed in args.seeds:
+            runners = train_interleaved(
+                models,
+                dict.fromkeys(models, lr),
+                lambda seed=seed: MixedSource(
+                    args.batch_size, args.image_size, args.noise_fraction, "clamp", seed
+                ),
+                args,
+                device,
+                seed,
+                float(args.steps),
+                held,
+            )
+            for name, r in runners.items():
+                ps = photo_psnr(r.model, held, device)
+                runs.append(
+                    {
+                        "model": name,
+                        "lr": lr,
+                        "seed": seed,
+                        "steps": r.step,
+                        "nonfinite_steps": r.nonfinite,
+                        "psnr_heldout": statistics.mean(ps),
+                        "psnr_per_image": ps,
+                        "psnr_latent_zeroed": psnr_latent_zeroed(r.model, held, device),
+                        "max_z_std": r.max_z_std or None,
+                        "max_kl_per_patch": r.max_kl or None,
+                        "cpu_s": r.cpu_s,
+                    }
+                )
+                logger.info(
+                    "lr %g seed %d %s: %.2f dB, %d non-finite",
+                    lr,
+                    seed,
+                    name,
+                    runs[-1]["psnr_heldout"],
+                    r.nonfinite,
+                )
+    return {"runs": runs, "baselines": {k: statistics.mean(v) for k, v in base.items()}}
+
+
+def codec_curves(images01: list[torch.Tensor], qualities: list[int]) -> dict[str, list[dict[str, float]]]:
+    """JPEG and WebP (Pillow) on the whole photos: mean bpp and mean PSNR per quality."""
+    import io
+
+    from PIL import Image
+
+    out: dict[str, list[dict[str, float]]] = {"JPEG": [], "WebP": []}
+    for codec, fmt in (("JPEG", "JPEG"), ("WebP", "WEBP")):
+        for q in qualities:
+            bpps, ps = [], []
+            for im in images01:
+                arr = (im.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype("uint8")
+                buf = io.BytesIO()
+                Image.fromarray(arr).save(buf, format=fmt, quality=q)
+                dec = torch.from_numpy(
+                    __import__("numpy").array(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+                )
+                dec = dec.permute(2, 0, 1).float() / 255
+                ref = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+                bpps.append(8 * len(buf.getvalue()) / (arr.shape[0] * arr.shape[1]))
+                ps.append(float(psnr(dec[None], ref[None])))
+            out[codec].append({"quality": q, "bpp": statistics.mean(bpps), "psnr": statistics.mean(ps)})
+    return out
+
+
+def model_rate(
+    model: torch.nn.Module, images01: list[torch.Tensor], bits: list[int], device: torch.device
+) -> list[dict]:
+    """PSNR and bpp (raw, zlib, lzma) of each quantisation depth, averaged over the whole photos."""
+    from pentachora.autoencoders.quantize import latent_roundtrip
+
+    rows = []
+    for b in bits:
+        ps, raw, zl, lz = [], [], [], []
+        for im in images01:
+            r = latent_roundtrip(model, to_model_space(im)[None].to(device), bits=b)
+            ps.append(float(psnr(to_pixel_space(r.recon.float().cpu()), im[None])))
+            raw.append(r.bpp())
+            zl.append(r.bpp("zlib"))
+            lz.append(r.bpp("lzma"))
+        rows.append(
+            {
+                "bits": b,
+                "psnr": statistics.mean(ps),
+                "bpp_raw": statistics.mean(raw),
+                "bpp_zlib": statistics.mean(zl),
+                "bpp_lzma": statistics.mean(lz),
+            }
+        )
+    return rows
+
+
+def run_fair(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Equal budget (CPU s, wall s or steps), same data and seeds, interleaved, at each ratio."""
+    held = heldout_images()
+    train_eval = load_sample_photos("train")  # the colour ones (grayscale photos are training-only)
+    train_eval = heldout_like(train_eval, args.train_eval_side)
+    base = baseline_psnr(held)
+    res: dict[str, Any] = {"ratios": {}, "baselines": {k: statistics.mean(v) for k, v in base.items()}}
+    res["codecs"] = codec_curves(held, args.codec_qualities)
+
+    def source(seed: int) -> Any:
+        from pentachora.data.images import AugmentedCropSource
+
+        photos = load_sample_photos("train", include_grayscale=args.grayscale)
+        return AugmentedCropSource(photos, args.image_size, args.batch_size, seed=seed, scales=args.scales)
+
+    for ratio in args.ratios:
+        factories = {k: v for k, v in budget_contenders(ratio).items() if not args.only or k in args.only}
+        lrs = {k: args.lr_of.get(k, args.lr) for k in factories}
+        rows: dict[str, Any] = {k: {"seeds": []} for k in factories}
+        for seed in args.seeds:
+            runners = train_interleaved(
+                factories, lrs, lambda seed=seed: source(seed), args, device, seed, args.budget, held
+            )
+            for name, r in runners.items():
+                ps = photo_psnr(r.model, held, device)
+                pt = photo_psnr(r.model, train_eval, device)
+                entry = {
+                    "seed": seed,
+                    "steps": r.step,
+                    "cpu_s": r.cpu_s,
+                    "wall_s": r.wall_s,
+                    "nonfinite_steps": r.nonfinite,
+                    "psnr_heldout": statistics.mean(ps),
+                    "psnr_per_image": ps,
+                    "psnr_train_photos": statistics.mean(pt),
+                    "curve": r.curve,
+                }
+                if seed == args.seeds[0]:
+                    entry["rate"] = model_rate(r.model, held, args.bits, device)
+                rows[name]["seeds"].append(entry)
+                rows[name].update(
+                    params=sum(p.numel() for p in r.model.parameters()),
+                    floats_per_16x16_patch=r.model.latent_floats_per_patch * (16 / r.model.patch_size) ** 2,
+                    lr=lrs[name],
+                )
+                logger.info(
+                    "%d:1 seed %d %s: %.2f dB held-out, %.2f dB train photos, %d steps, %d non-finite",
+                    ratio, seed, name, entry["psnr_heldout"], entry["psnr_train_photos"], r.step, r.nonfinite,
+                )  # fmt: skip
+            del runners
+        for row in rows.values():
+            vals = [s["psnr_heldout"] for s in row["seeds"]]
+            row["psnr_mean"] = statistics.mean(vals)
+            row["psnr_spread"] = (max(vals) - min(vals)) if len(vals) > 1 else 0.0
+            row["gap_train_minus_heldout"] = statistics.mean(
+                s["psnr_train_photos"] - s["psnr_heldout"] for s in row["seeds"]
+            )
+        res["ratios"][str(ratio)] = rows
+    return res
+
+
+def heldout_like(images01: list[torch.Tensor], side: int) -> list[torch.Tensor]:
+    """Training photos for the generalisation gap: whole photos, downscaled so the longer side ≤ ``side``, cropped to multiples of 16."""
+    out = []
+    for im in images01:
+        s = min(1.0, side / max(im.shape[-2:]))
+        if s < 1:
+            h, w = round(im.shape[-2] * s), round(im.shape[-1] * s)
+            im = torch.nn.functional.interpolate(im[None], size=(h, w), mode="bilinear", antialias=True)[
+                0
+            ].clamp(0, 1)
+        h, w = im.shape[-2] - im.shape[-2] % 16, im.shape[-1] - im.shape[-1] % 16
+        out.append(im[:, :h, :w].contiguous())
+    return out
+
+
+def sweep_markdown(res: dict[str, Any], command: str) -> str:
+    lines = [
+        "# Learning-rate sweep (issue 13)",
+        "",
+        "GeoVAE tiny-48 (bounded posterior heads, the preset default now), the same with the old unbounded",
+        "heads, the NoSVD readout and PatchSVAE (tiny, 16×16 patches) trained interleaved on the same batches",
+        "(photo crops + noise), AdamW, warm-up then cosine, grad-clip as in Settings. PSNR: whole held-out",
+        "photos (chelsea, coffee), pixel space. Predictors that learn nothing score: "
+        + ", ".join(f"{k} {v:.2f} dB" for k, v in res["baselines"].items())
+        + ".",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Settings: {json.dumps(res['settings'])}",
+        "",
+        "| model | lr | seeds | PSNR dB (mean, min–max) | PSNR with z = 0 (magnitude only) | non-finite steps "
+        "| max z std | max KL / patch (nats) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in res["runs"]:
+        groups.setdefault((r["model"], r["lr"]), []).append(r)
+    for (model, lr), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        p = [r["psnr_heldout"] for r in rs]
+        zero = [r.get("psnr_latent_zeroed") for r in rs if r.get("psnr_latent_zeroed") is not None]
+        zcol = f"{statistics.mean(zero):.2f}" if zero else "–"
+        z = [r["max_z_std"] for r in rs if r["max_z_std"]]
+        k = [r["max_kl_per_patch"] for r in rs if r["max_kl_per_patch"]]
+        zs = f"{max(z):.3g}" if z else "–"
+        ks = f"{max(k):.3g}" if k else "–"
+        lines.append(
+            f"| {model} | {lr:g} | {len(rs)} | {statistics.mean(p):.2f} ({min(p):.2f}–{max(p):.2f}) | {zcol} "
+            f"| {sum(r['nonfinite_steps'] for r in rs)} | {zs} | {ks} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def fair_markdown(res: dict[str, Any], command: str) -> str:
+    s = res["settings"]
+    lines = [
+        "# Autoencoders at an equal budget (issue 13, fair mode)",
+        "",
+        f"Every contender gets the same budget — {s['budget']:g} {s['budget_kind']} "
+        + ("(process CPU seconds, `time.process_time()`)" if s["budget_kind"] == "cpu" else "")
+        + f" — the same batches (augmented {s['image_size']}² crops of the training photos, scales "
+        f"{s['scales']}), the same seeds {s['seeds']}, trained round-robin in chunks of {s['chunk_steps']} "
+        "steps so that they see the same machine load. PSNR: whole held-out photos (chelsea, coffee), "
+        "pixel space; mean over seeds (spread = max − min). Learning-curve points use the held-out photos "
+        f"downscaled to ≤ {s['curve_side']} px (cheaper; the table's numbers are full size). "
+        "'train photos': the 7 colour training photos, whole, "
+        f"downscaled to ≤ {s['train_eval_side']} px; gap = train − held-out. Predictors that learn nothing: "
+        + ", ".join(f"{k} {v:.2f} dB" for k, v in res["baselines"].items())
+        + ".",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {json.dumps(res['machine'])}",
+        "",
+    ]
+    for ratio, rows in res["ratios"].items():
+        lines += [
+            f"## {ratio}:1",
+            "",
+            "| model | floats / 16×16 patch | params | lr | steps in budget | held-out PSNR dB | spread | train-photo gap dB | non-finite |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, r in rows.items():
+            steps = "/".join(str(x["steps"]) for x in r["seeds"])
+            nf = sum(x["nonfinite_steps"] for x in r["seeds"])
+            lines.append(
+                f"| {name} | {r['floats_per_16x16_patch']:.0f} | {r['params']:,} | {r['lr']:g} | {steps} "
+                f"| {r['psnr_mean']:.2f} | {r['psnr_spread']:.2f} | {r['gap_train_minus_heldout']:+.2f} | {nf} |"
+            )
+        lines += ["", f"Rate at {ratio}:1 (first seed; latents quantised per channel, min/max range):", ""]
+        lines += [
+            "| model | bits | PSNR dB | bpp raw | bpp zlib | bpp lzma |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, r in rows.items():
+            for q in r["seeds"][0].get("rate", []):
+                lines.append(
+                    f"| {name} | {q['bits']} | {q['psnr']:.2f} | {q['bpp_raw']:.3f} | {q['bpp_zlib']:.3f} | {q['bpp_lzma']:.3f} |"
+                )
+        lines.append("")
+    lines += [
+        "## Codecs (Pillow, same photos)",
+        "",
+        "| codec | quality | bpp | PSNR dB |",
+        "|---|---:|---:|---:|",
+    ]
+    for codec, pts in res["codecs"].items():
+        for p in pts:
+            lines.append(f"| {codec} | {p['quality']} | {p['bpp']:.3f} | {p['psnr']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_fair(res: dict[str, Any], path_curves: Path, path_rate: Path) -> None:
+    """Learning curves (held-out PSNR vs charged budget) and PSNR vs bpp for every model and codec."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kind = res["settings"]["budget_kind"]
+    xkey = {"cpu": "cpu_s", "wall": "wall_s", "steps": "step"}[kind]
+    ratios = list(res["ratios"])
+    fig, axes = plt.subplots(1, len(ratios), figsize=(6 * len(ratios), 4), squeeze=False)
+    for ax, ratio in zip(axes[0], ratios, strict=True):
+        for i, (name, r) in enumerate(res["ratios"][ratio].items()):
+            for j, sd in enumerate(r["seeds"]):
+                xs = [c[xkey] for c in sd["curve"]]
+                ax.plot(xs, [c["psnr"] for c in sd["curve"]], marker="o", ms=3, color=f"C{i}", alpha=0.9 if j == 0 else 0.4,
+                        label=name if j == 0 else None)  # fmt: skip
+        ax.set(
+            title=f"{ratio}:1 — held-out PSNR (photos ≤{res['settings']['curve_side']} px) vs {kind} budget",
+            xlabel={"cpu": "process CPU s", "wall": "wall s", "steps": "steps"}[kind],
+            ylabel="dB",
+        )
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path_curves, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    markers = {"48": "o", "12": "s"}
+    for codec, pts in res["codecs"].items():
+        ax.plot(
+            [p["bpp"] for p in pts],
+            [p["psnr"] for p in pts],
+            "k-" if codec == "JPEG" else "k--",
+            marker="x",
+            label=f"{codec} (Pillow)",
+        )
+    for ratio, rows in res["ratios"].items():
+        for i, (name, r) in enumerate(rows.items()):
+            rate = r["seeds"][0].get("rate", [])
+            if not rate:
+                continue
+            ax.plot([q["bpp_lzma"] for q in rate], [q["psnr"] for q in rate], marker=markers.get(ratio, "^"), color=f"C{i}",
+                    ls="-" if ratio == "48" else ":", label=f"{name} {ratio}:1 (lzma)")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="bits per pixel (log)",
+        ylabel="held-out PSNR dB",
+        title="PSNR vs rate: chelsea + coffee, whole photos",
+    )
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path_rate, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mode", choices=("bench", "stability"), default="bench")
+    p.add_argument("--mode", choices=("bench", "stability", "lr-sweep", "fair"), default="bench")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)
@@ -660,10 +1255,41 @@ def main(argv: list[str] | None = None) -> None:
         "--align-fraction", type=float, default=0.1, help="Fraction of steps in the alignment phase."
     )
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--tag", default="", help="Suffix of the budget modes' result files.")
     p.add_argument(
         "--save-models", type=Path, default=None, help="Save each trained model to DIR/<ratio>/<name>."
     )
+    g = p.add_argument_group("budget modes (--mode lr-sweep / fair)")
+    g.add_argument(
+        "--budget", type=float, default=None, help="Per contender, ratio and seed (see --budget-kind)."
+    )
+    g.add_argument("--budget-kind", choices=("cpu", "wall", "steps"), default=None)
+    g.add_argument("--chunk-steps", type=int, default=10, help="Round-robin chunk of steps per contender.")
+    g.add_argument("--curve-points", type=int, default=8)
+    g.add_argument("--seeds", type=int, nargs="+", default=None)
+    g.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    g.add_argument("--lr-of", nargs="+", default=None, help="Per-contender lr, e.g. AutoencoderKL=3e-4.")
+    g.add_argument("--warmup-fraction", type=float, default=0.05)
+    g.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="0 disables (the sweep's harsh protocol).")
+    g.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75, 0.5])
+    g.add_argument("--no-grayscale", dest="grayscale", action="store_false")
+    g.add_argument("--bits", type=int, nargs="+", default=[4, 8])
+    g.add_argument("--codec-qualities", type=int, nargs="+", default=[5, 10, 20, 30, 50, 70, 90])
+    g.add_argument("--train-eval-side", type=int, default=256)
+    g.add_argument(
+        "--curve-side",
+        type=int,
+        default=224,
+        help="Learning-curve points: held-out photos downscaled to ≤ this (0: whole).",
+    )
+    g.add_argument(
+        "--gpu", action="store_true", help="The GPU configuration of --mode fair (see the docstring)."
+    )
     args = p.parse_args(argv)
+    args.lr_of = {k: float(v) for k, v in (item.split("=", 1) for item in (args.lr_of or []))}
+    if args.mode in ("lr-sweep", "fair"):
+        return run_budget_mode(args, p)
     defaults = (
         dict(steps=500, batch_size=16, image_size=32)
         if args.quick
@@ -710,6 +1336,51 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "autoencoders.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
     (args.out / "autoencoders.md").write_text(bench_markdown(res, command) + "\n")
     logger.info("wrote %s (%.0f s)", args.out / "autoencoders.md", res["total_wall_s"])
+
+
+def run_budget_mode(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
+    """``--mode lr-sweep`` / ``--mode fair`` (defaults per mode and size; see the module docstring)."""
+    if args.mode == "lr-sweep":
+        defaults = dict(steps=300, batch_size=16, image_size=32, seeds=[0, 1], budget_kind="steps")
+    elif args.gpu:
+        defaults = dict(budget=120.0, budget_kind="wall", batch_size=32, image_size=128, seeds=[0, 1, 2])
+    elif args.quick:
+        defaults = dict(budget=45.0, budget_kind="cpu", batch_size=8, image_size=64, seeds=[0])
+    else:  # ≈ 90 min on 2 idle cores: 2 ratios × 5 contenders × 3 seeds × 150 CPU s (2 threads ≈ 75 s wall)
+        defaults = dict(budget=150.0, budget_kind="cpu", batch_size=16, image_size=64, seeds=[0, 1, 2])
+    for k, v in defaults.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    if args.mode == "lr-sweep":
+        args.budget = float(args.steps)
+        args.budget_kind = "steps"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    command = "python benchmarks/autoencoders.py " + " ".join(sys.argv[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    tag = f"_{args.tag}" if getattr(args, "tag", None) else ""
+    if args.mode == "lr-sweep":
+        res = run_lr_sweep(args, device)
+        res.update(settings=settings, machine=machine_info(device), command=command)
+        res["total_wall_s"] = time.perf_counter() - t0
+        (args.out / f"autoencoders_lr_sweep{tag}.json").write_text(
+            json.dumps(res, indent=1, default=float) + "\n"
+        )
+        (args.out / f"autoencoders_lr_sweep{tag}.md").write_text(sweep_markdown(res, command))
+        return
+    res = run_fair(args, device)
+    res.update(settings=settings, machine=machine_info(device), command=command)
+    res["total_wall_s"] = time.perf_counter() - t0
+    (args.out / f"autoencoders_fair{tag}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+    (args.out / f"autoencoders_fair{tag}.md").write_text(fair_markdown(res, command))
+    plot_fair(
+        res, args.out / f"autoencoders_fair{tag}_curves.png", args.out / f"autoencoders_fair{tag}_rate.png"
+    )
+    logger.info("wrote %s (%.0f s)", args.out / f"autoencoders_fair{tag}.md", res["total_wall_s"])
 
 
 if __name__ == "__main__":

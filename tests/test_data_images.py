@@ -263,3 +263,20 @@ def test_hf_loader_without_datasets_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
     with pytest.raises(ImportError, match="pip install"):
         load_hf_images("user/pics")
+
+
+def test_augmented_crop_source_is_seeded_varied_and_in_range():
+    import torch
+
+    from pentachora.data.images import AugmentedCropSource
+
+    g = torch.Generator().manual_seed(0)
+    ims = [torch.rand(3, 40, 60, generator=g), torch.rand(3, 20, 20, generator=g)]
+    src = AugmentedCropSource(ims, 16, 8, seed=3, scales=(1.0, 0.5))
+    assert src.n_images == 3  # the 20×20 image at 0.5 (10×10) is too small for a 16² crop
+    a, b = src.batch(5), src.batch(5)
+    assert a.shape == (8, 3, 16, 16) and torch.equal(a, b)
+    assert not torch.equal(a, src.batch(6))
+    assert a.min() >= -1 and a.max() <= 1
+    with pytest.raises(ValueError, match="at any of the scales"):
+        AugmentedCropSource([torch.rand(3, 8, 8)], 16, 2)

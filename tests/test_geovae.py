@@ -341,3 +341,61 @@ def test_autoencoder_kl_adapter_forward(tmp_path):
         model(torch.zeros(1, 3, 36, 32))
     c16 = AutoencoderKLAdapterConfig(block_out_channels=(8, 8, 8, 8), latent_channels=16, norm_num_groups=4)
     assert AutoencoderKLAdapter(c16).compression_ratio == pytest.approx(12.0)
+
+
+# ---------------------------------------------------------------------------------------- bounded heads
+def test_presets_turn_bounded_heads_on_but_plain_configs_keep_the_old_heads():
+    assert all(GeoVAEConfig.preset(name).bounded_heads for name in GEOVAE_PRESETS)
+    assert GeoVAEConfig().bounded_heads is False  # a config.json saved before the field existed
+    old = GeoVAEConfig(patch_size=8, **SMALL)
+    torch.manual_seed(0)
+    model = GeoVAE(old)
+    raw = model.bottleneck(torch.randn(3, old.V * old.D) * 50)
+    mean, logvar = model._bound_heads(*raw.chunk(2, dim=-1))
+    assert torch.equal(mean, raw[:, : old.latent_dim]) and torch.equal(logvar, raw[:, old.latent_dim :])
+
+
+def test_bounded_heads_stay_in_their_box_and_are_identity_near_the_start():
+    cfg = GeoVAEConfig(
+        patch_size=8, bounded_heads=True, mean_bound=3.0, logvar_min=-10.0, logvar_max=2.0, **SMALL
+    )
+    torch.manual_seed(0)
+    model = GeoVAE(cfg)
+    big = torch.randn(64, 2 * cfg.latent_dim, dtype=torch.float64) * 1e4
+    mean, logvar = model._bound_heads(*big.chunk(2, dim=-1))
+    assert mean.abs().max() <= 3.0 and logvar.min() >= -10.0 and logvar.max() <= 2.0
+    small = torch.tensor([[1e-3] * cfg.latent_dim + [-4.0 + 1e-3] * cfg.latent_dim], dtype=torch.float64)
+    m2, lv2 = model._bound_heads(*small.chunk(2, dim=-1))
+    torch.testing.assert_close(m2, small[:, : cfg.latent_dim], rtol=1e-5, atol=0)
+    torch.testing.assert_close(lv2, small[:, cfg.latent_dim :], rtol=1e-5, atol=0)
+    # gradient of the squash is exact
+    raw = torch.randn(4, 2 * cfg.latent_dim, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda r: torch.cat(model._bound_heads(*r.chunk(2, dim=-1)), -1), (raw,))
+
+
+def test_bounded_heads_keep_the_posterior_bounded_under_exploded_weights():
+    cfg = GeoVAEConfig(patch_size=8, bounded_heads=True, **SMALL)
+    torch.manual_seed(0)
+    model = GeoVAE(cfg)
+    with torch.no_grad():
+        for p in model.bottleneck.parameters():
+            p.mul_(1e3)  # what a few lr-1e-2 Adam steps do to an unbounded head
+    out = model.train()(torch.randn(2, 3, 16, 16).clamp(-1, 1))
+    q = out.latent
+    assert q.mean.abs().max() <= cfg.mean_bound and q.logvar.max() <= cfg.logvar_max
+    assert torch.isfinite(out.loss) and out.kl / cfg.latent_dim < 0.5 * (
+        cfg.mean_bound**2 + math.exp(cfg.logvar_max)
+    )
+
+
+def test_bounded_heads_config_validation_and_round_trip(tmp_path):
+    with pytest.raises(ValueError, match="bounded heads"):
+        GeoVAEConfig(bounded_heads=True, logvar_min=1.0, logvar_max=0.0)
+    cfg = GeoVAEConfig(patch_size=8, bounded_heads=True, mean_bound=2.5, **SMALL)
+    torch.manual_seed(0)
+    model = GeoVAE(cfg).eval()
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_model(tmp_path / "m").eval()
+    assert loaded.config.bounded_heads and loaded.config.mean_bound == 2.5
+    x = torch.randn(1, 3, 16, 16).clamp(-1, 1)
+    torch.testing.assert_close(loaded.reconstruct(x), model.reconstruct(x))

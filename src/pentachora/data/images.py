@@ -550,3 +550,77 @@ def heldout_tiles(
 def psnr_db_from_mse(mse: float) -> float:
     """PSNR in dB for a pixel-space ([0, 1]) MSE: ``10·log10(1 / mse)`` (``inf`` for 0)."""
     return math.inf if mse <= 0 else 10 * math.log10(1.0 / mse)
+
+
+class AugmentedCropSource:
+    """Random crops from several scales of a list of images, with flips and 90° turns (training variety).
+
+    Each image is resized once to every factor in ``scales`` (antialiased bilinear; a scale at which
+    the image would be smaller than the crop is dropped) and the crops are drawn by an
+    :class:`ImageCropSource` over that pyramid, so every image scale is picked uniformly. Each crop
+    is then turned by a random multiple of 90° (``rot90``) and flipped vertically with
+    probability ½ (``vflip``), on top of the horizontal flip. A pure function of ``(seed, step)``.
+
+    Args:
+        images: (3, H, W) tensors in [0, 1].
+        crop_size: side of the square crops in pixels.
+        batch_size: crops per batch.
+        seed: base seed.
+        scales: resize factors (1 keeps the image; 0.5 halves each side).
+        rot90, vflip: the extra augmentations.
+
+    Raises:
+        ValueError: no image is at least ``crop_size`` on both sides at any scale.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[torch.Tensor],
+        crop_size: int,
+        batch_size: int,
+        seed: int = 0,
+        scales: Sequence[float] = (1.0, 0.75, 0.5),
+        rot90: bool = True,
+        vflip: bool = True,
+    ) -> None:
+        pyramid: list[torch.Tensor] = []
+        for im in images:
+            for s in scales:
+                h, w = round(im.shape[-2] * s), round(im.shape[-1] * s)
+                if min(h, w) < crop_size:
+                    continue
+                if s == 1.0:
+                    pyramid.append(im.float())
+                else:
+                    resized = torch.nn.functional.interpolate(
+                        im.float()[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False
+                    )[0]
+                    pyramid.append(resized.clamp(0, 1))
+        if not pyramid:
+            raise ValueError(
+                f"no image is at least {crop_size}×{crop_size} pixels at any of the scales {scales}"
+            )
+        self.crops = ImageCropSource(pyramid, crop_size, batch_size, seed=seed, flip=True)
+        self.seed, self.rot90, self.vflip, self.scales = seed, rot90, vflip, tuple(scales)
+        self.batch_size, self.crop_size = batch_size, crop_size
+
+    @property
+    def n_images(self) -> int:
+        """Images in the pyramid (every usable scale of every image)."""
+        return len(self.crops.images)
+
+    def batch(self, step: int) -> torch.Tensor:
+        """The batch for ``step``: (B, 3, crop, crop) float32 in model space [−1, 1]."""
+        x = self.crops.batch(step)
+        g = step_generator(self.seed + 1_000_003, step)
+        turns = torch.randint(0, 4 if self.rot90 else 1, (x.shape[0],), generator=g)
+        flips = torch.rand((x.shape[0],), generator=g) < (0.5 if self.vflip else 0.0)
+        out = [xi.rot90(int(k), dims=(-2, -1)) for xi, k in zip(x, turns.tolist(), strict=True)]
+        x = torch.stack(out)
+        return torch.where(flips.view(-1, 1, 1, 1), x.flip(-2), x)
+
+    def __repr__(self) -> str:
+        return (
+            f"AugmentedCropSource(n_images={self.n_images}, crop_size={self.crop_size}, batch_size={self.batch_size}, "
+            f"scales={self.scales}, rot90={self.rot90}, vflip={self.vflip}, seed={self.seed})"
+        )
