@@ -21,6 +21,13 @@ from pentachora.autoencoders.distributions import DiagonalGaussian
 from pentachora.autoencoders.export import LinearExport, count_flops
 from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
 from pentachora.autoencoders.kl_baseline import AutoencoderKLAdapter, AutoencoderKLAdapterConfig
+from pentachora.autoencoders.quantize import (
+    QuantizedTensor,
+    RateResult,
+    dequantize,
+    latent_roundtrip,
+    quantize,
+)
 from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig, SpectralLatent
 
 __all__ = [
@@ -38,6 +45,11 @@ __all__ = [
     "PatchAutoencoder",
     "PatchSVAE",
     "PatchSVAEConfig",
+    "QuantizedTensor",
+    "RateResult",
     "SpectralLatent",
     "count_flops",
+    "dequantize",
+    "latent_roundtrip",
+    "quantize",
 ]
