@@ -176,11 +176,19 @@ class ConduitHub(PentachoraModel):
         return all(m.aligner.is_fitted for m in self.experts.values())
 
     @torch.no_grad()
-    def fit_aligners(self, pooled: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    def fit_aligners(
+        self, pooled: Mapping[str, torch.Tensor], items: Mapping[str, torch.Tensor] | None = None
+    ) -> dict[str, str]:
         """Fit every expert's frozen aligner on paired pooled training features ``{name: (N, d_e)}``.
 
+        Args:
+            pooled: Row i of every expert is the same item.
+            items: Optional ``{name: indices}``: the items whose (expert, reference) pairs may be used
+                to fit that expert's aligner (the emergent-alignment run fits A onto the reference B on
+                the A–B half and C on the B–C half). The reference's own reduction uses all its rows.
+
         Returns:
-            ``{name: mode}`` (``direct`` / ``pca`` / ``pad`` / ``reference``).
+            ``{name: mode}`` (``direct`` / ``pca`` / ``pad``; the reference is marked).
 
         Raises:
             DataError: A missing expert, unequal row counts, NaN/inf, a wrong width.
@@ -191,6 +199,7 @@ class ConduitHub(PentachoraModel):
         counts = {n: int(pooled[n].shape[0]) for n in self.config.experts}
         if len(set(counts.values())) != 1:
             raise DataError(f"experts must be paired on the same items, but the row counts differ: {counts}")
+        items = dict(items or {})
         ref = self.config.reference_expert
         ref_aligner = self.experts[ref].aligner.fit(pooled[ref])
         target = ref_aligner(pooled[ref])
@@ -198,8 +207,9 @@ class ConduitHub(PentachoraModel):
         for name in self.config.experts:
             if name == ref:
                 continue
-            aligner = self.experts[name].aligner.fit(pooled[name], target)
-            modes[name] = aligner.mode
+            idx = items.get(name)
+            src, tgt = (pooled[name], target) if idx is None else (pooled[name][idx], target[idx])
+            modes[name] = self.experts[name].aligner.fit(src, tgt).mode
         return modes
 
     # ------------------------------------------------------------------ embedding
