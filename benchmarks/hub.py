@@ -210,7 +210,9 @@ def run_heads(train, heldout, args, seed: int) -> dict[str, Any]:
         torch.manual_seed(seed)
         model = LinearPairHeads(PairHeadsConfig(train.dim(a), train.dim(b), args.d_hub, a_name=a, b_name=b))
         model.standardise_from(train.pooled(a), train.pooled(b))
-        src = PairedBatchSource(train, args.batch_size, seed, experts=[a, b], max_tokens=args.max_tokens)
+        src = PairedBatchSource(
+            train, args.batch_size, seed, experts=[a, b]
+        )  # full items: heads read the mean
         res = Trainer(model, make_train_config(args, seed), src).fit(resume=False)
         model.eval()
         with torch.no_grad():

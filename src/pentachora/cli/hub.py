@@ -28,7 +28,7 @@ DATA_HELP = (
 
 
 def _fail(console: Console, exc: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
+    console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
     return typer.Exit(code=2)
 
 
