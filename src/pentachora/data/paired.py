@@ -171,6 +171,37 @@ class PairedFeatures:
             dict(self.meta),
         )
 
+    def compressed(self, max_tokens: int, experts: Sequence[str] | None = None) -> PairedFeatures:
+        """A copy where every item of more than ``max_tokens`` tokens becomes ``max_tokens`` means of
+        contiguous, near-equal chunks of its tokens (order kept; shorter items unchanged).
+
+        Cheap training inputs for variable-length experts on a CPU: the set of chunk means keeps the
+        item's content (their mean is the item mean up to the chunks' unequal sizes).
+        """
+        if max_tokens < 1:
+            raise DataError(f"max_tokens must be >= 1, got {max_tokens}")
+        tokens, offsets = dict(self.tokens), dict(self.offsets)
+        for name in experts or self.experts:
+            items = []
+            for i in range(self.n):
+                x = self.item(name, i)
+                if x.shape[0] > max_tokens:
+                    x = torch.stack([c.float().mean(0) for c in torch.tensor_split(x, max_tokens)]).to(
+                        x.dtype
+                    )
+                items.append(x)
+            tokens[name] = torch.cat(items)
+            lens = torch.tensor([x.shape[0] for x in items], dtype=torch.long)
+            offsets[name] = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
+        return PairedFeatures(tokens, offsets, list(self.titles), list(self.hashes), dict(self.meta))
+
+    def pooled_only(self, experts: Sequence[str] | None = None) -> PairedFeatures:
+        """A copy holding one token per item per expert: its mean (what pooled-feature models read)."""
+        names = list(experts or self.experts)
+        tokens = {n: self.pooled(n).to(self.tokens[n].dtype) for n in names}
+        offsets = {n: torch.arange(self.n + 1) for n in names}
+        return PairedFeatures(tokens, offsets, list(self.titles), list(self.hashes), dict(self.meta))
+
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         from pentachora.io import atomic_save_tensors

@@ -263,12 +263,13 @@ class ExpertModule(nn.Module):
             mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
         mask = mask.bool()
         check_token_features(features, mask, self.d_in, self.name)
-        x = self.norm(self.aligned(features))  # (B, T, d)
+        y = self.aligned(features)  # (B, T, d)
+        # the masked mean of the aligned tokens: at initialisation exactly the frozen Procrustes alignment
+        mean = (y * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        x = self.norm(y)
         q = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)
         pooled, _ = self.pool(q, x, x, key_padding_mask=~mask, need_weights=False)  # (B, K, d)
-        # plus the masked mean, so every pooled token starts from the aligned content
-        mean = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
-        pooled = self.drop(pooled + mean[:, None, :])
+        pooled = self.drop(pooled + mean[:, None, :])  # every pooled token starts from the aligned content
         ident = self.identity.unsqueeze(0).expand(x.shape[0], -1, -1)
         return torch.cat([ident, pooled], dim=1)
 
