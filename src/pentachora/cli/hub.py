@@ -68,7 +68,9 @@ def train_hub_cmd(
     steps: int = typer.Option(600, min=1, help="Optimizer steps."),
     batch_size: int = typer.Option(256, min=2, help="Items per batch (InfoNCE negatives)."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, cosine)."),
-    max_tokens: int = typer.Option(64, min=0, help="Token cap per item in training batches (0 = none)."),
+    chunks: int = typer.Option(
+        8, min=0, help="Items of more tokens become this many chunk means (CPU budget; 0 = every token)."
+    ),
     n_tokens: int = typer.Option(4, min=1, help="Pooled tokens per expert."),
     dropout: float = typer.Option(0.1, min=0.0, max=0.9),
     shrinkage: float = typer.Option(0.2, min=0.0, max=1.0, help="Covariance shrinkage of the aligners."),
@@ -90,7 +92,7 @@ def train_hub_cmd(
     import torch
 
     from pentachora.errors import PentachoraError
-    from pentachora.recipes.hub import hub_config_for, parse_expert_spec, prepare_hub_data, train_hub
+    from pentachora.recipes.hub import HubData, hub_config_for, parse_expert_spec, prepare_hub_data, train_hub
     from pentachora.training import TrainConfig
 
     console = Console()
@@ -108,6 +110,12 @@ def train_hub_cmd(
             max_train_items=max_train_items,
             max_heldout_items=max_heldout_items,
         )
+        if chunks:
+            hdata = HubData(
+                hdata.train.compressed(chunks),
+                hdata.heldout.compressed(chunks),
+                {**hdata.info, "chunks": chunks},
+            )
         config = hub_config_for(
             hdata,
             d_hub=d_hub,
@@ -139,7 +147,7 @@ def train_hub_cmd(
         f"(leakage check {hdata.info['leakage']}); experts {hdata.dims}; d_hub {d_hub}"
     )
     try:
-        run = train_hub(hdata, config, tcfg, max_tokens=max_tokens)
+        run = train_hub(hdata, config, tcfg)
     except PentachoraError as exc:
         raise _fail(console, exc) from exc
     _print_eval(console, run.evaluation, f"held-out retrieval ({run.out_dir})")
@@ -159,7 +167,7 @@ def eval_hub_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON."),
 ) -> None:
     """Evaluate a trained hub on its held-out split: R@1/R@5 both directions per pair, floors, CV."""
-    from pentachora.errors import PentachoraError
+    from pentachora.errors import DataError, PentachoraError
     from pentachora.io import read_json
     from pentachora.recipes.hub import evaluate_hub, load_hub, prepare_hub_data
 
@@ -170,12 +178,14 @@ def eval_hub_cmd(
         info = read_json(info_path) if info_path.is_file() else {}
         specs = list(model.config.expert_sources) or list(info.get("experts", []))
         if not specs:
-            raise PentachoraError(f"{run} does not say which experts made its features (no data.json)")
+            raise DataError(f"{run} does not say which experts made its features (no data.json)")
         hdata = prepare_hub_data(
             specs, corpus=info.get("corpus", "wiki"), cache_dir=cache_dir, seed=int(info.get("seed", 0))
         )
+        if info.get("chunks"):
+            hdata.heldout = hdata.heldout.compressed(int(info["chunks"]))
         if hdata.dims != dict(zip(model.config.experts, model.config.expert_dims, strict=True)):
-            raise PentachoraError(
+            raise DataError(
                 f"the features {hdata.dims} do not match the hub's experts "
                 f"{dict(zip(model.config.experts, model.config.expert_dims, strict=True))}"
             )

@@ -19,7 +19,6 @@ Face text encoder available offline: the error says how to get one that is not).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -505,7 +504,3 @@ def apply_aligner(aligner_dir: str | os.PathLike, features: torch.Tensor) -> tor
             f"{al.config.d_in}-d features"
         )
     return al(features)
-
-
-def _as_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
