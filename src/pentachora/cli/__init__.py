@@ -54,6 +54,7 @@ def _register() -> None:
     from pentachora.cli import batteries as _batteries  # noqa: F401
     from pentachora.cli import demo as _demo  # noqa: F401
     from pentachora.cli import geometry as _geometry  # noqa: F401
+    from pentachora.cli import hub as _hub  # noqa: F401
     from pentachora.cli import memory as _memory  # noqa: F401
     from pentachora.cli import models as _models  # noqa: F401
     from pentachora.cli import sample as _sample  # noqa: F401

@@ -1,0 +1,249 @@
+"""`pentachora train hub`, `pentachora eval-hub RUN`, `pentachora align A B -o DIR`: the Conduit hub.
+
+Every user error (a bad expert, an expert not available offline, unequal pair counts, NaN/inf
+features, a width that does not match a saved aligner) is reported in one line with exit code 2, and
+is detected before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pentachora.cli import app, train_app
+
+EXPERTS_HELP = (
+    "Comma-separated experts: minilm (embedded all-MiniLM-L6-v2, 384-d), lsa[:DIM] (TF-IDF+SVD fitted on "
+    "the training split, default 256), w2v[:DIM] (Word2Vec trained on the training split, default 128), "
+    "tiny-bert (random, for tests), hf:NAME (a Hugging Face text encoder available offline)."
+)
+DATA_HELP = (
+    "Items: 'wiki' (the embedded Wikipedia excerpt cut into passages, whole articles held out), "
+    "'text:PATH' (blank-line separated documents, every 10th held out), 'jsonl:PATH[:FIELD]'."
+)
+
+
+def _fail(console: Console, exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _retrieval_table(title: str, evaluation: dict) -> Table:
+    table = Table(title=title)
+    for col in ("pair", "trained", "R@1 A→B", "R@1 B→A", "R@5 A→B", "R@5 B→A", "shuffled R@1", "chance"):
+        table.add_column(col, justify="right" if col != "pair" else "left")
+    trained = set(evaluation.get("trained_pairs", []))
+    for pair, m in evaluation["pairs"].items():
+        table.add_row(
+            pair,
+            "yes" if pair in trained else "no (emergent)",
+            *(f"{100 * m[k]:.1f}%" for k in ("r1_ab", "r1_ba", "r5_ab", "r5_ba", "r1_shuffled", "chance_r1")),
+        )
+    return table
+
+
+def _print_eval(console: Console, evaluation: dict, title: str) -> None:
+    console.print(_retrieval_table(title, evaluation))
+    console.print(
+        f"mean held-out R@1 {100 * evaluation['mean_r1']:.1f}% · CV hub {evaluation['cv_hub']:.4f} · "
+        f"CV midpoints {evaluation['cv_midpoints']:.4f} · target_cv(d_hub) {evaluation['cv_target']:.4f}"
+    )
+
+
+@train_app.command("hub")
+def train_hub_cmd(
+    experts: str = typer.Option("minilm,lsa,w2v", help=EXPERTS_HELP),
+    data: str = typer.Option("wiki", help=DATA_HELP),
+    d_hub: int = typer.Option(
+        256, min=4, help="Hub width (256: MiniLM is PCA'd down, LSA direct, W2V padded up)."
+    ),
+    pairs: str = typer.Option("", help="Trained pairs 'A|B,B|C' (default: every pair)."),
+    reference: str = typer.Option(
+        "", help="Expert the aligners rotate onto (default: first of width d_hub)."
+    ),
+    steps: int = typer.Option(600, min=1, help="Optimizer steps."),
+    batch_size: int = typer.Option(256, min=2, help="Items per batch (InfoNCE negatives)."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, cosine)."),
+    chunks: int = typer.Option(
+        8, min=0, help="Items of more tokens become this many chunk means (CPU budget; 0 = every token)."
+    ),
+    n_tokens: int = typer.Option(4, min=1, help="Pooled tokens per expert."),
+    dropout: float = typer.Option(0.1, min=0.0, max=0.9),
+    shrinkage: float = typer.Option(0.2, min=0.0, max=1.0, help="Covariance shrinkage of the aligners."),
+    w_midpoint: float = typer.Option(0.1, min=0.0, help="Weight of the midpoint pentachoron variance."),
+    w_procrustes: float = typer.Option(0.1, min=0.0, help="Weight of the running Procrustes term."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default runs/hub). Rerun to resume."),
+    cache_dir: Path = typer.Option(None, help="Feature cache root (default $PENTACHORA_CACHE/hub-features)."),
+    max_train_items: int = typer.Option(0, min=0, help="Use only the first N training items (0 = all)."),
+    max_heldout_items: int = typer.Option(0, min=0, help="Use only the first N held-out items (0 = all)."),
+    seed: int = typer.Option(0),
+    eval_every: int = typer.Option(0, min=0, help="Evaluate every N steps (0 = end only)."),
+    save_every: int = typer.Option(0, min=0, help="Checkpoint every N steps (0 = end only)."),
+    threads: int = typer.Option(0, min=0, help="torch CPU threads (0 = torch's default)."),
+) -> None:
+    """Train a Conduit hub over frozen experts (default: MiniLM + LSA + Word2Vec on the embedded corpus).
+
+    Example: pentachora train hub --steps 600 --out runs/hub
+    """
+    import torch
+
+    from pentachora.errors import PentachoraError
+    from pentachora.recipes.hub import HubData, hub_config_for, parse_expert_spec, prepare_hub_data, train_hub
+    from pentachora.training import TrainConfig
+
+    console = Console()
+    if threads:
+        torch.set_num_threads(threads)
+    specs = [s for s in experts.split(",") if s.strip()]
+    try:
+        for s in specs:
+            parse_expert_spec(s)
+        hdata = prepare_hub_data(
+            specs,
+            corpus=data,
+            cache_dir=cache_dir,
+            seed=seed,
+            max_train_items=max_train_items,
+            max_heldout_items=max_heldout_items,
+        )
+        if chunks:
+            hdata = HubData(
+                hdata.train.compressed(chunks),
+                hdata.heldout.compressed(chunks),
+                {**hdata.info, "chunks": chunks},
+            )
+        config = hub_config_for(
+            hdata,
+            d_hub=d_hub,
+            pairs=tuple(p for p in pairs.split(",") if p),
+            reference=reference,
+            n_tokens=n_tokens,
+            dropout=dropout,
+            shrinkage=shrinkage,
+            w_midpoint=w_midpoint,
+            w_procrustes=w_procrustes,
+            expert_sources=tuple(specs),
+        )
+        tcfg = TrainConfig(
+            steps=steps,
+            batch_size=min(batch_size, hdata.train.n),
+            lr=lr,
+            warmup_steps=min(30, steps // 10),
+            weight_decay=0.05,
+            seed=seed,
+            out_dir=str(out or Path("runs") / "hub"),
+            eval_every=eval_every,
+            save_every=save_every,
+            log_every=max(1, steps // 20),
+        )
+    except (PentachoraError, ImportError, ValueError) as exc:
+        raise _fail(console, exc) from exc
+    console.print(
+        f"data: {hdata.info['train_items']} training / {hdata.info['heldout_items']} held-out items "
+        f"(leakage check {hdata.info['leakage']}); experts {hdata.dims}; d_hub {d_hub}"
+    )
+    try:
+        run = train_hub(hdata, config, tcfg)
+    except PentachoraError as exc:
+        raise _fail(console, exc) from exc
+    _print_eval(console, run.evaluation, f"held-out retrieval ({run.out_dir})")
+    for name, rep in run.aligners.items():
+        if isinstance(rep, dict) and "lift" in rep:
+            console.print(
+                f"aligner {name} ({rep['mode']}): held-out lift {rep['lift']:.3f} over shuffled floor "
+                f"{rep['cos_shuffled']:.3f}; R@1 {100 * rep['r1']:.1f}% vs shuffled {100 * rep['r1_shuffled']:.1f}%"
+            )
+    console.print(f"saved {run.out_dir}/final (config.json + model.safetensors), eval.json, aligners.json")
+
+
+@app.command("eval-hub")
+def eval_hub_cmd(
+    run: Path = typer.Argument(..., help="Run folder (or checkpoint folder) of `pentachora train hub`."),
+    cache_dir: Path = typer.Option(None, help="Feature cache root (as used for training)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON."),
+) -> None:
+    """Evaluate a trained hub on its held-out split: R@1/R@5 both directions per pair, floors, CV."""
+    from pentachora.errors import DataError, PentachoraError
+    from pentachora.io import read_json
+    from pentachora.recipes.hub import evaluate_hub, load_hub, prepare_hub_data
+
+    console = Console()
+    try:
+        model = load_hub(run)
+        info_path = Path(run) / "data.json"
+        info = read_json(info_path) if info_path.is_file() else {}
+        specs = list(model.config.expert_sources) or list(info.get("experts", []))
+        if not specs:
+            raise DataError(f"{run} does not say which experts made its features (no data.json)")
+        hdata = prepare_hub_data(
+            specs, corpus=info.get("corpus", "wiki"), cache_dir=cache_dir, seed=int(info.get("seed", 0))
+        )
+        if info.get("chunks"):
+            hdata.heldout = hdata.heldout.compressed(int(info["chunks"]))
+        if hdata.dims != dict(zip(model.config.experts, model.config.expert_dims, strict=True)):
+            raise DataError(
+                f"the features {hdata.dims} do not match the hub's experts "
+                f"{dict(zip(model.config.experts, model.config.expert_dims, strict=True))}"
+            )
+        evaluation = evaluate_hub(model, hdata.heldout)
+    except (PentachoraError, ImportError) as exc:
+        raise _fail(console, exc) from exc
+    if as_json:
+        console.print_json(json.dumps(evaluation))
+    else:
+        _print_eval(console, evaluation, f"held-out retrieval ({run})")
+
+
+@app.command("align")
+def align_cmd(
+    source: Path = typer.Argument(..., help="safetensors with the (N, D_a) source features."),
+    target: Path = typer.Argument(..., help="safetensors with the (N, D_b) target features, rows paired."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Write source/, target/ aligners and report.json here."
+    ),
+    d_hub: int = typer.Option(0, min=0, help="Shared width (0 = min(D_a, D_b))."),
+    shrinkage: float = typer.Option(0.2, min=0.0, max=1.0, help="Covariance shrinkage (0 = plain CCA-like)."),
+    rank: int = typer.Option(0, min=0, help="Keep only the top RANK principal directions (0 = all)."),
+    no_whiten: bool = typer.Option(False, "--no-whiten", help="Plain (unwhitened) Procrustes."),
+    heldout_fraction: float = typer.Option(0.2, min=0.05, max=0.5, help="Rows held out for the report."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Fit, report and save a frozen Procrustes aligner between two paired feature sets.
+
+    Example: pentachora align a.safetensors b.safetensors -o aligner/
+    """
+    from pentachora.errors import PentachoraError
+    from pentachora.recipes.hub import fit_aligner_files
+
+    console = Console()
+    try:
+        report = fit_aligner_files(
+            source,
+            target,
+            out,
+            d_hub=d_hub,
+            shrinkage=shrinkage,
+            rank=rank,
+            whiten=not no_whiten,
+            heldout_fraction=heldout_fraction,
+            seed=seed,
+        )
+    except (PentachoraError, ValueError) as exc:
+        raise _fail(console, exc) from exc
+    h, f = report["heldout"], report["fit_set"]
+    console.print(
+        f"{report['d_source']}-d → {report['d_hub']}-d ({report['mode']}), target {report['d_target']}-d "
+        f"({report['target_mode']}); {report['rows'] - report['heldout_rows']} fit rows, "
+        f"{report['heldout_rows']} held out"
+    )
+    console.print(
+        f"held-out: cosine {h['cos_paired']:.3f} vs shuffled {h['cos_shuffled']:.3f} (lift {h['lift']:.3f}); "
+        f"R@1 {100 * h['r1']:.1f}% vs shuffled {100 * h['r1_shuffled']:.1f}% (chance {100 * h['chance_r1']:.1f}%)"
+    )
+    console.print(f"fit set (optimistic): lift {f['lift']:.3f}, R@1 {100 * f['r1']:.1f}%")
+    if out is not None:
+        console.print(f"saved {out}/source, {out}/target (config.json + model.safetensors) and report.json")
