@@ -24,7 +24,7 @@ from pentachora.diagnostics import (
     relative_deviation,
 )
 from pentachora.diagnostics.convergence import WARN_NO_LOCK, WARN_PLATEAU
-from pentachora.errors import ConfigError
+from pentachora.errors import ConfigError, RunFolderError
 from pentachora.geometry import cv_metric, target_cv
 from pentachora.modeling import ModelOutput, PentachoraModel, register_model
 from pentachora.training import TrainConfig, Trainer, read_metrics
@@ -313,3 +313,53 @@ def test_audit_callback_does_not_change_training(tmp_path: Path) -> None:
         return [float(p.detach().sum()) for p in trainer.unwrapped_model.parameters()]
 
     assert losses([]) == losses([AuditCallback("mid", every=1, reference="model")])
+
+
+# ----------------------------------------------------------------------------- report, recipe, CLI
+def test_report_of_a_run_folder_and_the_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pentachora.cli import app
+    from pentachora.recipes.diagnostics import audit_callbacks, audit_run
+
+    model = make_net()
+    cbs = audit_callbacks(model, "enc,mid", every=2, loudness_terms=["recon", "spread"], convergence=False)
+    assert [type(c).__name__ for c in cbs] == ["AuditCallback", "LoudnessCallback"]
+    cbs.append(ConvergenceMonitor(source="train", tags={"reconstruction": "recon"}))
+    cfg = TrainConfig(
+        steps=8, batch_size=32, lr=1e-2, log_every=1, progress=False, tensorboard=False, seed=0,
+        out_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    Trainer(model, cfg, Source(), callbacks=cbs).fit()
+    paths = audit_run(tmp_path / "run")
+    assert {"markdown", "cv", "deviation", "loudness"} <= set(paths)
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
+    md = paths["markdown"].read_text()
+    assert "| `enc` | 5 |" in md and "| `mid` |" in md and "ratio spread:recon/enc" in md
+    assert "## Convergence order" in md
+    result = CliRunner().invoke(app, ["audit", str(tmp_path / "run"), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert "report:" in result.output and (tmp_path / "rep" / "audit.md").is_file()
+
+
+def test_bad_run_folders_and_watch_names_are_clear_errors(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pentachora.cli import app
+    from pentachora.recipes.diagnostics import audit_callbacks, audit_run
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunFolderError, match=r"has no metrics\.jsonl"):
+        audit_run(tmp_path / "empty")
+    with pytest.raises(RunFolderError, match="does not exist"):
+        audit_run(tmp_path / "nope")
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "metrics.jsonl").write_text("")
+    with pytest.raises(RunFolderError, match="holds no metric records"):
+        audit_run(tmp_path / "blank")
+    result = CliRunner().invoke(app, ["audit", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "metrics.jsonl" in result.output
+    with pytest.raises(ConfigError, match="close matches: enc"):
+        audit_callbacks(make_net(), "enc,ecn", every=5)
+    with pytest.raises(ConfigError, match="match no parameter"):
+        audit_callbacks(make_net(), "enc", loudness_terms=["recon"], loudness_groups={"x": ["bank."]})

@@ -41,6 +41,7 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `pentachora --help` stays fast and each family stays in its own file.
+    from pentachora.cli import audit as _audit  # noqa: F401
     from pentachora.cli import autoencoders as _autoencoders  # noqa: F401
     from pentachora.cli import batteries as _batteries  # noqa: F401
     from pentachora.cli import demo as _demo  # noqa: F401

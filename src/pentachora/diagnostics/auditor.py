@@ -565,17 +565,20 @@ class Auditor:
                 for h in handles:
                     h.remove()
             return out
+        done: dict[str, list[Any]] = {}  # one recomputation per module, whatever fields are watched
         for spec in self.specs:
             target = self.targets[spec.label]
             if not isinstance(target, nn.Module):
                 continue
-            module = _strip(copy.deepcopy(target, memo={id(self): self})).to(ref)
-            module.eval()
-            results = []
-            with torch.autocast(device_type, enabled=False):
-                for args, kwargs, _ in captured[spec.label]:
-                    results.append(module(*_cast(args, ref), **_cast(kwargs, ref)))
-            out[spec.label] = results
+            if spec.name not in done:
+                module = _strip(copy.deepcopy(target, memo={id(self): self})).to(ref)
+                module.eval()
+                with torch.autocast(device_type, enabled=False):
+                    done[spec.name] = [
+                        module(*_cast(args, ref), **_cast(kwargs, ref))
+                        for args, kwargs, _ in captured[spec.label]
+                    ]
+            out[spec.label] = done[spec.name]
         return out
 
     # ------------------------------------------------------------------ the audit
