@@ -58,6 +58,7 @@ PRECISIONS = {
     "bf16 weights": (torch.bfloat16, True),
     "fp16 weights": (torch.float16, True),
 }
+INPUT_KEYS = ("states", "attention_mask", "segment_mask")
 GEO_SECTORS = ["encoder@16", "bottleneck", "inverse@16", "decoder.in_proj"]
 
 logger = logging.getLogger("bench.diagnostics")
@@ -72,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision-steps", type=int, default=8, help="training steps per precision (study 1)")
     p.add_argument("--precision-train-batch", type=int, default=1)
     p.add_argument("--audit-every", type=int, default=4)
-    p.add_argument("--loudness-steps", type=int, default=40)
+    p.add_argument("--loudness-steps", type=int, default=32)
     p.add_argument("--loudness-every", type=int, default=8)
     p.add_argument("--geo-steps", type=int, default=120)
     p.add_argument("--geo-batch", type=int, default=8)
@@ -246,7 +247,7 @@ def precision_training(
 
     n = batch["states"].shape[0]
     audit_rows = list(range(min(n, max(2, train_batch))))
-    audit_batch = take(batch, audit_rows)
+    audit_batch = {k: v for k, v in take(batch, audit_rows).items() if k in INPUT_KEYS}  # no targets, no loss
     runs: dict[str, Any] = {}
     for name in PRECISIONS:
         m, autocast, dtype = _lowp(copy.deepcopy(model), name)
@@ -257,12 +258,20 @@ def precision_training(
         audits = []
         for r in aud.audit(audit_batch, step=0):
             audits.append(r.to_dict())
+        failed = None
         for step in range(1, steps + 1):
             idx = [((step - 1) * train_batch + j) % n for j in range(train_batch)]
             b = take(batch, idx)
             torch.manual_seed(step)
-            with _autocast(dtype):
-                out = m(b)
+            try:
+                with _autocast(dtype):
+                    out = m(b)
+            except (RuntimeError, ValueError) as exc:  # an SVD or a CV of non-finite values
+                failed = f"step {step}: {type(exc).__name__}: {str(exc)[:120]}"
+                losses.append(None)
+                cvs.append(None)
+                audits.extend(r.to_dict() for r in aud.audit(audit_batch, step=step))
+                break
             loss = out.loss
             opt.zero_grad(set_to_none=True)
             if torch.isfinite(loss):
@@ -272,6 +281,8 @@ def precision_training(
             cvs.append(_finite(float(out.cv)) if out.cv is not None else None)
             if step % every == 0 or step == steps:
                 audits.extend(r.to_dict() for r in aud.audit(audit_batch, step=step))
+        losses += [None] * (steps - len(losses))
+        cvs += [None] * (steps - len(cvs))
         aud.detach()
         first = [s for s in aud.first_flagged.values() if s is not None]
         runs[name] = {
@@ -280,6 +291,7 @@ def precision_training(
             "audits": audits,
             "first_flag_step": min(first) if first else None,
             "flagged": dict(aud.first_flagged),
+            "failed": failed,
             "wall_s": time.perf_counter() - t0,
         }
         logger.info(
@@ -515,6 +527,9 @@ def render_markdown(r: dict[str, Any]) -> str:
                 f"{run['loss_departs_step'] if run['loss_departs_step'] is not None else '—'} | "
                 f"{run['flag_lead_steps'] if run['flag_lead_steps'] is not None else '—'} |"
             )
+        for name, run in t["runs"].items():
+            if run.get("failed"):
+                lines.append(f"- {name}: training stopped at {run['failed']}")
         lines += ["", *p.get("reading", []), ""]
     lo = r.get("loudness")
     if lo:
@@ -526,7 +541,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             "Sequence side = seq_loss + seq_norm (+ seq_pool); pooled side = infonce + pooled_cos + procrustes "
             "(sums of per-term norms).",
             "",
-            "| run | step | " + " | ".join(f"{t} → bank" for t in LOUD_TERMS) + " | seq/pooled at bank | seq/pooled at reconstructor | tail R@1 (sequence) | tail R@1 (pooled) |",
+            "| run | step | " + " | ".join(f"{t} → bank" for t in LOUD_TERMS) + " | seq/pooled at bank | seq_loss/infonce at bank | tail R@1 (sequence) | tail R@1 (pooled) |",
             "|---|---:|" + "---:|" * (len(LOUD_TERMS) + 4),
         ]  # fmt: skip
         for label, run in lo["runs"].items():
@@ -542,7 +557,7 @@ def render_markdown(r: dict[str, Any]) -> str:
                     f"| {label} | {h['step']} | "
                     + " | ".join(cells)
                     + f" | {_f(run['summary']['bank']['sequence_over_pooled'][i], 3)}"
-                    f" | {_f(run['summary']['reconstructor']['sequence_over_pooled'][i], 3)}"
+                    f" | {_f(run['summary']['bank']['seq_loss_over_infonce'][i], 3)}"
                     f" | {_f(ev.get('seq_tail_r1'), 3) if i else ''} | {_f(ev.get('tail_r1'), 3) if i else ''} |"
                 )
         lines += ["", *lo.get("reading", []), ""]
@@ -553,7 +568,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             "",
             "Same unit vectors, same 2,000 random pentachora (5 seeds), Cayley–Menger determinant in fp32 vs fp64.",
             "",
-            "| representation | points | D | CV fp64 | CV fp32 | max |fp32 − fp64| | Monte-Carlo spread | target_cv(D) |",
+            "| representation | points | D | CV fp64 | CV fp32 | max abs(fp32 − fp64) | Monte-Carlo spread | target_cv(D) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in c["rows"]:
