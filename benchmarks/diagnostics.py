@@ -81,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overhead-steps", type=int, default=100)
     p.add_argument("--only", nargs="+", default=None, help="precision loudness cv64 geovae overhead")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="re-render the markdown and PNGs of an existing results JSON",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.quick:
@@ -689,6 +695,11 @@ def render_png(r: dict[str, Any], out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.render is not None:
+        result = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(render_markdown(result))
+        render_png(result, args.render.parent)
+        return 0
     for noisy in ("pentachora.training.loop", "pentachora.memory", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     only = set(args.only or ["precision", "loudness", "cv64", "geovae", "overhead"])

@@ -327,10 +327,17 @@ def test_report_of_a_run_folder_and_the_cli(tmp_path: Path) -> None:
     assert [type(c).__name__ for c in cbs] == ["AuditCallback", "LoudnessCallback"]
     cbs.append(ConvergenceMonitor(source="train", tags={"reconstruction": "recon"}))
     cfg = TrainConfig(
-        steps=8, batch_size=32, lr=1e-2, log_every=1, progress=False, tensorboard=False, seed=0,
+        steps=8, batch_size=32, lr=1e-2, log_every=1, progress=False, tensorboard=True, seed=0,
         out_dir=str(tmp_path / "run"),
     )  # fmt: skip
     Trainer(model, cfg, Source(), callbacks=cbs).fit()
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    if events:  # TensorBoard is optional; when present the audit scalars are in it
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+        acc.Reload()
+        assert {"audit/enc/cv", "audit/mid/deviation", "loudness/recon/enc"} <= set(acc.Tags()["scalars"])
     paths = audit_run(tmp_path / "run")
     assert {"markdown", "cv", "deviation", "loudness"} <= set(paths)
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())

@@ -58,7 +58,7 @@ TAGS = ("structure", "alignment", "reconstruction")
 
 #: Name patterns (regular expressions, searched case-insensitively) used when no tags are given.
 DEFAULT_TAG_PATTERNS: dict[str, tuple[str, ...]] = {
-    "structure": (r"(^|[/_.])cv($|[/_.])", r"^cv_(enc|lat|inv|dec)$", r"effective_rank"),
+    "structure": (r"(^|[/.])cv$", r"^cv_(enc|lat|inv|dec)$", r"effective_rank"),
     "alignment": (r"m_acc", r"r1$", r"recall", r"pooled_cos$", r"align", r"infonce"),
     "reconstruction": (r"s_cos", r"psnr", r"recon", r"mse", r"seq_loss", r"ssim"),
 }

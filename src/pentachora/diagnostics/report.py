@@ -265,8 +265,9 @@ def write_report(
         lines += ["No `audit` records (train with the auditor: `AuditCallback` / `--audit`).", ""]
 
     # ------------------------------------------------------------------ convergence
-    history = by_split.get("eval") or by_split.get("train", [])
-    source = "eval" if by_split.get("eval") else "train"
+    # evaluations when there are enough of them to show an order, else the training records
+    source = "eval" if len(by_split.get("eval", [])) >= 4 else "train"
+    history = by_split.get(source, [])
     rep = analyse_convergence(history, tags=tags)
     lines += ["## Convergence order", "", f"From the {len(history)} `{source}` records; tags: "]
     lines[-1] += "; ".join(f"{t}: {', '.join(rep.tags[t]) or '—'}" for t in TAGS) + "."
