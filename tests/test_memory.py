@@ -13,6 +13,7 @@ import socket
 import pytest
 import torch
 
+from pentachora.diagnostics.convergence import convergence_order
 from pentachora.io import CheckpointError
 from pentachora.memory import FrozenTextEncoder, GeometricMemory, MemoryConfig, Segmenter
 from pentachora.memory.cache import (
@@ -22,7 +23,6 @@ from pentachora.memory.cache import (
     segment_features,
 )
 from pentachora.memory.metrics import (
-    convergence_order,
     in_batch_accuracy,
     masked_sequence_cosine,
     procrustes_alignment_loss,

@@ -50,6 +50,7 @@ def _root(
 
 def _register() -> None:
     # Each family stays in its own file; none of these modules imports torch at import time.
+    from pentachora.cli import audit as _audit  # noqa: F401
     from pentachora.cli import autoencoders as _autoencoders  # noqa: F401
     from pentachora.cli import batteries as _batteries  # noqa: F401
     from pentachora.cli import demo as _demo  # noqa: F401

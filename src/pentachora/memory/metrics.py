@@ -1,4 +1,4 @@
-"""Metrics of the long-prompt memory, and the convergence-order diagnostic.
+"""Metrics of the long-prompt memory.
 
 * :func:`in_batch_accuracy` — **m_acc**: pooled → teacher retrieval accuracy inside fixed batches.
 * :func:`recall_at_1` — R@1 of retrieving the paired row among *all* candidates (teacher R@1 and the
@@ -7,23 +7,19 @@
 * :func:`masked_sequence_cosine` — **s_cos**: mean per-position cosine to the native sequence.
 * :func:`paired_cosine` — mean cosine of paired rows (pooled ↔ teacher).
 * :func:`procrustes_alignment_loss` — differentiable Procrustes residual between two batches.
-* :func:`convergence_order` — when the anchors' CV locks and when m_acc / s_cos climb (the seed's
-  "structure before alignment before sequence" diagnostic), from an evaluation history.
 
-All functions are pure torch; none imports the trainer.
+All functions are pure torch; none imports the trainer. The convergence-order analysis lives in
+:mod:`pentachora.diagnostics.convergence` (it is not specific to this model).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "convergence_order",
     "in_batch_accuracy",
     "masked_sequence_cosine",
     "paired_cosine",
@@ -119,76 +115,3 @@ def procrustes_alignment_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         nuc = torch.linalg.svdvals(x.T @ y).sum()
     denom = (x.norm() * y.norm()).clamp_min(1e-12)
     return (1.0 - nuc / denom).to(a.dtype)
-
-
-def _first_step(steps: Sequence[int], ok: Sequence[bool]) -> int | None:
-    """First step from which ``ok`` holds at every later evaluation."""
-    result = None
-    for step, flag in zip(reversed(steps), reversed(ok), strict=True):
-        if not flag:
-            break
-        result = step
-    return result
-
-
-def convergence_order(
-    history: Sequence[Mapping[str, Any]],
-    cv_key: str = "cv",
-    climb_keys: Sequence[str] = ("m_acc", "s_cos"),
-    cv_tolerance: float = 0.1,
-    climb_fraction: float = 0.5,
-) -> dict[str, Any]:
-    """When CV locks and when the alignment and sequence metrics climb.
-
-    * CV **locks** at the first evaluation from which every later CV stays within
-      ``cv_tolerance`` (relative) of the final CV.
-    * A metric **climbs** at the first evaluation where it has covered ``climb_fraction`` of its
-      total rise (from the first evaluation to its best); ``None`` if it never rose.
-
-    Args:
-        history: Evaluation records in step order, each with ``"step"`` and the metric keys.
-        cv_key: Key of the anchors' CV.
-        climb_keys: Metrics whose climb is timed.
-        cv_tolerance: Relative band around the final CV.
-        climb_fraction: Share of the total rise that counts as "climbed".
-
-    Returns:
-        ``{"cv_lock_step", "<key>_climb_step" ..., "order": [names sorted by step], "seed_order_holds"}``
-        where the seed's order is CV, then m_acc, then s_cos.
-    """
-    rows = [r for r in history if "step" in r]
-    out: dict[str, Any] = {"evaluations": len(rows)}
-    if not rows:
-        out["order"] = []
-        out["seed_order_holds"] = None
-        return out
-    steps = [int(r["step"]) for r in rows]
-    events: dict[str, int | None] = {}
-    cvs = [float(r.get(cv_key, math.nan)) for r in rows]
-    if all(math.isfinite(c) for c in cvs):
-        final = cvs[-1]
-        band = cv_tolerance * abs(final) if final else cv_tolerance
-        events["cv_lock"] = _first_step(steps, [abs(c - final) <= band for c in cvs])
-    for key in climb_keys:
-        vals = [float(r.get(key, math.nan)) for r in rows]
-        finite = [v for v in vals if math.isfinite(v)]
-        if len(finite) < 2:
-            events[f"{key}_climb"] = None
-            continue
-        start, best = finite[0], max(finite)
-        if best - start <= 1e-6:
-            events[f"{key}_climb"] = None
-            continue
-        level = start + climb_fraction * (best - start)
-        events[f"{key}_climb"] = next(
-            (s for s, v in zip(steps, vals, strict=True) if math.isfinite(v) and v >= level), None
-        )
-    for name, step in events.items():
-        out[f"{name}_step"] = step
-    timed = sorted(((s, n) for n, s in events.items() if s is not None), key=lambda t: (t[0], t[1]))
-    out["order"] = [n for _, n in timed]
-    seq = [events.get("cv_lock"), events.get("m_acc_climb"), events.get("s_cos_climb")]
-    out["seed_order_holds"] = (
-        None if any(s is None for s in seq) else bool(seq[0] <= seq[1] <= seq[2])  # type: ignore[operator]
-    )
-    return out

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from pentachora.data.text import TextCorpus, parse_text_spec
+from pentachora.diagnostics.convergence import ConvergenceMonitor
 from pentachora.errors import ConfigError
 from pentachora.geometry import ProcrustesMap, cv_metric, orthogonal_procrustes
 from pentachora.io import atomic_write_json
@@ -50,7 +51,6 @@ from pentachora.memory.cache import CachedDocumentSource, FeatureCache, build_fe
 from pentachora.memory.chunks import tail_ramp
 from pentachora.memory.encoders import FrozenTextEncoder
 from pentachora.memory.metrics import (
-    convergence_order,
     in_batch_accuracy,
     paired_cosine,
     recall_at_1,
@@ -74,6 +74,7 @@ __all__ = [
     "load_encoders",
     "load_memory_model",
     "loss_gradient_norms",
+    "memory_convergence_monitor",
     "mode_callbacks",
     "prepare_memory_data",
     "train_memory",
@@ -408,35 +409,17 @@ def _subset(cache: FeatureCache, n: int) -> FeatureCache:
 
 
 # ----------------------------------------------------------------------------- callbacks
-class ConvergenceMonitor(Callback):
-    """Records every evaluation and logs the convergence order (CV lock → m_acc climb → s_cos climb).
-
-    The analysis (:func:`~pentachora.memory.metrics.convergence_order`) is re-run after every
-    evaluation; :attr:`report` holds the latest one and is written to ``OUT/convergence.json`` at the
-    end of training.
-    """
-
-    def __init__(self) -> None:
-        self.history: list[dict[str, float]] = []
-        self.report: dict[str, Any] = {}
-
-    def on_eval(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
-        self.history = [h for h in self.history if h["step"] < step]
-        self.history.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
-        self.report = convergence_order(self.history)
-
-    def on_train_end(self, trainer: Trainer) -> None:
-        logger.info("convergence order: %s", self.report.get("order"))
-        out_dir = trainer.out_dir
-        if out_dir is not None and trainer.is_main_process:
-            atomic_write_json(out_dir / "convergence.json", {**self.report, "history": self.history})
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = list(state.get("history", []))
-        self.report = convergence_order(self.history)
+def memory_convergence_monitor() -> ConvergenceMonitor:
+    """The generic :class:`~pentachora.diagnostics.ConvergenceMonitor` set up for the memory model:
+    anchors' CV (structure) → m_acc (alignment) → s_cos (reconstruction), over the evaluations,
+    with the original report keys (``cv_lock_step``, ``m_acc_climb_step``, ``s_cos_climb_step``,
+    ``order``, ``seed_order_holds``) and the seed's warnings; written to ``OUT/convergence.json``."""
+    return ConvergenceMonitor(
+        tags={"structure": ["cv"], "alignment": ["m_acc"], "reconstruction": ["s_cos"]},
+        source="eval",
+        write="convergence.json",
+        legacy=True,
+    )
 
 
 class LRScaleCallback(Callback):
@@ -575,7 +558,7 @@ def train_memory(
     model.attach_encoder(data.encoder)
     source = CachedDocumentSource(data.train, train_config.batch_size, seed=train_config.seed)
     seq_map = fit_student_to_teacher(data.train, same_space(data.encoder, data.teacher))
-    monitor = ConvergenceMonitor()
+    monitor = memory_convergence_monitor()
     cbs = [
         *mode_callbacks(
             mode, train_config.steps, bank_lr_scale, pretrained_bank, weights=dict(model.loss_weights)

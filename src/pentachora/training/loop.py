@@ -620,6 +620,18 @@ class Trainer:
         self._dispatch("on_eval", self.step, metrics)
         return metrics
 
+    def log_metrics(self, step: int, scalars: Mapping[str, Any], split: str = "train") -> None:
+        """Write one record ``{"split", "step", "time", **scalars}`` to ``metrics.jsonl`` and TensorBoard.
+
+        For callbacks that measure on their own schedule (e.g. every K steps, whatever ``log_every``
+        is); records of any split are dropped like the others on resume. A no-op without ``out_dir``,
+        outside :meth:`fit` and on non-main processes.
+        """
+        if self._metrics_logger is not None:
+            self._metrics_logger.write(
+                {"split": split, "step": int(step), "time": self._elapsed(), **scalars}
+            )
+
     # ------------------------------------------------------------------ one step
     def _source_index(self, step: int) -> int:
         acc = self.accelerator
