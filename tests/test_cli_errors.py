@@ -491,3 +491,32 @@ def test_ctrl_c_during_a_real_training_exits_130_with_the_resume_hint(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == f"interrupted — rerun the same command to resume from {out}", err
+
+
+def test_audit_flag_logs_audit_records_and_the_audit_command_writes_a_report(tmp_path):
+    out = tmp_path / "run"
+    args = (
+        "train",
+        "geovae",
+        "--preset",
+        "tiny-12",
+        "--data",
+        "noise",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "2",
+    )
+    result = run(
+        *args, "--steps", "4", "--audit", "encoder,bottleneck", "--audit-every", "2", "--out", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    audits = [r for r in records if r.get("split") == "audit"]
+    assert audits and {r["step"] for r in audits} >= {2, 4}
+    report = run("audit", str(out))
+    assert report.exit_code == 0, report.output
+    text = (out / "audit" / "audit.md").read_text()
+    assert "`encoder`" in text and "`bottleneck`" in text
+    missing = run(*args, "--steps", "1", "--audit", "encodr", "--out", str(tmp_path / "other"))
+    assert missing.exit_code == 2 and "close matches: encoder" in error_line(missing)

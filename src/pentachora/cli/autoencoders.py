@@ -137,6 +137,7 @@ def train_and_report(
     out = Path(cfg.out_dir)
     check_run_folder(out)
     fit_kwargs = train.fit_kwargs(train_autoencoder)
+    callbacks = (*callbacks, *train.diagnostics_callbacks(model))
     eval_data = images.eval_data()
     console.print(
         f"training {label} on '{spec.spec}' for {train.steps} steps → {out}; evaluating on {describe_eval_data(eval_data)}"

@@ -199,6 +199,7 @@ def train_memory_cmd(
         f"{mdata.heldout.n_docs} held-out ones ({mdata.corpus.licence.split(' — ')[0]})"
     )
     fit_kwargs = train.fit_kwargs(train_memory)
+    diagnostics = train.diagnostics_callbacks(model)
     set_resume_dir(out)
     try:
         run = train_memory(
@@ -209,6 +210,7 @@ def train_memory_cmd(
             bank_lr_scale=bank_lr_scale,
             pretrained_bank=init_model is not None,
             periodic_eval_docs=eval_docs,
+            callbacks=diagnostics,
             **fit_kwargs,
         )
     except TrainingDiverged as exc:

@@ -193,6 +193,14 @@ TRAIN_OPTIONS: dict[str, OptionSpec] = {
         bool,
         "Start over: move an earlier run in --out aside (to OUT.old-<time>) instead of resuming it.",
     ),
+    "audit": OptionSpec(
+        None,
+        str,
+        "Attach the CV precision auditor to these modules (comma-separated, e.g. 'encoder,bottleneck'; "
+        "'name:field' picks a field of a tuple/dataclass output, 'name@D' a feature width). Logged to "
+        "metrics.jsonl and TensorBoard; `pentachora audit OUT` writes the report.",
+    ),
+    "audit_every": OptionSpec(100, int, "Audit every N steps (with --audit).", min=1),
     "force_resume": OptionSpec(
         False,
         bool,
@@ -224,6 +232,21 @@ class TrainOptions:
     out: Path | None = None
     fresh: bool = False
     force_resume: bool = False
+    audit: str | None = None
+    audit_every: int = 100
+
+    def diagnostics_callbacks(self, model: Any) -> list[Any]:
+        """The trainer callbacks ``--audit`` asks for (none without it): the CV precision auditor on
+        the named modules and a convergence-order monitor over the evaluations.
+
+        Raises:
+            ConfigError: a module name the model does not have (close matches are listed).
+        """
+        if not self.audit:
+            return []
+        from pentachora.recipes.diagnostics import audit_callbacks
+
+        return audit_callbacks(model, self.audit, every=self.audit_every, convergence=True)
 
     def fit_kwargs(self, recipe: Callable[..., Any]) -> dict[str, Any]:
         """Keyword arguments of a training recipe that come from these options (``fresh=``,
