@@ -512,14 +512,25 @@ def check_output_file(
             raise ConfigError(
                 f"{option} {path} is the input file; refusing to overwrite it — choose another name"
             )
-    parent = path.parent
-    existing = parent
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{option} {path} is read-only; choose another file or change its permissions")
+    _check_writable_dir(path, option, start=path.parent)
+    return path
+
+
+def _nearest_existing_dir(path: Path, option: str, start: Path) -> Path:
+    """The closest existing folder at or above ``start``; a ``ConfigError`` (naming ``path``) if it is a file."""
+    existing = start
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"{option} {path}: {existing} is not a directory")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise ConfigError(f"{option} {path} is read-only; choose another file or change its permissions")
+    return existing
+
+
+def _check_writable_dir(path: Path, option: str, start: Path) -> None:
+    """Refuse ``path`` when the nearest existing folder at or above ``start`` does not accept new files."""
+    existing = _nearest_existing_dir(path, option, start)
     try:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".pentachora-write-test-")
     except OSError as exc:
@@ -528,7 +539,6 @@ def check_output_file(
         ) from exc
     os.close(fd)
     os.unlink(probe)
-    return path
 
 
 def _example(kind: str) -> str:
@@ -551,19 +561,7 @@ def check_run_folder(path: Path | None, option: str = "--out") -> Path | None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {path} is a file, not a run folder; give a folder name")
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{option} {path}: {existing} is not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".pentachora-write-test-")
-    except OSError as exc:
-        raise ConfigError(
-            f"{option} {path}: cannot create files in {existing} ({exc.strerror or exc}); choose a writable folder"
-        ) from exc
-    os.close(fd)
-    os.unlink(probe)
+    _check_writable_dir(path, option, start=path)
     return path
 
 
