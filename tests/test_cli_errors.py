@@ -61,7 +61,7 @@ def test_help_does_not_import_torch_or_a_model(argv):
         "import runpy, sys\n"
         f"sys.argv = ['pentachora', *{argv!r}]\n"
         "try:\n"
-        "    runpy.run_module('pentachora', run_name='__main__')\n"
+        "    runpy.run_module('pentachora.cli', run_name='__main__')\n"
         "except SystemExit as exc:\n"
         "    code = exc.code\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'transformers')\n"
@@ -74,11 +74,11 @@ def test_help_does_not_import_torch_or_a_model(argv):
 
 
 def test_console_entry_point_user_error_is_one_line_and_exit_2(tmp_path):
-    proc = _python("-m", "pentachora", args=("eval", str(tmp_path / "no-such-run")))
+    proc = _python("-m", "pentachora.cli", args=("eval", str(tmp_path / "no-such-run")))
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot load"), proc.stderr
-    bad_flag = _python("-m", "pentachora", args=("eval", str(tmp_path), "--no-such-flag"))
+    bad_flag = _python("-m", "pentachora.cli", args=("eval", str(tmp_path), "--no-such-flag"))
     assert bad_flag.returncode == 2 and "No such option" in bad_flag.stderr
 
 
@@ -475,7 +475,7 @@ def test_ctrl_c_during_a_real_training_exits_130_with_the_resume_hint(tmp_path):
     args = ["train", "svae", "--steps", "100000", "--batch-size", "2", "--image-size", "16", "--data", "noise",
             "--noise-per-type", "1", "--eval-every", "0", "--save-every", "0", "--out", str(out)]  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pentachora", *args],
+        [sys.executable, "-m", "pentachora.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

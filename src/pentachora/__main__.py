@@ -1,6 +1,0 @@
-"""``python -m pentachora`` — the same as the ``pentachora`` console script."""
-
-from pentachora.cli import main
-
-if __name__ == "__main__":
-    main()
