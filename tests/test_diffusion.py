@@ -12,19 +12,13 @@ from pentachora.errors import ConfigError
 from pentachora.memory import FrozenTextEncoder, GeometricMemory, MemoryConfig
 from pentachora.memory.encoders import tiny_encoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 diffusers = pytest.importorskip("diffusers")
 
 LONG = " ".join(["a silver goblet of wine beside a half peeled lemon"] * 12) + " and pink tulips"
 SHORT = "a red cube on a table"
 H_L, H_G = 32, 48
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _memory(encoder: FrozenTextEncoder, hidden: int, seed: int) -> GeometricMemory:

@@ -29,33 +29,9 @@ from pentachora.memory.metrics import (
     recall_at_1,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread", "offline")
+
 H = 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: OpenMP hand-offs cost more than they save, and on a shared 2-core machine the
-    # contention makes multi-threaded tiny matmuls tens of times slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def bert() -> FrozenTextEncoder:
-    return FrozenTextEncoder.from_pretrained("tiny-bert", layers=(1, 2))
-
-
-@pytest.fixture(scope="module")
-def clip() -> FrozenTextEncoder:
-    return FrozenTextEncoder.from_pretrained("tiny-clip", layers=(1, 2))
 
 
 def tiny_config(encoder: str = "tiny-bert", **kw) -> MemoryConfig:

@@ -9,35 +9,13 @@ import pytest
 import torch
 
 from pentachora.errors import CheckpointError, ConfigError
-from pentachora.memory import FrozenTextEncoder, GeometricMemory, MemoryConfig, Segmenter
+from pentachora.memory import GeometricMemory, MemoryConfig, Segmenter
 from pentachora.memory.cache import segment_features
 from pentachora.memory.chunks import tail_ramp
 
+pytestmark = pytest.mark.usefixtures("one_thread", "offline")
+
 H = 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def bert() -> FrozenTextEncoder:
-    return FrozenTextEncoder.from_pretrained("tiny-bert", layers=(1, 2))
-
-
-@pytest.fixture(scope="module")
-def clip() -> FrozenTextEncoder:
-    return FrozenTextEncoder.from_pretrained("tiny-clip", layers=(1, 2))
 
 
 def config(encoder: str = "tiny-bert", **kw) -> MemoryConfig:

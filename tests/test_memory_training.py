@@ -22,22 +22,9 @@ from pentachora.recipes.memory import (
 )
 from pentachora.training import Callback, TrainConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread", "offline")
+
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: OpenMP hand-offs cost more than they save, and on a shared 2-core machine the
-    # contention makes multi-threaded tiny matmuls tens of times slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
