@@ -60,6 +60,11 @@ LABELS = {
 
 logger = logging.getLogger("bench.hub")
 
+ABLATIONS = {  # label -> argument changes, trained on the first seed only
+    "seed's identity-token read-out (readout=fusion)": {"readout": "fusion"},
+    "InfoNCE only (w_midpoint = w_procrustes = 0)": {"w_midpoint": 0.0, "w_procrustes": 0.0},
+}
+
 
 def _pairs(names):
     return [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
@@ -231,6 +236,7 @@ def hub_overrides(args) -> dict[str, Any]:
         "shrinkage": args.shrinkage,
         "w_midpoint": args.w_midpoint,
         "w_procrustes": args.w_procrustes,
+        "readout": args.readout,
     }
 
 
@@ -376,8 +382,47 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"Chosen options of (a)–(c) (validation split of training articles): `{json.dumps(data['training_free_chosen'])}`.",
         "",
     ]
-    lines += data.get("reading", [])
+    lines += reading(data)
     return "\n".join(lines) + "\n"
+
+
+def reading(data: dict[str, Any]) -> list[str]:
+    """Generated verdicts on the issue's goals, from the measured numbers only."""
+    s = data["summary"]
+    t = s["table"]
+    hub = t["hub"]["mean_r1"]
+    others = {m: t[m]["mean_r1"][0] for m in METHODS if m != "hub"}
+    best_m = max(others, key=others.get)
+    lines = ["**Reading** (generated from the numbers above):", ""]
+    margin = 100 * (hub[0] - others[best_m])
+    lines.append(
+        f"* Mean held-out R@1: the hub {'beats' if margin > 0 else 'does not beat'} the best other contender, "
+        f"{LABELS[best_m]} ({100 * others[best_m]:.1f} %), by {margin:+.1f} points"
+        + (f" (hub sd over seeds {100 * hub[1]:.1f})." if hub[1] else ".")
+    )
+    pairs = [f"{a}|{b}" for a, b in _pairs(EXPERTS)]
+    for p in pairs:
+        h = t["hub"][f"{p}:r1"][0]
+        best_p = max((m for m in METHODS if m != "hub"), key=lambda m: t[m][f"{p}:r1"][0])
+        d = 100 * (h - t[best_p][f"{p}:r1"][0])
+        lines.append(f"* {p}: hub {100 * h:.1f} % vs best other {LABELS[best_p]} {d:+.1f} points.")
+    em, ep = s["emergent_hub_r1"], s["emergent_procrustes_r1"]
+    lines.append(
+        f"* Emergent pair: the hub {'beats' if em[0] > ep else 'does not beat'} composed Procrustes "
+        f"({100 * em[0]:.1f} % vs {100 * ep:.1f} %, {100 * (em[0] - ep):+.1f} points)."
+    )
+    lines.append(
+        f"* CV of the hub space {s['cv_hub'][0]:.3f} vs target_cv({data['meta']['d_hub']}) = {s['cv_target']:.3f}: "
+        "the hub loss constrains the midpoints' volume *variance*, not the CV to a target; the space stays "
+        "far more irregular than a random sphere of its width."
+    )
+    ab = data["results"].get("ablations", {})
+    if ab:
+        lines += ["", "Ablations (seed 0, same budget; mean held-out R@1):", ""]
+        lines.append(f"* hub as configured: {100 * data['results']['per_seed'][str(data['meta']['seeds'][0])]['hub']['mean_r1']:.1f} %")
+        for name, r in ab.items():
+            lines.append(f"* {name}: {100 * r['mean_r1']:.1f} % " + json.dumps({k: round(100 * v['r1'], 1) for k, v in r['pairs'].items()}))
+    return [*lines, ""]
 
 
 def render_png(data: dict[str, Any], path: Path) -> None:
@@ -435,6 +480,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--w-midpoint", type=float, default=0.1)
     p.add_argument("--w-procrustes", type=float, default=0.1)
     p.add_argument(
+        "--ablations", action=argparse.BooleanOptionalAction, default=True,
+        help="Also train the hub with the seed's identity-token read-out and with InfoNCE alone (seed 0).",
+    )
+    p.add_argument("--readout", choices=("anchored", "fusion"), default="anchored", help="Hub read-out.")
+    p.add_argument(
         "--chunks", type=int, default=8, help="Hub inputs: items of more tokens become this many chunk means."
     )
     p.add_argument("--cache-dir", type=Path, default=None)
@@ -477,6 +527,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per["hub_emergent"] = run_hub_emergent(hub_data, args, seed, halves)
         logger.info("seed %d emergent: %.4f", seed, per["hub_emergent"]["emergent"]["r1"])
         results["per_seed"][str(seed)] = per
+    if args.ablations:
+        results["ablations"] = {}
+        for label, change in ABLATIONS.items():
+            ab_args = argparse.Namespace(**{**vars(args), **change})
+            ev = run_hub(hub_data, ab_args, args.seeds[0])
+            results["ablations"][label] = {"mean_r1": ev["mean_r1"], "pairs": ev["pairs"], "change": change}
+            logger.info("ablation %s: %.4f", label, ev["mean_r1"])
     summary = summarise(results)
     cmd = "python benchmarks/hub.py" + (
         ""

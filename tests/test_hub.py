@@ -224,7 +224,7 @@ def _toy_hub(**kw):
 
 def test_hub_fits_all_three_aligner_cases_and_reports_every_term():
     hub, pooled, modes = _toy_hub()
-    assert modes == {"b": "reference (direct)", "a": "pca", "c": "pad"}
+    assert modes == {"b": "reference (direct)", "a": "pca", "c": "pad", "proj_init": "identity"}
     out = hub(_toy_batch(pooled))
     s = out.scalars()
     for k in ("loss", "nce", "midpoint", "procrustes", "midpoint_cv", "temperature", "cv_target"):
@@ -236,8 +236,10 @@ def test_hub_fits_all_three_aligner_cases_and_reports_every_term():
     torch.testing.assert_close(out.embeddings["a"].norm(dim=-1), torch.ones(16))
 
 
-def test_gradients_reach_every_trainable_part_and_frozen_parts_get_none():
-    hub, pooled, _ = _toy_hub(dropout=0.0)
+@pytest.mark.parametrize("readout", ["anchored", "fusion"])
+def test_gradients_reach_every_trainable_part_and_frozen_parts_get_none(readout):
+    # a non-zero gate: at gate 0 the fusion's gradient is exactly zero (tested below)
+    hub, pooled, _ = _toy_hub(dropout=0.0, readout=readout, gate_init=0.5)
     frozen = torch.nn.Linear(5, 24)  # a frozen "encoder" in front of expert a
     enc = CallableExpert(lambda x: (frozen(x), torch.ones(x.shape[:2], dtype=torch.bool)), 24, "lin")
     hub.attach({"a": enc})
@@ -255,8 +257,44 @@ def test_gradients_reach_every_trainable_part_and_frozen_parts_get_none():
     assert not any("_encoder" in k or k.startswith("experts.a.fn") for k in hub.state_dict())
 
 
+def test_anchored_readout_starts_exactly_at_the_frozen_aligners():
+    hub, pooled, _ = _toy_hub(dropout=0.0)  # readout="anchored", gate_init=0
+    batch = _toy_batch(pooled)
+    out = hub(batch)
+    for name, entry in batch.items():
+        m = entry["mask"].float()[..., None]
+        mean = (entry["features"] * m).sum(1) / m.sum(1)
+        want = torch.nn.functional.normalize(hub.experts[name].aligner(mean), dim=-1)
+        torch.testing.assert_close(out.embeddings[name], want, atol=1e-5, rtol=1e-5)
+    out.loss.backward()
+    assert hub.readout_gate.grad is not None and hub.readout_gate.grad.abs().min() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in hub.fusion.parameters())
+    with pytest.raises(ConfigError, match="readout"):
+        ConduitHubConfig(readout="sum")
+
+
+def test_gcca_projection_init_starts_every_expert_in_one_shared_space():
+    from pentachora.geometry import generalized_cca
+
+    hub, pooled, modes = _toy_hub(dropout=0.0, proj_init="gcca")
+    assert modes["proj_init"].startswith("gcca")
+    aligned = [hub.experts[n].aligner(pooled[n]).double() for n in ("a", "b", "c")]
+    maps = generalized_cca(aligned, k=16).maps
+    batch = _toy_batch(pooled)
+    out = hub(batch)
+    for name, m in zip(("a", "b", "c"), maps, strict=True):
+        mask = batch[name]["mask"].float()[..., None]
+        mean = (batch[name]["features"] * mask).sum(1) / mask.sum(1)
+        want = torch.nn.functional.normalize(hub.experts[name].aligner(mean).double() @ m, dim=-1)
+        torch.testing.assert_close(out.embeddings[name].double(), want, atol=1e-4, rtol=1e-4)
+    # experts paired on different items (the emergent run) cannot share one GCCA: identity, and said so
+    hub2 = ConduitHub(hub.config)
+    items = {"a": torch.arange(0, 40), "c": torch.arange(40, 80)}
+    assert hub2.fit_aligners(pooled, items)["proj_init"].startswith("identity (gcca needs")
+
+
 def test_fusion_block_mask_keeps_each_readout_to_its_own_expert():
-    hub, pooled, _ = _toy_hub(dropout=0.0)
+    hub, pooled, _ = _toy_hub(dropout=0.0, gate_init=1.0)  # gate 0 would hide the fusion entirely
     hub.eval()
     batch = _toy_batch(pooled)
     together = hub.embed_many(batch)
@@ -436,3 +474,19 @@ def test_paired_features_bad_input():
         extract_paired_features(["x", "y"], {"bad": nan_expert})
     with pytest.raises(DataError, match="returned 1 items"):
         extract_paired_features(["x", "y"], {"short": lambda t: [torch.zeros(1, 3)]})
+
+
+def test_token_dropout_keeps_a_token_per_item_and_is_off_in_eval():
+    hub, pooled, _ = _toy_hub(dropout=0.0, token_dropout=0.9, gate_init=1.0)
+    batch = _toy_batch(pooled, t=4)
+    batch["a"]["mask"][:, 1:] = False  # items with one real token must keep it
+    hub.train()
+    torch.manual_seed(0)
+    out = hub(batch)
+    assert torch.isfinite(out.loss)
+    hub.eval()
+    first, second = hub.embed_many(batch), hub.embed_many(batch)
+    for name in first:
+        torch.testing.assert_close(first[name], second[name])
+    with pytest.raises(ConfigError, match="token_dropout"):
+        _toy_hub(token_dropout=1.0)

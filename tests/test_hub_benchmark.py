@@ -39,10 +39,12 @@ def test_hub_benchmark_quick_runs_every_contender_and_writes_results(tmp_path):
     saved = json.loads((tmp_path / "hub.json").read_text())
     assert saved["summary"]["table"]["hub"]["mean_r1"] == list(table["hub"]["mean_r1"])
     md = (tmp_path / "hub.md").read_text()
-    assert "(e) Conduit hub" in md and "Emergent alignment" in md
+    assert "(e) Conduit hub" in md and "Emergent alignment" in md and "**Reading**" in md
+    assert set(out["results"]["ablations"]) == set(bench.ABLATIONS) and "Ablations" in md
     assert (tmp_path / "hub.png").stat().st_size > 0
     # a second run reads the cached features instead of re-extracting
     again = bench.main(
-        ["--quick", "--out", str(tmp_path / "hub2"), "--cache-dir", str(tmp_path / "cache"), "--threads", "1"]
-    )
+        ["--quick", "--no-ablations", "--out", str(tmp_path / "hub2"), "--cache-dir", str(tmp_path / "cache"),
+         "--threads", "1"]
+    )  # fmt: skip
     assert again["meta"]["cache_hit"] is True

@@ -76,6 +76,11 @@ def train_hub_cmd(
     shrinkage: float = typer.Option(0.2, min=0.0, max=1.0, help="Covariance shrinkage of the aligners."),
     w_midpoint: float = typer.Option(0.1, min=0.0, help="Weight of the midpoint pentachoron variance."),
     w_procrustes: float = typer.Option(0.1, min=0.0, help="Weight of the running Procrustes term."),
+    readout: str = typer.Option(
+        "anchored",
+        help="'anchored': each read-out is the aligned mean plus a learned gate × the fusion output "
+        "(training starts at the frozen aligners); 'fusion': the seed's identity-token read-out.",
+    ),
     out: Path = typer.Option(None, "--out", "-o", help="Run folder (default runs/hub). Rerun to resume."),
     cache_dir: Path = typer.Option(None, help="Feature cache root (default $PENTACHORA_CACHE/hub-features)."),
     max_train_items: int = typer.Option(0, min=0, help="Use only the first N training items (0 = all)."),
@@ -126,6 +131,7 @@ def train_hub_cmd(
             shrinkage=shrinkage,
             w_midpoint=w_midpoint,
             w_procrustes=w_procrustes,
+            readout=readout,
             expert_sources=tuple(specs),
         )
         tcfg = TrainConfig(

@@ -7,10 +7,12 @@ Public names (stable; other code and checks rely on them):
   policy in :mod:`pentachora.geometry.cv`), :func:`target_cv`, :func:`cv_proximity`,
   :func:`soft_hand_weights`, :func:`volume_scale`
 * spectra — :func:`effective_rank`, :func:`rankme`, :func:`gram_eigh_svd`
-* alignment — :func:`orthogonal_procrustes` (→ :class:`ProcrustesMap`)
+* alignment — :func:`orthogonal_procrustes` (→ :class:`ProcrustesMap`), :func:`generalized_cca`
+  (→ :class:`GeneralizedCCA`, one shared space for several whitened views)
 * whitening — :func:`inv_sqrt_psd`, :func:`newton_schulz_inv_sqrt`
 """
 
+from pentachora.geometry.cca import GeneralizedCCA, generalized_cca
 from pentachora.geometry.cv import (
     cv_from_volumes,
     cv_loss,
@@ -28,6 +30,7 @@ from pentachora.geometry.spectral import effective_rank, gram_eigh_svd, rankme
 from pentachora.geometry.whiten import inv_sqrt_psd, newton_schulz_inv_sqrt
 
 __all__ = [
+    "GeneralizedCCA",
     "ProcrustesMap",
     "cayley_menger_vol2",
     "cv_from_volumes",
@@ -36,6 +39,7 @@ __all__ = [
     "cv_metric",
     "cv_proximity",
     "effective_rank",
+    "generalized_cca",
     "gram_eigh_svd",
     "gram_vol2",
     "inv_sqrt_psd",

@@ -202,6 +202,9 @@ class ExpertModule(nn.Module):
         n_tokens: Fixed number of pooled tokens K.
         n_heads: Attention heads of the pooling.
         dropout: Dropout on the pooled tokens.
+        token_dropout: In training, drop each real input token with this probability (every item
+            keeps at least one), an augmentation for multi-token experts; the anchor is the mean of the
+            kept tokens.
         aligner: ``AlignerConfig`` options (``whiten``, ``shrinkage``, ``rank``).
         encoder: Optional frozen encoder (:class:`FrozenExpert`) used by :meth:`encode`; not saved.
 
@@ -220,6 +223,7 @@ class ExpertModule(nn.Module):
         dropout: float = 0.0,
         aligner: Mapping[str, Any] | None = None,
         encoder: FrozenExpert | None = None,
+        token_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if d_hub % n_heads:
@@ -238,6 +242,9 @@ class ExpertModule(nn.Module):
         self.pool = nn.MultiheadAttention(d_hub, n_heads, batch_first=True)
         self.identity = nn.Parameter(torch.randn(1, d_hub) * d_hub**-0.5)
         self.drop = nn.Dropout(dropout)
+        if not 0.0 <= token_dropout < 1.0:
+            raise ConfigError(f"token_dropout must be in [0, 1), got {token_dropout}")
+        self.token_dropout = float(token_dropout)
         self.__dict__["_encoder"] = encoder  # frozen, never registered: not in state_dict / parameters
 
     @property
@@ -259,10 +266,23 @@ class ExpertModule(nn.Module):
         return self.proj(self.aligner(features).to(self.proj.weight.dtype))
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.tokens_and_anchor(features, mask)[0]
+
+    def tokens_and_anchor(
+        self, features: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fusion tokens ``(B, K + 1, d_hub)`` and the anchor ``(B, d_hub)``.
+
+        The anchor is the masked mean of the aligned tokens: at initialisation (``proj`` = I) exactly
+        the frozen aligner's output for the item's pooled features, the start of the hub's read-out.
+        """
         if mask is None:
             mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
         mask = mask.bool()
         check_token_features(features, mask, self.d_in, self.name)
+        if self.training and self.token_dropout > 0 and features.shape[1] > 1:
+            keep = mask & (torch.rand(mask.shape, device=mask.device) >= self.token_dropout)
+            mask = torch.where(keep.any(1, keepdim=True), keep, mask)  # never drop every token
         y = self.aligned(features)  # (B, T, d)
         # the masked mean of the aligned tokens: at initialisation exactly the frozen Procrustes alignment
         mean = (y * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
@@ -271,12 +291,16 @@ class ExpertModule(nn.Module):
         pooled, _ = self.pool(q, x, x, key_padding_mask=~mask, need_weights=False)  # (B, K, d)
         pooled = self.drop(pooled + mean[:, None, :])  # every pooled token starts from the aligned content
         ident = self.identity.unsqueeze(0).expand(x.shape[0], -1, -1)
-        return torch.cat([ident, pooled], dim=1)
+        return torch.cat([ident, pooled], dim=1), mean
 
-    def encode(self, inputs: Any) -> torch.Tensor:
-        """Run the attached frozen encoder on raw inputs, then :meth:`forward`."""
+    def frozen_features(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attached frozen encoder's ``(features (B, T, d_in), mask (B, T))`` for raw inputs."""
         if self.encoder is None:
             raise ConfigError(f"expert {self.name!r} has no frozen encoder attached; call attach(encoder)")
         with torch.no_grad():
-            features, mask = self.encoder(inputs)
+            return self.encoder(inputs)
+
+    def encode(self, inputs: Any) -> torch.Tensor:
+        """Run the attached frozen encoder on raw inputs, then :meth:`forward`."""
+        features, mask = self.frozen_features(inputs)
         return self(features, mask)

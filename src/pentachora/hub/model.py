@@ -31,13 +31,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from pentachora.errors import ConfigError, DataError
-from pentachora.geometry import target_cv
+from pentachora.geometry import generalized_cca, target_cv
 from pentachora.hub.expert import ExpertModule, FrozenExpert
 from pentachora.hub.fusion import FusionLayer
 from pentachora.hub.loss import GeometricHubLoss, parse_pairs
 from pentachora.modeling import ModelOutput, PentachoraModel, register_model
 
-__all__ = ["ConduitHub", "ConduitHubConfig", "HubOutput"]
+__all__ = ["READOUTS", "ConduitHub", "ConduitHubConfig", "HubOutput"]
+
+READOUTS = ("anchored", "fusion")
+PROJ_INITS = ("gcca", "identity")
 
 
 @dataclass
@@ -57,10 +60,24 @@ class ConduitHubConfig:
         fusion_layers: Transformer layers of the FusionLayer.
         ff_mult: Feed-forward width multiple.
         dropout: Dropout of pooling and fusion.
+        token_dropout: Training-time drop probability of each expert input token (augmentation).
         whiten, shrinkage, rank: Aligner options (see :class:`~pentachora.hub.aligner.AlignerConfig`).
         w_nce, w_midpoint, w_procrustes: Loss weights.
         tau_init, tau_min, tau_max: Learned temperature.
         midpoint_samples: 5-point subsets per batch for the midpoint term.
+        readout: ``"anchored"`` (default): an expert's read-out is its anchor (the masked mean of its
+            aligned tokens — at initialisation exactly the frozen aligner's output) plus a learned
+            per-expert gate times the FusionLayer's identity-token output, so training starts from the
+            aligner and the fusion adds what it learns. ``"fusion"``: the seed's plain identity-token
+            read-out (starts from a random projection of the aligned tokens).
+        gate_init: Initial gate of the anchored read-out (0 = the hub starts exactly at the aligners).
+        proj_init: How :meth:`ConduitHub.fit_aligners` initialises each expert's learned projection:
+            ``"gcca"`` — generalised CCA (:func:`pentachora.geometry.generalized_cca`) of the aligned
+            experts, so every expert starts in one shared space weighted towards the directions the
+            experts agree on (needs every expert on the same items; otherwise it falls back to
+            ``"identity"`` and says so in the returned modes); ``"identity"`` — start at the frozen
+            Procrustes alignment onto the reference.
+        gcca_power: Exponent of the generalised-CCA direction weights ``(λ − 1)^power``.
         expert_sources: Optional description of each expert (e.g. a HF id), for the record only.
     """
 
@@ -74,6 +91,7 @@ class ConduitHubConfig:
     fusion_layers: int = 1
     ff_mult: int = 2
     dropout: float = 0.1
+    token_dropout: float = 0.0
     whiten: bool = True
     shrinkage: float = 0.2
     rank: int = 0
@@ -84,6 +102,10 @@ class ConduitHubConfig:
     tau_min: float = 0.01
     tau_max: float = 1.0
     midpoint_samples: int = 64
+    readout: str = "anchored"
+    gate_init: float = 0.0
+    proj_init: str = "identity"
+    gcca_power: float = 1.0
     expert_sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -105,8 +127,15 @@ class ConduitHubConfig:
             raise ConfigError(f"widths must be >= 1 and d_hub >= 4, got {self.expert_dims}, {self.d_hub}")
         if self.reference and self.reference not in self.experts:
             raise ConfigError(f"reference {self.reference!r} is not one of the experts {list(self.experts)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "token_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.proj_init not in PROJ_INITS:
+            raise ConfigError(f"proj_init must be one of {list(PROJ_INITS)}, got {self.proj_init!r}")
+        if not (0.0 <= self.gcca_power <= 4.0):
+            raise ConfigError(f"gcca_power must be in [0, 4], got {self.gcca_power}")
+        if self.readout not in READOUTS:
+            raise ConfigError(f"readout must be one of {list(READOUTS)}, got {self.readout!r}")
         parse_pairs(self.pairs, self.experts)  # validates
 
     @property
@@ -160,11 +189,15 @@ class ConduitHub(PentachoraModel):
         aligner = {"whiten": c.whiten, "shrinkage": c.shrinkage, "rank": c.rank}
         self.experts = nn.ModuleDict(
             {
-                name: ExpertModule(name, d, c.d_hub, c.n_tokens, c.n_heads, c.dropout, aligner)
+                name: ExpertModule(
+                    name, d, c.d_hub, c.n_tokens, c.n_heads, c.dropout, aligner, token_dropout=c.token_dropout
+                )
                 for name, d in zip(c.experts, c.expert_dims, strict=True)
             }
         )
         self.fusion = FusionLayer(c.d_hub, c.n_heads, c.fusion_layers, c.ff_mult, c.dropout)
+        if c.readout == "anchored":  # one gate per expert, in config.experts order
+            self.readout_gate = nn.Parameter(torch.full((len(c.experts),), float(c.gate_init)))
         self.hub_loss = GeometricHubLoss(
             c.w_nce, c.w_midpoint, c.w_procrustes, c.tau_init, c.tau_min, c.tau_max, c.midpoint_samples
         )
@@ -188,7 +221,8 @@ class ConduitHub(PentachoraModel):
                 the A–B half and C on the B–C half). The reference's own reduction uses all its rows.
 
         Returns:
-            ``{name: mode}`` (``direct`` / ``pca`` / ``pad``; the reference is marked).
+            ``{name: mode}`` (``direct`` / ``pca`` / ``pad``; the reference is marked) and
+            ``{"proj_init": how the projections were initialised}``.
 
         Raises:
             DataError: A missing expert, unequal row counts, NaN/inf, a wrong width.
@@ -210,7 +244,26 @@ class ConduitHub(PentachoraModel):
             idx = items.get(name)
             src, tgt = (pooled[name], target) if idx is None else (pooled[name][idx], target[idx])
             modes[name] = self.experts[name].aligner.fit(src, tgt).mode
+        modes["proj_init"] = self._init_projections(pooled, paired_on_all_items=not items)
         return modes
+
+    @torch.no_grad()
+    def _init_projections(self, pooled: Mapping[str, torch.Tensor], paired_on_all_items: bool) -> str:
+        """Start every expert's ``proj`` at the generalised-CCA map of its aligned features (see config)."""
+        if self.config.proj_init == "identity":
+            return "identity"
+        if not paired_on_all_items:
+            return "identity (gcca needs every expert on the same items)"
+        names = list(self.config.experts)
+        aligned = [self.experts[n].aligner(pooled[n]).to(torch.float64) for n in names]
+        shared = generalized_cca(aligned, k=self.config.d_hub, power=self.config.gcca_power)
+        for name, z, m in zip(names, aligned, shared.maps, strict=True):
+            # keep the anchor's scale: the rms norm of the shared coordinates equals the aligned rows'
+            scale = (z.pow(2).sum(1).mean() / (z @ m).pow(2).sum(1).mean().clamp_min(1e-300)).sqrt()
+            proj = self.experts[name].proj
+            proj.weight.copy_((m * scale).T.to(proj.weight.dtype))
+            proj.bias.zero_()
+        return f"gcca (power {self.config.gcca_power:g}, top agreement {float(shared.agreement[0]):.3f})"
 
     # ------------------------------------------------------------------ embedding
     @property
@@ -244,9 +297,20 @@ class ConduitHub(PentachoraModel):
             )
         if not names:
             raise DataError(f"the batch holds none of the hub's experts {list(self.config.experts)}")
-        tokens = [self.experts[n](batch[n]["features"], batch[n].get("mask")) for n in names]
-        readouts = self.fusion(tokens, cross_expert=cross_expert)
-        return {n: F.normalize(r, dim=-1) for n, r in zip(names, readouts, strict=True)}
+        encoded = [self.experts[n].tokens_and_anchor(batch[n]["features"], batch[n].get("mask")) for n in names]
+        return self._readout(names, encoded, cross_expert)
+
+    def _readout(
+        self, names: Sequence[str], encoded: Sequence[tuple[torch.Tensor, torch.Tensor]], cross_expert: bool
+    ) -> dict[str, torch.Tensor]:
+        """Unit read-outs from each expert's ``(tokens, anchor)`` (see ``ConduitHubConfig.readout``)."""
+        fused = self.fusion([t for t, _ in encoded], cross_expert=cross_expert)
+        out = {}
+        for name, (_, anchor), f in zip(names, encoded, fused, strict=True):
+            if self.config.readout == "anchored":
+                f = anchor + self.readout_gate[self.config.experts.index(name)] * f
+            out[name] = F.normalize(f, dim=-1)
+        return out
 
     def embed(self, name: str, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Unit hub embedding ``(B, d_hub)`` of one expert's token features ``(B, T, d_e)``."""
@@ -259,8 +323,9 @@ class ConduitHub(PentachoraModel):
         self._check_ready()
         if name not in self.experts:
             raise ConfigError(f"no expert {name!r} in this hub; experts are {list(self.experts)}")
-        tokens = self.experts[name].encode(inputs)
-        return F.normalize(self.fusion([tokens])[0], dim=-1)
+        with torch.no_grad():
+            features, mask = self.experts[name].frozen_features(inputs)
+        return self.embed(name, features, mask)
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: Mapping[str, Any]) -> HubOutput:
@@ -289,6 +354,8 @@ class ConduitHub(PentachoraModel):
         for name, module in self.experts.items():
             parts[f"expert[{name}]"] = [p for p in module.parameters() if p.requires_grad]
         parts["fusion"] = list(self.fusion.parameters())
+        if self.config.readout == "anchored":
+            parts["readout_gate"] = [self.readout_gate]
         parts["loss"] = list(self.hub_loss.parameters())
         return parts
 
