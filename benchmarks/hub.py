@@ -15,15 +15,16 @@ Contenders, per expert pair (A, B):
                      steps, batch size and learning rate as the hub — *for each pair*;
 (e) ``hub``        — the Conduit hub, all pairs at once.
 
-Hyper-parameters of (a)–(c) (shrinkage, k, anchors) are chosen on a validation split of the training
-articles, then refitted on the whole training split. Emergent alignment: the hub is trained on
+Hyper-parameters of (a)–(c) (shrinkage, k, anchors) and (d)'s learning rate are chosen on a validation
+split of the training articles, then refitted on the whole training split; the hub's defaults were chosen
+on the same validation split (``benchmarks/hub_tuning.py``, ``results/hub_tuning.md``). Emergent alignment: the hub is trained on
 LSA–MiniLM pairs from one half of the training items and MiniLM–W2V pairs from the other half only
 (aligners likewise), then evaluated on LSA↔W2V, against composing two Procrustes maps
 LSA→MiniLM←W2V fitted on the same halves.
 
 Usage::
 
-    python benchmarks/hub.py            # full run (3 seeds), ≲ 20 min on 2 CPU cores
+    python benchmarks/hub.py            # full run (3 seeds + 2 ablations), ≈ 45 min on 2 idle CPU cores
     python benchmarks/hub.py --quick    # smoke test (few items, few steps)
 
 Writes ``benchmarks/results/hub.json``, ``hub.md`` and ``hub.png``.
@@ -59,6 +60,8 @@ LABELS = {
 }
 
 logger = logging.getLogger("bench.hub")
+
+HEADS_LRS = (5e-4, 1e-3, 2e-3, 4e-3)  # (d)'s learning-rate grid (validation split)
 
 ABLATIONS = {  # label -> argument changes, trained on the first seed only
     "seed's identity-token read-out (readout=fusion)": {"readout": "fusion"},
@@ -204,24 +207,49 @@ def make_train_config(args, seed: int):
     )
 
 
-def run_heads(train, heldout, args, seed: int) -> dict[str, Any]:
+def _train_heads(train, heldout, a: str, b: str, args, seed: int):
     from pentachora.data.paired import PairedBatchSource
     from pentachora.hub.baselines import LinearPairHeads, PairHeadsConfig
     from pentachora.recipes.hub import pair_retrieval
     from pentachora.training import Trainer
 
-    out: dict[str, Any] = {"pairs": {}, "parameters": 0, "train_wall_s": 0.0}
-    pooled_train = train.pooled_only()  # the heads read item means: one token per item is exact
+    torch.manual_seed(seed)
+    model = LinearPairHeads(PairHeadsConfig(train.dim(a), train.dim(b), args.d_hub, a_name=a, b_name=b))
+    model.standardise_from(train.pooled(a), train.pooled(b))
+    src = PairedBatchSource(train.pooled_only(), args.batch_size, seed, experts=[a, b])  # item means
+    res = Trainer(model, make_train_config(args, seed), src).fit(resume=False)
+    model.eval()
+    with torch.no_grad():
+        za, zb = model.embed_a(heldout.pooled(a)), model.embed_b(heldout.pooled(b))
+    return model, res, pair_retrieval(za, zb)
+
+
+def select_heads_lr(train, args) -> dict[str, float]:
+    """(d)'s learning rate per pair, chosen on the validation split of training articles (seed 0).
+
+    The hub's defaults were chosen on the same validation split, so (d) gets the same chance.
+    """
+    fit_idx, val_idx = _title_split(train.titles, 0.15, seed=0)
+    if len(val_idx) < 10:
+        return {f"{a}|{b}": args.lr for a, b in _pairs(train.experts)}
+    fit, val = train.subset(fit_idx), train.subset(val_idx)
+    chosen = {}
     for a, b in _pairs(train.experts):
-        torch.manual_seed(seed)
-        model = LinearPairHeads(PairHeadsConfig(train.dim(a), train.dim(b), args.d_hub, a_name=a, b_name=b))
-        model.standardise_from(train.pooled(a), train.pooled(b))
-        src = PairedBatchSource(pooled_train, args.batch_size, seed, experts=[a, b])
-        res = Trainer(model, make_train_config(args, seed), src).fit(resume=False)
-        model.eval()
-        with torch.no_grad():
-            za, zb = model.embed_a(heldout.pooled(a)), model.embed_b(heldout.pooled(b))
-        out["pairs"][f"{a}|{b}"] = pair_retrieval(za, zb)
+        scores = {}
+        for lr in sorted({args.lr, *HEADS_LRS}):
+            scores[lr] = _train_heads(fit, val, a, b, argparse.Namespace(**{**vars(args), "lr": lr}), 0)[2]["r1"]
+        chosen[f"{a}|{b}"] = max(scores, key=scores.get)
+        logger.info("heads %s|%s: validation R@1 by lr %s -> %g", a, b, scores, chosen[f"{a}|{b}"])
+    return chosen
+
+
+def run_heads(train, heldout, args, seed: int, lrs: dict[str, float] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"pairs": {}, "parameters": 0, "train_wall_s": 0.0, "lr": {}}
+    for a, b in _pairs(train.experts):
+        lr = (lrs or {}).get(f"{a}|{b}", args.lr)
+        model, res, metrics = _train_heads(train, heldout, a, b, argparse.Namespace(**{**vars(args), "lr": lr}), seed)
+        out["pairs"][f"{a}|{b}"] = metrics
+        out["lr"][f"{a}|{b}"] = lr
         out["parameters"] += model.num_parameters(trainable_only=True)
         out["train_wall_s"] += res.wall_time_s
     out["mean_r1"] = statistics.mean(p["r1"] for p in out["pairs"].values())
@@ -339,7 +367,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         "MiniLM-L6 token states (384-d), LSA fitted on the training split (256-d, one token), Word2Vec trained "
         f"on the training split (128-d, word tokens); d_hub = {meta['d_hub']}. Seeds {meta['seeds']} (mean ± sd "
         f"for trained contenders); (d) and (e): {meta['steps']} steps × batch {meta['batch_size']}, lr {meta['lr']} "
-        "(each pair of (d) gets that budget on its own).",
+        "(each pair of (d) gets that budget on its own; (d)'s learning rate per pair chosen on the validation "
+        f"split: {data['results'].get('heads_lr')}).",
         "",
         "Held-out R@1 in %, A→B / B→A, among all held-out items (chance = "
         f"{100 / meta['heldout_items']:.2f} %; the shuffled-pair floor is measured in the JSON):",
@@ -411,10 +440,11 @@ def reading(data: dict[str, Any]) -> list[str]:
         f"* Emergent pair: the hub {'beats' if em[0] > ep else 'does not beat'} composed Procrustes "
         f"({100 * em[0]:.1f} % vs {100 * ep:.1f} %, {100 * (em[0] - ep):+.1f} points)."
     )
+    ratio = s["cv_hub"][0] / max(s["cv_target"], 1e-12)
     lines.append(
-        f"* CV of the hub space {s['cv_hub'][0]:.3f} vs target_cv({data['meta']['d_hub']}) = {s['cv_target']:.3f}: "
-        "the hub loss constrains the midpoints' volume *variance*, not the CV to a target; the space stays "
-        "far more irregular than a random sphere of its width."
+        f"* CV of the hub space {s['cv_hub'][0]:.3f} vs target_cv({data['meta']['d_hub']}) = {s['cv_target']:.3f} "
+        f"({ratio:.1f}×): the hub loss constrains the variance of the midpoints' volumes, not the CV to a target"
+        + ("; the space is far less regular than a random sphere of its width." if ratio > 2 else ".")
     )
     ab = data["results"].get("ablations", {})
     if ab:
@@ -472,7 +502,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="Hub (and untuned heads) learning rate.")
     p.add_argument("--d-hub", type=int, default=256)
     p.add_argument("--n-tokens", type=int, default=4)
     p.add_argument("--dropout", type=float, default=0.1)
@@ -482,6 +512,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--ablations", action=argparse.BooleanOptionalAction, default=True,
         help="Also train the hub with the seed's identity-token read-out and with InfoNCE alone (seed 0).",
+    )
+    p.add_argument(
+        "--tune-heads", action=argparse.BooleanOptionalAction, default=True,
+        help=f"Choose (d)'s learning rate per pair from {HEADS_LRS} on the validation split.",
     )
     p.add_argument("--readout", choices=("anchored", "fusion"), default="anchored", help="Hub read-out.")
     p.add_argument(
@@ -516,9 +550,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["emergent_procrustes"] = emergent_procrustes(
         data.train, data.heldout, halves, args.d_hub, args.shrinkage
     )
+    heads_lrs = select_heads_lr(data.train, args) if args.tune_heads else None
+    results["heads_lr"] = heads_lrs
     for seed in args.seeds:
         per: dict[str, Any] = {}
-        per["heads"] = run_heads(data.train, data.heldout, args, seed)
+        per["heads"] = run_heads(data.train, data.heldout, args, seed, heads_lrs)
         logger.info(
             "seed %d heads: %.4f (%.0f s)", seed, per["heads"]["mean_r1"], per["heads"]["train_wall_s"]
         )

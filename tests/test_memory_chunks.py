@@ -237,3 +237,13 @@ def test_config_checks():
             }
         )
     assert MemoryConfig.preset("minilm-tiny").native_state_index == -1
+
+
+def test_every_trainable_parameter_is_on_exactly_one_side_of_the_two_phase_split(bert):
+    """The two-phase modes freeze by prefix: a parameter on neither side would train in every phase."""
+    model = GeometricMemory(config())
+    sides = (GeometricMemory.BANK_PREFIXES, GeometricMemory.RECONSTRUCTOR_PREFIXES)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any(n.startswith("chunker.") for n in names)
+    for name in names:
+        assert sum(name.startswith(prefixes) for prefixes in sides) == 1, name

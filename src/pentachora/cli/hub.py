@@ -67,7 +67,9 @@ def train_hub_cmd(
     ),
     steps: int = typer.Option(600, min=1, help="Optimizer steps."),
     batch_size: int = typer.Option(256, min=2, help="Items per batch (InfoNCE negatives)."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, cosine)."),
+    lr: float = typer.Option(
+        1e-3, help="Peak learning rate (AdamW, cosine); chosen on a validation split (hub_tuning.md)."
+    ),
     chunks: int = typer.Option(
         8, min=0, help="Items of more tokens become this many chunk means (CPU budget; 0 = every token)."
     ),

@@ -411,7 +411,8 @@ class GeometricMemory(PentachoraModel):
         "projector.",
         "log_temperature",
     )
-    RECONSTRUCTOR_PREFIXES: ClassVar[tuple[str, ...]] = ("reconstructor.",)
+    # the sequence side: every parameter that is not the bank side (the two-phase modes freeze by these)
+    RECONSTRUCTOR_PREFIXES: ClassVar[tuple[str, ...]] = ("reconstructor.", "chunker.")
 
     def param_groups(
         self, lr: float, weight_decay: float = 0.01, *, bank_lr_scale: float = 1.0
