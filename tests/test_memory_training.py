@@ -128,6 +128,11 @@ def test_joint_training_learns_and_baselines_are_consistent(tmp_path, corpus_fil
     phase, lr = mode_callbacks("two-phase", 10, pretrained_bank=True)  # a trained bank: B then C
     assert [start for start, _ in phase.phases] == [1, 6] and lr.phases == [(0, 1.0), (6, 0.1)]
     assert mode_callbacks("joint", 10) == [] and len(mode_callbacks("pooled", 10)) == 1
+    # freeze lists name only the parts a model has (a model without contextual chunks has no chunker)
+    (pooled,) = mode_callbacks("pooled", 10, parameter_names=["bank.x", "reconstructor.y"])
+    assert pooled.phases[0][1]["freeze"] == ["reconstructor."]
+    (pooled,) = mode_callbacks("pooled", 10, parameter_names=["bank.x", "reconstructor.y", "chunker.z"])
+    assert pooled.phases[0][1]["freeze"] == ["reconstructor.", "chunker."]
 
 
 def test_bf16_autocast_steps_stay_finite(tmp_path, corpus_file):

@@ -469,6 +469,7 @@ def mode_callbacks(
     pretrained_bank: bool = False,
     fractions: Sequence[float] = (),
     weights: dict[str, float] | None = None,
+    parameter_names: Sequence[str] | None = None,
 ) -> list[Callback]:
     """Callbacks that implement a training mode (see the module docstring).
 
@@ -480,11 +481,15 @@ def mode_callbacks(
         fractions: Stage lengths of ``two-phase`` as fractions of ``steps`` (default: A 0.4, B 0.3,
             C 0.3; without stage A: B 0.5, C 0.5).
         weights: The model's configured loss weights (restored when the sequence losses switch on).
+        parameter_names: The model's parameter names; prefixes of parts the model does not have (the
+            ``chunker.`` of a model without contextual chunks) are dropped from the freeze lists.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     bank = list(GeometricMemory.BANK_PREFIXES)
     recon = list(GeometricMemory.RECONSTRUCTOR_PREFIXES)
+    if parameter_names is not None:
+        bank, recon = ([p for p in side if any(n.startswith(p) for n in parameter_names)] for side in (bank, recon))
     if mode == "joint":
         return []
     seq_keys = ("seq_weight", "seq_norm_weight", "seq_pool_weight")
@@ -561,7 +566,12 @@ def train_memory(
     monitor = memory_convergence_monitor()
     cbs = [
         *mode_callbacks(
-            mode, train_config.steps, bank_lr_scale, pretrained_bank, weights=dict(model.loss_weights)
+            mode,
+            train_config.steps,
+            bank_lr_scale,
+            pretrained_bank,
+            weights=dict(model.loss_weights),
+            parameter_names=[n for n, _ in model.named_parameters()],
         ),
         monitor,
         *callbacks,
