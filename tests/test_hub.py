@@ -490,3 +490,11 @@ def test_token_dropout_keeps_a_token_per_item_and_is_off_in_eval():
         torch.testing.assert_close(first[name], second[name])
     with pytest.raises(ConfigError, match="token_dropout"):
         _toy_hub(token_dropout=1.0)
+
+
+def test_lsa_with_fewer_documents_than_its_width_is_a_clear_error():
+    from pentachora.hub.text_experts import LSAExpert
+
+    docs = [f"document {i} about topic {i % 3} and words" for i in range(10)]
+    with pytest.raises(ConfigError, match="needs more than 16 training documents"):
+        LSAExpert(dim=16).fit(docs)

@@ -56,7 +56,7 @@ def test_hub_tuning_appends_variants_and_renders_them_next_to_the_baselines(tmp_
     spec = importlib.util.spec_from_file_location("hub_tuning", ROOT / "benchmarks" / "hub_tuning.py")
     tuning = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tuning)
-    common = ["--max-train-items", "200", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "t"),
+    common = ["--max-train-items", "300", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "t"),
               "--threads", "1"]  # fmt: skip
     tuning.main(["--baselines", *common])
     tuning.main(["--name", "tiny", "--steps", "5", "--batch-size", "16", *common])

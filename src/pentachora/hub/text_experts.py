@@ -146,6 +146,11 @@ class LSAExpert(TextExpert):
         docs = [_words(t) for t in texts]
         df = Counter(w for d in docs for w in set(d))
         n = len(docs)
+        if n <= self.dim:
+            raise ConfigError(
+                f"LSA of dim={self.dim} needs more than {self.dim} training documents (its rank is at most the "
+                f"number of documents), got {n}; use more documents or a smaller dim"
+            )
         keep = sorted(w for w, c in df.items() if c >= self.min_df and c <= self.max_df * n)
         if len(keep) <= self.dim:
             raise ConfigError(
