@@ -463,7 +463,7 @@ def render_png(data: dict[str, Any], path: Path) -> None:
 
     t = data["summary"]["table"]
     pairs = [f"{a}|{b}" for a, b in _pairs(EXPERTS)]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     width = 0.16
     for i, m in enumerate(METHODS):
         vals = [100 * t[m][f"{p}:r1"][0] for p in pairs] + [100 * t[m]["mean_r1"][0]]
@@ -488,7 +488,7 @@ def render_png(data: dict[str, Any], path: Path) -> None:
     )
     ax.set_xticks(range(len(pairs) + 2), [*pairs, "mean", f"emergent {EMERGENT[0]}|{EMERGENT[2]}"])
     ax.set_ylabel("held-out R@1 (%, mean of both directions)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1))  # below: never over bars
     ax.set_title("Cross-expert retrieval on held-out Wikipedia articles")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
