@@ -109,6 +109,9 @@ def test_train_hub_expert_not_available_offline_touches_nothing(tmp_path, monkey
     assert not run.exists() and not cache.exists()
     res = runner.invoke(app, ["train", "hub", "--experts", "lsa,bogus", "--out", str(run)])
     assert res.exit_code == 2 and "unknown expert" in res.output and not run.exists()
+    res = runner.invoke(app, ["train", "hub", "--readout", "sum", "--out", str(run), "--cache-dir", str(cache)])
+    assert res.exit_code == 2 and "--readout" in res.output and "anchored" in res.output
+    assert not run.exists() and not cache.exists()
 
 
 def _save(path, x):

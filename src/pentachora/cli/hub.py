@@ -102,7 +102,11 @@ def train_hub_cmd(
     from pentachora.recipes.hub import HubData, hub_config_for, parse_expert_spec, prepare_hub_data, train_hub
     from pentachora.training import TrainConfig
 
+    from pentachora.hub.model import READOUTS
+
     console = Console()
+    if readout not in READOUTS:  # before any feature extraction or folder
+        raise typer.BadParameter(f"must be one of {list(READOUTS)}, got {readout!r}", param_hint="--readout")
     if threads:
         torch.set_num_threads(threads)
     specs = [s for s in experts.split(",") if s.strip()]
