@@ -207,6 +207,11 @@ def make_train_config(args, seed: int):
     )
 
 
+def _with(args: argparse.Namespace, **changes: Any) -> argparse.Namespace:
+    """A copy of the parsed arguments with some values changed."""
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
 def _train_heads(train, heldout, a: str, b: str, args, seed: int):
     from pentachora.data.paired import PairedBatchSource
     from pentachora.hub.baselines import LinearPairHeads, PairHeadsConfig
@@ -237,7 +242,8 @@ def select_heads_lr(train, args) -> dict[str, float]:
     for a, b in _pairs(train.experts):
         scores = {}
         for lr in sorted({args.lr, *HEADS_LRS}):
-            scores[lr] = _train_heads(fit, val, a, b, argparse.Namespace(**{**vars(args), "lr": lr}), 0)[2]["r1"]
+            _, _, metrics = _train_heads(fit, val, a, b, _with(args, lr=lr), 0)
+            scores[lr] = metrics["r1"]
         chosen[f"{a}|{b}"] = max(scores, key=scores.get)
         logger.info("heads %s|%s: validation R@1 by lr %s -> %g", a, b, scores, chosen[f"{a}|{b}"])
     return chosen
@@ -247,7 +253,7 @@ def run_heads(train, heldout, args, seed: int, lrs: dict[str, float] | None = No
     out: dict[str, Any] = {"pairs": {}, "parameters": 0, "train_wall_s": 0.0, "lr": {}}
     for a, b in _pairs(train.experts):
         lr = (lrs or {}).get(f"{a}|{b}", args.lr)
-        model, res, metrics = _train_heads(train, heldout, a, b, argparse.Namespace(**{**vars(args), "lr": lr}), seed)
+        model, res, metrics = _train_heads(train, heldout, a, b, _with(args, lr=lr), seed)
         out["pairs"][f"{a}|{b}"] = metrics
         out["lr"][f"{a}|{b}"] = lr
         out["parameters"] += model.num_parameters(trainable_only=True)
@@ -449,9 +455,14 @@ def reading(data: dict[str, Any]) -> list[str]:
     ab = data["results"].get("ablations", {})
     if ab:
         lines += ["", "Ablations (seed 0, same budget; mean held-out R@1):", ""]
-        lines.append(f"* hub as configured: {100 * data['results']['per_seed'][str(data['meta']['seeds'][0])]['hub']['mean_r1']:.1f} %")
+        lines.append(
+            f"* hub as configured: {100 * data['results']['per_seed'][str(data['meta']['seeds'][0])]['hub']['mean_r1']:.1f} %"
+        )
         for name, r in ab.items():
-            lines.append(f"* {name}: {100 * r['mean_r1']:.1f} % " + json.dumps({k: round(100 * v['r1'], 1) for k, v in r['pairs'].items()}))
+            lines.append(
+                f"* {name}: {100 * r['mean_r1']:.1f} % "
+                + json.dumps({k: round(100 * v["r1"], 1) for k, v in r["pairs"].items()})
+            )
     return [*lines, ""]
 
 
@@ -510,11 +521,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--w-midpoint", type=float, default=0.1)
     p.add_argument("--w-procrustes", type=float, default=0.1)
     p.add_argument(
-        "--ablations", action=argparse.BooleanOptionalAction, default=True,
+        "--ablations",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="Also train the hub with the seed's identity-token read-out and with InfoNCE alone (seed 0).",
     )
     p.add_argument(
-        "--tune-heads", action=argparse.BooleanOptionalAction, default=True,
+        "--tune-heads",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help=f"Choose (d)'s learning rate per pair from {HEADS_LRS} on the validation split.",
     )
     p.add_argument("--readout", choices=("anchored", "fusion"), default="anchored", help="Hub read-out.")
@@ -566,8 +581,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.ablations:
         results["ablations"] = {}
         for label, change in ABLATIONS.items():
-            ab_args = argparse.Namespace(**{**vars(args), **change})
-            ev = run_hub(hub_data, ab_args, args.seeds[0])
+            ev = run_hub(hub_data, _with(args, **change), args.seeds[0])
             results["ablations"][label] = {"mean_r1": ev["mean_r1"], "pairs": ev["pairs"], "change": change}
             logger.info("ablation %s: %.4f", label, ev["mean_r1"])
     summary = summarise(results)

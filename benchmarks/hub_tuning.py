@@ -2,16 +2,16 @@
 split, scored on that validation split (never on the held-out articles of ``benchmarks/hub.py``).
 
 Each call trains one variant and appends it to ``benchmarks/results/hub_tuning.json``; the markdown table
-is regenerated from every stored variant, next to the training-free baselines (whitened Procrustes, CCA)
-with their options chosen on the same validation split (an optimistic figure for them: chosen and scored
-on the same rows). Training R@1 is measured on an equally large subset of the fit split, so the table
+is regenerated from every stored variant, next to the benchmark's training-free contenders (whitened
+Procrustes, CCA, relative representations) fitted on the same fit rows, their options chosen as in
+``benchmarks/hub.py`` (on an inner split of the fit rows). Training R@1 is measured on an equally large subset of the fit split, so the table
 shows how much each variant overfits.
 
 Usage::
 
     python benchmarks/hub_tuning.py --name "lr 1e-3" --lr 1e-3
     python benchmarks/hub_tuning.py --name "gcca init" --lr 1e-3 --config '{"proj_init": "gcca"}'
-    python benchmarks/hub_tuning.py --baselines     # (re)compute the Procrustes / CCA rows only
+    python benchmarks/hub_tuning.py --baselines     # (re)compute the training-free rows only
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "hub_tuning"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hub import EXPERTS, _pairs, _title_split  # noqa: E402  (the benchmark's splits, reused)
+from hub import EXPERTS, _pairs, _title_split, select_and_run_training_free  # noqa: E402  (reused)
 
 
 def _split(args):
@@ -45,29 +45,14 @@ def _split(args):
 
 
 def baselines(args) -> dict[str, Any]:
-    from pentachora.hub.baselines import cca_pair, procrustes_pair
-    from pentachora.recipes.hub import pair_retrieval
+    """The benchmark's training-free contenders, fitted on the fit split and scored on the validation split.
 
+    Their options are chosen exactly as in ``benchmarks/hub.py``: on an inner split of the fit rows.
+    """
     data, fit, val, _ = _split(args)
-    pooled = {n: data.train.pooled(n) for n in data.experts}
-    out: dict[str, Any] = {"procrustes": {}, "cca": {}}
-    for a, b in _pairs(data.experts):
-        A, B = pooled[a], pooled[b]
-        best_p, best_c = (-1.0, None), (-1.0, None)
-        for s in (0.05, 0.2, 0.5, 0.8):
-            src, ref = procrustes_pair(A[fit], B[fit], args.d_hub, s)
-            r = pair_retrieval(src(A[val]), ref(B[val]))["r1"]
-            best_p = max(best_p, (r, {"shrinkage": s}), key=lambda t: t[0])
-            for k in (64, 128):
-                if k <= min(A.shape[1], B.shape[1]):
-                    ea, eb = cca_pair(A[fit], B[fit], k, s)
-                    r = pair_retrieval(ea(A[val]), eb(B[val]))["r1"]
-                    best_c = max(best_c, (r, {"shrinkage": s, "k": k}), key=lambda t: t[0])
-        out["procrustes"][f"{a}|{b}"] = {"r1": best_p[0], "chosen": best_p[1]}
-        out["cca"][f"{a}|{b}"] = {"r1": best_c[0], "chosen": best_c[1]}
-    for m in out:
-        out[m] = {"pairs": out[m], "mean_r1": sum(v["r1"] for v in out[m].values()) / len(out[m])}
-    return out
+    tf = select_and_run_training_free(data.train.subset(fit), data.train.subset(val), args.d_hub, quick=False)
+    labels = {"procrustes": "whitened Procrustes", "cca": "CCA", "relrep": "relative representations"}
+    return {label: tf[m] for m, label in labels.items()}
 
 
 def variant(args, argv: list[str] | None = None) -> dict[str, Any]:
@@ -97,7 +82,8 @@ def variant(args, argv: list[str] | None = None) -> dict[str, Any]:
     tr = evaluate_hub(run.model, hd.train.subset(range(0, hd.train.n, stride)))
     return {
         "name": args.name,
-        "command": "python benchmarks/hub_tuning.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/hub_tuning.py "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
         "steps": args.steps,
         "lr": args.lr,
         "weight_decay": args.weight_decay,
@@ -124,13 +110,15 @@ def render(store: dict[str, Any]) -> str:
         "training-R@1 column existed; shared machine, so wall times vary by ±20 %). Noise between identical "
         "settings is about ±1 point (not measured over seeds here).",
         "",
-        "| variant | steps | lr | wd | config | " + " | ".join(pairs) + " | mean val R@1 | train R@1 | wall s |",
+        "| variant | steps | lr | wd | config | "
+        + " | ".join(pairs)
+        + " | mean val R@1 | train R@1 | wall s |",
         "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in pairs) + " | --- | --- | --- |",
     ]
     for name, b in store.get("baselines", {}).items():
         cells = [f"{100 * b['pairs'][p]['r1']:.1f}" for p in pairs]
         lines.append(
-            f"| {name} (options chosen on these rows) | — | — | — | — | "
+            f"| {name} (options chosen on an inner split of the fit rows) | — | — | — | — | "
             + " | ".join(cells)
             + f" | **{100 * b['mean_r1']:.1f}** | — | — |"
         )
@@ -149,7 +137,7 @@ def render(store: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--name", default="", help="Label of the variant (default: its options).")
-    p.add_argument("--baselines", action="store_true", help="Compute the Procrustes / CCA rows instead.")
+    p.add_argument("--baselines", action="store_true", help="Compute the training-free rows instead.")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -167,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     json_path = args.out.with_suffix(".json")
     store = json.loads(json_path.read_text()) if json_path.is_file() else {"variants": []}
     if args.baselines:
-        store["baselines"] = {"whitened Procrustes": (b := baselines(args))["procrustes"], "CCA": b["cca"]}
+        store["baselines"] = baselines(args)
     else:
         args.name = args.name or f"lr {args.lr:g} {args.config}"
         row = variant(args, argv)

@@ -16,8 +16,19 @@ def _whiten(x: torch.Tensor) -> torch.Tensor:
 def test_two_views_give_the_canonical_correlations():
     g = torch.Generator().manual_seed(0)
     z = torch.randn(400, 3, generator=g, dtype=torch.float64)
-    a = _whiten(torch.cat([z, torch.randn(400, 5, generator=g, dtype=torch.float64)], 1) @ torch.randn(8, 8, generator=g, dtype=torch.float64))
-    b = _whiten(torch.cat([z + 0.5 * torch.randn(400, 3, generator=g, dtype=torch.float64), torch.randn(400, 3, generator=g, dtype=torch.float64)], 1))
+    a = _whiten(
+        torch.cat([z, torch.randn(400, 5, generator=g, dtype=torch.float64)], 1)
+        @ torch.randn(8, 8, generator=g, dtype=torch.float64)
+    )
+    b = _whiten(
+        torch.cat(
+            [
+                z + 0.5 * torch.randn(400, 3, generator=g, dtype=torch.float64),
+                torch.randn(400, 3, generator=g, dtype=torch.float64),
+            ],
+            1,
+        )
+    )
     rho = torch.linalg.svdvals(a.T @ b / a.shape[0])  # canonical correlations of whitened views
     out = generalized_cca([a, b], k=6)
     torch.testing.assert_close(out.agreement, rho[:6], atol=1e-10, rtol=1e-10)
@@ -31,11 +42,16 @@ def test_three_views_share_one_space_where_paired_items_meet():
     n, d = 300, 12
     z = torch.randn(n, d, generator=g)
     views = [
-        _whiten(torch.cat([z, torch.randn(n, w, generator=g)], 1) @ torch.randn(d + w, d + w, generator=g) + 0.3 * torch.randn(n, d + w, generator=g))
+        _whiten(
+            torch.cat([z, torch.randn(n, w, generator=g)], 1) @ torch.randn(d + w, d + w, generator=g)
+            + 0.3 * torch.randn(n, d + w, generator=g)
+        )
         for w in (6, 2, 10)
     ]
     out = generalized_cca(views, k=d)
-    emb = [torch.nn.functional.normalize(v.double() @ m, dim=-1) for v, m in zip(views, out.maps, strict=True)]
+    emb = [
+        torch.nn.functional.normalize(v.double() @ m, dim=-1) for v, m in zip(views, out.maps, strict=True)
+    ]
     for i in range(3):
         for j in range(i + 1, 3):
             r1 = (emb[i] @ emb[j].T).argmax(1).eq(torch.arange(n)).double().mean()

@@ -63,8 +63,8 @@ def test_hub_tuning_appends_variants_and_renders_them_next_to_the_baselines(tmp_
     store = tuning.main(["--name", "tiny fusion", "--steps", "5", "--batch-size", "16", "--config",
                          '{"readout": "fusion"}', *common])  # fmt: skip
     assert [v["name"] for v in store["variants"]] == ["tiny", "tiny fusion"]
-    assert set(store["baselines"]) == {"whitened Procrustes", "CCA"}
+    assert set(store["baselines"]) == {"whitened Procrustes", "CCA", "relative representations"}
     for v in store["variants"]:
         assert 0.0 <= v["val_mean_r1"] <= 1.0 and 0.0 <= v["train_mean_r1"] <= 1.0
     md = (tmp_path / "t.md").read_text()
-    assert "| tiny fusion |" in md and "CCA (options chosen on these rows)" in md
+    assert "| tiny fusion |" in md and "CCA (options chosen on an inner split" in md

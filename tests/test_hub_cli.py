@@ -109,7 +109,9 @@ def test_train_hub_expert_not_available_offline_touches_nothing(tmp_path, monkey
     assert not run.exists() and not cache.exists()
     res = runner.invoke(app, ["train", "hub", "--experts", "lsa,bogus", "--out", str(run)])
     assert res.exit_code == 2 and "unknown expert" in res.output and not run.exists()
-    res = runner.invoke(app, ["train", "hub", "--readout", "sum", "--out", str(run), "--cache-dir", str(cache)])
+    res = runner.invoke(
+        app, ["train", "hub", "--readout", "sum", "--out", str(run), "--cache-dir", str(cache)]
+    )
     assert res.exit_code == 2 and "--readout" in res.output and "anchored" in res.output
     assert not run.exists() and not cache.exists()
 
@@ -169,3 +171,10 @@ def test_align_bad_input_is_a_clear_error_and_touches_nothing(tmp_path):
         assert res.exit_code == 2, res.output
         assert msg in " ".join(res.output.split())
         assert not out.exists()
+
+
+def test_cli_readout_choices_are_the_hub_readouts():
+    from pentachora.cli.hub import HUB_READOUT_CHOICES
+    from pentachora.hub.model import READOUTS
+
+    assert HUB_READOUT_CHOICES == READOUTS

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from pentachora.cli import app, train_app
+
+#: ``ConduitHubConfig.readout`` values, spelled out so the CLI starts without importing torch (a test
+#: checks they equal ``pentachora.hub.model.READOUTS``); typer refuses any other value before the run.
+HubReadout = Literal["anchored", "fusion"]
+HUB_READOUT_CHOICES: tuple[str, ...] = get_args(HubReadout)
 
 EXPERTS_HELP = (
     "Comma-separated experts: minilm (embedded all-MiniLM-L6-v2, 384-d), lsa[:DIM] (TF-IDF+SVD fitted on "
@@ -78,7 +84,7 @@ def train_hub_cmd(
     shrinkage: float = typer.Option(0.2, min=0.0, max=1.0, help="Covariance shrinkage of the aligners."),
     w_midpoint: float = typer.Option(0.1, min=0.0, help="Weight of the midpoint pentachoron variance."),
     w_procrustes: float = typer.Option(0.1, min=0.0, help="Weight of the running Procrustes term."),
-    readout: str = typer.Option(
+    readout: HubReadout = typer.Option(
         "anchored",
         help="'anchored': each read-out is the aligned mean plus a learned gate × the fusion output "
         "(training starts at the frozen aligners); 'fusion': the seed's identity-token read-out.",
@@ -102,11 +108,7 @@ def train_hub_cmd(
     from pentachora.recipes.hub import HubData, hub_config_for, parse_expert_spec, prepare_hub_data, train_hub
     from pentachora.training import TrainConfig
 
-    from pentachora.hub.model import READOUTS
-
     console = Console()
-    if readout not in READOUTS:  # before any feature extraction or folder
-        raise typer.BadParameter(f"must be one of {list(READOUTS)}, got {readout!r}", param_hint="--readout")
     if threads:
         torch.set_num_threads(threads)
     specs = [s for s in experts.split(",") if s.strip()]

@@ -67,7 +67,9 @@ def generalized_cca(
         raise ValueError(f"generalised CCA needs at least two views, got {len(views)}")
     n = int(views[0].shape[0])
     if any(v.dim() != 2 or v.shape[0] != n for v in views):
-        raise ValueError(f"views must be 2-D with the same number of rows, got {[tuple(v.shape) for v in views]}")
+        raise ValueError(
+            f"views must be 2-D with the same number of rows, got {[tuple(v.shape) for v in views]}"
+        )
     if n < 2:
         raise ValueError("generalised CCA needs at least two items")
     if not all(bool(torch.isfinite(v).all()) for v in views):

@@ -297,17 +297,13 @@ class ConduitHub(PentachoraModel):
             )
         if not names:
             raise DataError(f"the batch holds none of the hub's experts {list(self.config.experts)}")
-        encoded = [self.experts[n].tokens_and_anchor(batch[n]["features"], batch[n].get("mask")) for n in names]
-        return self._readout(names, encoded, cross_expert)
-
-    def _readout(
-        self, names: Sequence[str], encoded: Sequence[tuple[torch.Tensor, torch.Tensor]], cross_expert: bool
-    ) -> dict[str, torch.Tensor]:
-        """Unit read-outs from each expert's ``(tokens, anchor)`` (see ``ConduitHubConfig.readout``)."""
-        fused = self.fusion([t for t, _ in encoded], cross_expert=cross_expert)
+        encoded = [
+            self.experts[n].tokens_and_anchor(batch[n]["features"], batch[n].get("mask")) for n in names
+        ]
+        fused = self.fusion([tokens for tokens, _ in encoded], cross_expert=cross_expert)
         out = {}
         for name, (_, anchor), f in zip(names, encoded, fused, strict=True):
-            if self.config.readout == "anchored":
+            if self.config.readout == "anchored":  # see ConduitHubConfig.readout
                 f = anchor + self.readout_gate[self.config.experts.index(name)] * f
             out[name] = F.normalize(f, dim=-1)
         return out
@@ -323,8 +319,7 @@ class ConduitHub(PentachoraModel):
         self._check_ready()
         if name not in self.experts:
             raise ConfigError(f"no expert {name!r} in this hub; experts are {list(self.experts)}")
-        with torch.no_grad():
-            features, mask = self.experts[name].frozen_features(inputs)
+        features, mask = self.experts[name].frozen_features(inputs)  # no gradient into the frozen encoder
         return self.embed(name, features, mask)
 
     # ------------------------------------------------------------------ training

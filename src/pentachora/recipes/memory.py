@@ -489,7 +489,9 @@ def mode_callbacks(
     bank = list(GeometricMemory.BANK_PREFIXES)
     recon = list(GeometricMemory.RECONSTRUCTOR_PREFIXES)
     if parameter_names is not None:
-        bank, recon = ([p for p in side if any(n.startswith(p) for n in parameter_names)] for side in (bank, recon))
+        bank, recon = (
+            [p for p in side if any(n.startswith(p) for n in parameter_names)] for side in (bank, recon)
+        )
     if mode == "joint":
         return []
     seq_keys = ("seq_weight", "seq_norm_weight", "seq_pool_weight")
