@@ -130,9 +130,16 @@ def eval_schedule(steps: int, early: int, every: int) -> set[int]:
 
 
 def train_eval(
-    model: PentachoraModel, args: argparse.Namespace, steps: int, evaluator: EvalSet, geo: bool
+    model: PentachoraModel,
+    args: argparse.Namespace,
+    steps: int,
+    evaluator: EvalSet,
+    geo: bool,
+    align_fraction: float = 0.1,
 ) -> dict[str, Any]:
-    """Train with the one Trainer on the mixed source; evaluate on the schedule."""
+    """Train with the one Trainer on the mixed source; evaluate on the schedule.
+
+    ``geo``: GeoVAE's CV schedule (alignment phase for ``align_fraction`` of the steps, then hand-off)."""
     rec = Recorder(evaluator, eval_schedule(steps, args.eval_early, args.eval_every))
     source = MixedSource(args.batch_size, args.image_size, args.noise_fraction, "clamp", args.seed)
     cfg = TrainConfig(
@@ -148,7 +155,7 @@ def train_eval(
         progress=args.progress,
         tensorboard=False,
     )
-    callbacks: list[Callback] = [container_phases(steps)] if geo else []
+    callbacks: list[Callback] = [container_phases(steps, align_fraction)] if geo else []
     trainer = Trainer(model, cfg, source, callbacks=[*callbacks, rec])
     res = trainer.fit(resume=False)
     final = rec.curve[-1]

@@ -411,8 +411,8 @@ def test_cli_batteries_container_export(tmp_path):
     run = tmp_path / "run"
     r = runner.invoke(
         app,
-        ["train", "container", "--batteries", str(bank_file), "--data", "noise", "--steps", "2",
-         "--batch-size", "2", "--image-size", "16", "--latent-dim", "7", "--out", str(run),
+        ["train", "container", "--layout", "routed", "--batteries", str(bank_file), "--data", "noise",
+         "--steps", "2", "--batch-size", "2", "--image-size", "16", "--latent-dim", "7", "--out", str(run),
          "--set", "bottleneck_hidden=16", "--set", "inverse_hidden=16", "--noise-per-type", "1",
          "--eval-every", "0"],
         catch_exceptions=False,
@@ -432,6 +432,24 @@ def test_cli_batteries_container_export(tmp_path):
     assert math.isfinite(rep["flops_per_patch"])
     bad = runner.invoke(app, ["train", "container", "--batteries", str(tmp_path / "nope.safetensors")])
     assert bad.exit_code == 2 and "not found" in bad.output
+    # the default layout: the batteries fold into a plain GeoVAE (spectral bottleneck on 8 batches)
+    folded = tmp_path / "folded"
+    r = runner.invoke(
+        app,
+        ["train", "container", "--batteries", str(bank_file), "--data", "noise", "--steps", "2",
+         "--batch-size", "2", "--image-size", "16", "--latent-dim", "7", "--out", str(folded),
+         "--set", "bottleneck_hidden=16", "--set", "inverse_hidden=16", "--noise-per-type", "1",
+         "--eval-every", "0"],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "folded BatteryContainer[K=3, implanted, spectral bottleneck" in r.output
+    model = load_model(folded / "final")
+    assert model.model_type == "geovae" and (model.config.V, model.config.enc_hidden) == (15, 9)
+    r = runner.invoke(app, ["export-linear", str(folded), "--image-size", "16"])
+    assert r.exit_code == 2 and "plain GeoVAE" in r.output
+    r = runner.invoke(app, ["train", "container", "--batteries", str(bank_file), "--layout", "sideways"])
+    assert r.exit_code == 2 and "sideways" in r.output
 
 
 # ----------------------------------------------------------------------------- one definition per concept

@@ -10,6 +10,9 @@
   one batched module, and the GeoVAE variant they are implanted into; :class:`LinearExport` (in
   :mod:`~pentachora.autoencoders.export`) folds a trained container for inference. The battery
   regimes (what each battery trains on) are data: :mod:`pentachora.data.regimes`.
+* :func:`folded_config`, :func:`implant_batteries`, :func:`spectral_bottleneck_init` — the folded
+  container (:mod:`~pentachora.autoencoders.folded`): batteries as the initialisation of a plain
+  GeoVAE, trained and run at a GeoVAE's cost.
 
 Importing this package registers every model type with :func:`pentachora.recipes.load_model`.
 """
@@ -19,6 +22,7 @@ from pentachora.autoencoders.battery import BatteryBank, BatteryConfig
 from pentachora.autoencoders.container import BatteryContainer, BatteryContainerConfig
 from pentachora.autoencoders.distributions import DiagonalGaussian
 from pentachora.autoencoders.export import LinearExport, count_flops
+from pentachora.autoencoders.folded import folded_config, implant_batteries, spectral_bottleneck_init
 from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
 from pentachora.autoencoders.kl_baseline import AutoencoderKLAdapter, AutoencoderKLAdapterConfig
 from pentachora.autoencoders.quantize import (
@@ -50,6 +54,9 @@ __all__ = [
     "SpectralLatent",
     "count_flops",
     "dequantize",
+    "folded_config",
+    "implant_batteries",
     "latent_roundtrip",
     "quantize",
+    "spectral_bottleneck_init",
 ]

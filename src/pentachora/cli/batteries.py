@@ -4,6 +4,7 @@ Commands (registered on the existing ``train`` group and on the root app)::
 
     pentachora train batteries --regimes noise-types|tiers|patch-clusters:K[+...] --out bank.safetensors
     pentachora train container --batteries bank.safetensors --data images --steps 500 --out runs/container
+    pentachora train container --layout routed --batteries bank.safetensors ...   # the seed's routed slots
     pentachora export-linear runs/container -o runs/container/linear.safetensors
 
 Recipes (importable, no printing, in :mod:`pentachora.recipes.batteries`): ``train_battery_bank``
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 from rich.console import Console
@@ -35,6 +36,9 @@ from pentachora.cli.options import (
     parse_overrides,
     train_options,
 )
+
+#: ``train container --layout`` choices (see :mod:`pentachora.autoencoders.folded`).
+ContainerLayout = Literal["folded", "routed"]
 
 
 # ============================================================================================ CLI
@@ -176,21 +180,43 @@ def train_container(
     batteries: Path = typer.Option(
         None, "--batteries", help="Bank file from `pentachora train batteries` (sets the slot shape)."
     ),
+    layout: ContainerLayout = typer.Option(
+        "folded",
+        help="'folded': the batteries initialise a plain GeoVAE of their widths (V = K·v, hidden K·h), "
+        "trained and run as a GeoVAE; 'routed': the seed's container, every battery a routed slot at run "
+        "time (8× a GeoVAE step).",
+    ),
     implant: bool = typer.Option(True, help="Implant the batteries (--no-implant: same shape, random init)."),
-    sectors: str = typer.Option("encoder,decoder,anchors", help="Sectors to implant."),
+    spectral: bool = typer.Option(
+        True,
+        help="folded: start the bottleneck at the frames' principal subspace (fp64 eigh on the first "
+        "--calibration-batches training batches).",
+    ),
+    calibration_batches: int = typer.Option(
+        8, min=1, help="folded + --spectral: training batches to calibrate on."
+    ),
+    depth: int = typer.Option(
+        2, min=0, help="folded: residual blocks per side (they start as the identity)."
+    ),
+    sectors: str = typer.Option("encoder,decoder,anchors", help="routed: sectors to implant."),
     n_batteries: int = typer.Option(64, min=1, help="Slots K when no bank is given."),
     latent_dim: int = typer.Option(15, min=1, help="Stochastic latent dims d per patch (+1 magnitude)."),
-    routing: str = typer.Option("soft", help="'soft' or 'topk'."),
-    top_k: int = typer.Option(8, min=1, help="Batteries per patch for --routing topk."),
-    set_: list[str] = typer.Option(None, "--set", help="Container config override KEY=VALUE (repeatable)."),
+    routing: str = typer.Option("soft", help="routed: 'soft' or 'topk'."),
+    top_k: int = typer.Option(8, min=1, help="routed: batteries per patch for --routing topk."),
+    set_: list[str] = typer.Option(None, "--set", help="Model config override KEY=VALUE (repeatable)."),
 ) -> None:
-    """Train the CV battery container (a GeoVAE with K implanted battery slots and adjudication).
+    """Train a battery container: batteries from `pentachora train batteries` as the starting point.
 
     Example: pentachora train container --batteries bank.safetensors --data images --steps 500 --out runs/c
     """
-    from pentachora.autoencoders.battery import BatteryBank
+    from pentachora.autoencoders.battery import BatteryBank, BatteryConfig
     from pentachora.errors import CheckpointError, ConfigError
-    from pentachora.recipes.batteries import build_container, container_phases
+    from pentachora.recipes.batteries import (
+        FOLDED_ALIGN_FRACTION,
+        build_container,
+        build_folded_container,
+        container_phases,
+    )
 
     console = Console()
     bank = None
@@ -202,25 +228,56 @@ def train_container(
     elif implant:
         raise ConfigError("implanting needs --batteries BANK.safetensors (or pass --no-implant)")
     overrides = parse_overrides(set_)
-    overrides.update(latent_dim=latent_dim, routing=routing, top_k=top_k)
-    if bank is None:
-        overrides.setdefault("n_batteries", n_batteries)
+    init = "implanted" if implant else "random init"
     try:
-        model = build_container(
-            bank,
-            implant=implant,
-            seed=train.seed,
-            sectors=tuple(s for s in sectors.split(",") if s),
-            **overrides,
-        )
+        if layout == "folded":
+            calibration = None
+            if spectral:
+                images.check_patch(bank.config.patch_size if bank is not None else 8)
+                source = images.spec().train_source(train.batch_size, images.image_size, seed=train.seed)
+                calibration = torch_cat([source.batch(i) for i in range(calibration_batches)])
+            shape = None if bank is not None else BatteryConfig(n_batteries=n_batteries)
+            model, report = build_folded_container(
+                bank,
+                calibration=calibration,
+                implant=implant,
+                seed=train.seed,
+                latent_dim=latent_dim,
+                depth=depth,
+                battery_config=shape,
+                **overrides,
+            )
+            if report["spectral"] is not None:
+                init += f", spectral bottleneck ({report['spectral']['explained_variance']:.0%} of the frame variance)"
+            label = f"folded BatteryContainer[K={report['slots']}, {init}] (a GeoVAE)"
+        else:
+            overrides.update(latent_dim=latent_dim, routing=routing, top_k=top_k)
+            if bank is None:
+                overrides.setdefault("n_batteries", n_batteries)
+            model = build_container(
+                bank,
+                implant=implant,
+                seed=train.seed,
+                sectors=tuple(s for s in sectors.split(",") if s),
+                **overrides,
+            )
+            label = f"BatteryContainer[K={model.config.n_batteries}, {init}]"
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"container config: {exc}") from exc
-    label = f"BatteryContainer[K={model.config.n_batteries}, {'implanted' if implant else 'random init'}]"
     print_model_card(console, model, label)
     if train.steps == 0:
         return
     train.out = train.out or Path("runs") / "container"
-    train_and_report(console, model, label, train, images, callbacks=(container_phases(train.steps),))
+    align = FOLDED_ALIGN_FRACTION if layout == "folded" and implant else 0.1
+    phases = container_phases(train.steps, align_fraction=align)
+    train_and_report(console, model, label, train, images, callbacks=(phases,))
+
+
+def torch_cat(batches: list) -> Any:
+    """``torch.cat`` without importing torch at CLI import time."""
+    import torch
+
+    return torch.cat(batches)
 
 
 @app.command("export-linear")
@@ -242,7 +299,12 @@ def export_linear(
     console = Console()
     model = load_autoencoder(run)
     if not isinstance(model, BatteryContainer):
-        raise ConfigError(f"{run} holds a {model.model_type!r}, not a battery container")
+        hint = (
+            " (a folded container is a plain GeoVAE: it runs as one and has no linear export)"
+            if model.model_type == "geovae"
+            else ""
+        )
+        raise ConfigError(f"{run} holds a {model.model_type!r}, not a routed battery container{hint}")
     if image_size % model.patch_size:
         raise ConfigError(f"--image-size {image_size} is not a multiple of the patch size {model.patch_size}")
     x = to_model_space(heldout_tiles(load_sample_photos("heldout"), image_size, max_per_image=tiles))

@@ -1,5 +1,6 @@
 """Battery recipes: train a bank of K miniature SVD batteries, time it against a loop, build an
-implanted :class:`~pentachora.autoencoders.BatteryContainer` and check its linear export.
+implanted :class:`~pentachora.autoencoders.BatteryContainer` and check its linear export, or fold
+the batteries into a plain GeoVAE (:func:`build_folded_container`, the layout whose transfer pays).
 
 Used by ``pentachora train batteries|container``, ``pentachora export-linear`` and
 ``benchmarks/batteries.py``.
@@ -19,6 +20,8 @@ import torch
 from pentachora.autoencoders.battery import BatteryBank, BatteryConfig
 from pentachora.autoencoders.container import BatteryContainer, BatteryContainerConfig
 from pentachora.autoencoders.export import count_flops
+from pentachora.autoencoders.folded import folded_config, implant_batteries, spectral_bottleneck_init
+from pentachora.autoencoders.geovae import GeoVAE
 from pentachora.data.regimes import RegimeSource, parse_regimes
 from pentachora.recipes.autoencoders import GEOVAE_ALIGN_WEIGHTS, GEOVAE_HANDOFF_WEIGHTS, geovae_schedule
 from pentachora.training import PhaseCallback, TrainConfig, Trainer
@@ -27,8 +30,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ALIGN_WEIGHTS",
+    "FOLDED_ALIGN_FRACTION",
     "HANDOFF_WEIGHTS",
     "build_container",
+    "build_folded_container",
     "container_phases",
     "export_report",
     "time_batched_vs_loop",
@@ -273,6 +278,60 @@ def build_container(
             raise ValueError("implant=True needs a bank")
         model.implant(bank, sectors=sectors)
     return model
+
+
+#: Alignment-phase fraction of a folded container with implanted batteries: none. Its frames come
+#: from batteries trained under CV discipline and its bottleneck from their principal subspace, so
+#: the geometry-first phase has nothing to align and only pulls the implanted weights away
+#: (``benchmarks/results/folded_container.md`` measures both schedules).
+FOLDED_ALIGN_FRACTION = 0.0
+
+
+def build_folded_container(
+    bank: BatteryBank | None,
+    calibration: torch.Tensor | None = None,
+    implant: bool = True,
+    seed: int = 0,
+    indices: list[int] | None = None,
+    latent_dim: int = 15,
+    depth: int = 2,
+    spectral_scale: float = 0.5,
+    battery_config: BatteryConfig | None = None,
+    **overrides: Any,
+) -> tuple[GeoVAE, dict[str, Any]]:
+    """The folded battery container: a plain :class:`GeoVAE` that starts from the batteries.
+
+    Built under ``torch.manual_seed(seed)`` with :func:`~pentachora.autoencoders.folded.folded_config`
+    (the bank's shape, or ``battery_config`` without a bank), then — when ``implant`` — the batteries
+    ``indices`` (default all) folded into its encoder and decoder, and — when ``calibration`` images
+    are given — the bottleneck and inverse started at the principal subspace of the frames
+    (:func:`~pentachora.autoencoders.folded.spectral_bottleneck_init`).
+
+    Returns:
+        ``(model, report)``: report = ``slots``, ``batteries`` (or ``None``), ``spectral`` (the init's
+        report or ``None``), ``build_s`` (seconds spent implanting and initialising).
+
+    Raises:
+        ValueError: no bank and no ``battery_config``, ``implant`` without a bank, or a shape mismatch.
+    """
+    if bank is None and battery_config is None:
+        raise ValueError("a folded container needs a bank or a battery_config for its shape")
+    if implant and bank is None:
+        raise ValueError("implant=True needs a bank")
+    shape = bank.config if bank is not None else battery_config
+    n_slots = len(indices) if indices is not None else None
+    config = folded_config(shape, n_slots=n_slots, latent_dim=latent_dim, depth=depth, **overrides)
+    torch.manual_seed(seed)
+    model = GeoVAE(config)
+    t0 = time.perf_counter()
+    slots = config.V // shape.V
+    report: dict[str, Any] = {"slots": slots, "batteries": None, "spectral": None}
+    if implant:
+        report.update(implant_batteries(model, bank, indices))
+    if calibration is not None:
+        report["spectral"] = spectral_bottleneck_init(model, calibration, scale=spectral_scale)
+    report["build_s"] = time.perf_counter() - t0
+    return model, report
 
 
 @torch.no_grad()
