@@ -212,13 +212,25 @@ def reading(res: dict[str, Any]) -> list[str]:
         out.append("* No implanted variant reached the plain GeoVAE's final PSNR on every seed.")
         return out
     b = s[best]
-    met = b["fraction_max"] <= 0.5
+    if b["fraction_max"] <= 0.5:
+        verdict = "met on every seed"
+    elif b["fraction_mean"] <= 0.5:
+        verdict = f"met on average, missed on the worst seed ({b['fraction_max']:.2f}×)"
+    else:
+        verdict = "missed"
     out.append(
         f"* Best implanted variant: **{best}**, time to the plain GeoVAE's final PSNR {b['fraction_mean']:.2f}× "
         f"(worst seed {b['fraction_max']:.2f}×) of the plain GeoVAE's training time: the goal (≤ 0.5×) is "
-        f"{'met' if met else 'missed'}. It ends {b['final_psnr'] - ref['final_psnr']:+.2f} dB against the plain "
-        f"GeoVAE at {b['s_per_step'] / ref['s_per_step']:.2f}× its cost per step."
+        f"{verdict}. It ends {b['final_psnr'] - ref['final_psnr']:+.2f} dB against the plain GeoVAE at "
+        f"{b['s_per_step'] / ref['s_per_step']:.2f}× its cost per step."
     )
+    control = s.get("GeoVAE, no alignment phase")
+    if control:
+        out.append(
+            f"* Control: the plain GeoVAE on the implanted schedule (no alignment phase) reaches the target at "
+            f"{_f(control['fraction_mean'])}× and ends {control['final_psnr'] - ref['final_psnr']:+.2f} dB: that "
+            "much of the implanted model's lead is the schedule's, the rest is the batteries'."
+        )
     if s.get("folded, random"):
         fr = s["folded, random"]
         out.append(
@@ -299,7 +311,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default="", help="results file stem (default folded_container[_quick])")
+    p.add_argument(
+        "--render", type=Path, default=None, help="only re-render the markdown and PNG of this JSON"
+    )
     args = p.parse_args(argv)
+    if args.render is not None:
+        res = json.loads(args.render.read_text())
+        stem = args.render.with_suffix("")
+        md = markdown(res).replace("(folded_container.png)", f"({stem.name}.png)")
+        stem.with_suffix(".md").write_text(md)
+        plot(res, stem.with_suffix(".png"))
+        return
     if REFERENCE not in args.contenders:
         p.error(f"--contenders must include the reference {REFERENCE!r}")
     if args.quick:
