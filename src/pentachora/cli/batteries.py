@@ -209,6 +209,8 @@ def train_container(
 
     Example: pentachora train container --batteries bank.safetensors --data images --steps 500 --out runs/c
     """
+    import torch
+
     from pentachora.autoencoders.battery import BatteryBank, BatteryConfig
     from pentachora.errors import CheckpointError, ConfigError
     from pentachora.recipes.batteries import (
@@ -235,7 +237,7 @@ def train_container(
             if spectral:
                 images.check_patch(bank.config.patch_size if bank is not None else 8)
                 source = images.spec().train_source(train.batch_size, images.image_size, seed=train.seed)
-                calibration = torch_cat([source.batch(i) for i in range(calibration_batches)])
+                calibration = torch.cat([source.batch(i) for i in range(calibration_batches)])
             shape = None if bank is not None else BatteryConfig(n_batteries=n_batteries)
             model, report = build_folded_container(
                 bank,
@@ -271,13 +273,6 @@ def train_container(
     align = FOLDED_ALIGN_FRACTION if layout == "folded" and implant else 0.1
     phases = container_phases(train.steps, align_fraction=align)
     train_and_report(console, model, label, train, images, callbacks=(phases,))
-
-
-def torch_cat(batches: list) -> Any:
-    """``torch.cat`` without importing torch at CLI import time."""
-    import torch
-
-    return torch.cat(batches)
 
 
 @app.command("export-linear")
