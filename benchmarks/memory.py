@@ -33,6 +33,7 @@ mean-shift contender, contextual chunks vs concatenation, per-term gradient norm
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -522,6 +523,57 @@ def render_markdown(r: dict) -> str:
 SHORT_BUCKETS = ((8, 20), (21, 50), (51, 75), (76, 150), (151, 300))
 SHIFT_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 RESIDUAL_SCALES = (0.0, 0.5, 1.0, 1.5, 2.0)
+CHUNK_SHIFT_SCALES = (0.5, 0.75, 1.0)  # training-free mean-shift chunks (an untrained mean_shift model)
+
+
+PROBE_TEMPERATURE = 0.05
+
+
+def probe_tail_r1(held, sequences: torch.Tensor, mask: torch.Tensor) -> float:
+    """Tail R@1 of a sharp attention read (:func:`~pentachora.memory.metrics.attention_probe_recall`):
+    can the tail's teacher embedding, as a query, find its content among the sequence's positions?"""
+    from pentachora.memory.metrics import attention_probe_recall
+
+    valid, tail = held.tensors["has_tail"].bool(), held.tensors["tail"].float()
+    return attention_probe_recall(sequences, mask.bool(), tail, valid, temperature=PROBE_TEMPERATURE)
+
+
+def concat_sequences(held, native_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """compel-style ``(N, 77·k_max, H)`` float16 concatenations of every document's native windows (zero
+    padded) and their real-token mask, from the cached target-layer states."""
+    states, attn, offsets = held.tensors["states"], held.tensors["attention_mask"], held.seg_offsets
+    n, w, h = held.n_docs, states.shape[-2], states.shape[-1]
+    k = int((offsets[1:] - offsets[:-1]).max())
+    seqs = torch.zeros(n, k * w, h, dtype=torch.float16)
+    mask = torch.zeros(n, k * w, dtype=torch.bool)
+    for i in range(n):
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        seqs[i, : (b - a) * w] = states[a:b, native_index].reshape(-1, h).to(torch.float16)
+        mask[i, : (b - a) * w] = attn[a:b].reshape(-1).bool()
+    return seqs, mask
+
+
+def sequence_point(model, held, scale: float | None = None) -> dict:
+    """s_cos, tail R@1 from the sequence mean and from the attention probe of a memory model's
+    77-position output (at ``residual_scale = scale`` when given)."""
+    from pentachora.memory.metrics import recall_at_1
+    from pentachora.recipes.memory import memory_outputs
+
+    before = model.residual_scale
+    if scale is not None:
+        model.residual_scale = scale
+    try:
+        with torch.no_grad():
+            outs = memory_outputs(model, held, keep_sequences=True)
+    finally:
+        model.residual_scale = before
+    valid, tail = held.tensors["has_tail"].bool(), held.tensors["tail"].float()
+    return {
+        "scale": scale,
+        "s_cos": float(outs["s_cos"].mean()),
+        "seq_tail_r1": recall_at_1(outs["sequence_mean"], tail, valid),
+        "probe_tail_r1": probe_tail_r1(held, outs["sequence"], held.tensors["seq_mask"]),
+    }
 
 
 def mean_shift_curve(held, scales=SHIFT_SCALES) -> list[dict]:
@@ -543,6 +595,7 @@ def mean_shift_curve(held, scales=SHIFT_SCALES) -> list[dict]:
                 "scale": lam,
                 "s_cos": float(masked_sequence_cosine(seq, target, mask)),
                 "seq_tail_r1": recall_at_1(seq.mean(1), tail, valid),
+                "probe_tail_r1": probe_tail_r1(held, seq, mask),
             }
         )
     return out
@@ -641,7 +694,19 @@ def long_prompt_suite(argv: list[str] | None = None) -> dict:
         quality[name] = retrieval_metrics(outs["pooled"], held, outs["seq_mean"])
         quality[name]["s_cos"] = 1.0 if name in ("truncate", "concat") else math.nan
         quality[name]["sequence_positions"] = outs["seq_len"]
+    quality["truncate"]["probe_tail_r1"] = probe_tail_r1(
+        held, held.tensors["seq_target"], held.tensors["seq_mask"]
+    )
+    quality["concat"]["probe_tail_r1"] = probe_tail_r1(
+        held, *concat_sequences(held, config.native_state_index)
+    )
     chunks = {"concat": concat_chunk_metrics(held)}
+    for lam in CHUNK_SHIFT_SCALES:  # zero-initialised residual layers: native_i + ramp·λ·(m_all − m_i)
+        torch.manual_seed(0)
+        untrained = GeometricMemory(
+            dataclasses.replace(first.config, contextual_chunks=True, mean_shift=lam)
+        ).eval()
+        chunks[f"mean-shift λ={lam:g} (training-free)"] = evaluate_chunks(untrained, held)
     curves = {"mean-shift (training-free)": mean_shift_curve(held)}
     short = {"truncate / native": short_prompt_buckets(None, student, data.corpus.heldout, n_short)}
     grads, training = {}, {}
@@ -651,17 +716,19 @@ def long_prompt_suite(argv: list[str] | None = None) -> dict:
         model.attach_encoder(student)
         quality[label] = evaluate_memory(model, held)
         quality[label]["sequence_positions"] = float(model.config.seq_len)
+        quality[label]["probe_tail_r1"] = sequence_point(model, held)["probe_tail_r1"]
         training[label] = {**run_folder_training(path), "sequence_mode": model.config.sequence_mode,
                            "contextual_chunks": model.config.contextual_chunks,
-                           "seq_pool_weight": model.config.seq_pool_weight}  # fmt: skip
+                           "seq_pool_weight": model.config.seq_pool_weight,
+                           "mean_shift_init": model.config.mean_shift}  # fmt: skip
+        if hasattr(model, "shift"):
+            scale = model.shift.scale.detach()
+            training[label]["mean_shift_learned"] = {
+                "gate": float(model.shift.gate), "scale_mean": float(scale.mean()),
+                "scale_min": float(scale.min()), "scale_max": float(scale.max()),
+            }  # fmt: skip
         if model.config.sequence_mode == "residual":
-            pts = []
-            for scale in RESIDUAL_SCALES:
-                model.residual_scale = scale
-                ev = evaluate_memory(model, held)
-                pts.append({"scale": scale, "s_cos": ev["s_cos"], "seq_tail_r1": ev["seq_tail_r1"]})
-            model.residual_scale = 1.0
-            curves[f"{label} (residual × scale)"] = pts
+            curves[f"{label} (residual × scale)"] = [sequence_point(model, held, s) for s in RESIDUAL_SCALES]
         if model.config.contextual_chunks:
             chunks[label] = evaluate_chunks(model, held)
         short[label] = short_prompt_buckets(model, student, data.corpus.heldout, n_short)
@@ -671,6 +738,10 @@ def long_prompt_suite(argv: list[str] | None = None) -> dict:
             "trained": loss_gradient_norms(model, batch),
             "init": loss_gradient_norms(fresh, batch),
         }
+    throughput = {}
+    if not args.no_throughput:  # the first model's architecture (every variant of it costs the same)
+        throughput = measure_throughput(next(iter(models.values()))[0], data.corpus.heldout[: args.throughput_docs],
+                                        args.threads)  # fmt: skip
     previous = ROOT / "benchmarks" / "results" / "memory.json"
     earlier = {}
     if previous.is_file():
@@ -698,6 +769,7 @@ def long_prompt_suite(argv: list[str] | None = None) -> dict:
         "earlier_points": earlier,
         "short_prompts": short,
         "gradient_norms_at_bank": grads,
+        "throughput": throughput,
         "training": training,
         "benchmark_wall_s": time.perf_counter() - t0,
     }
@@ -711,42 +783,44 @@ def long_prompt_suite(argv: list[str] | None = None) -> dict:
 
 
 def plot_tradeoff(r: dict, path: Path) -> None:
+    """Two panels, tail R@1 against s_cos: from the sequence mean (left) and from the attention probe."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    ax.axhspan(0.9, 1.02, xmin=0, xmax=1, color="none")
-    ax.fill_between(
-        [0.73, 1.01], 0.9, 1.02, color="tab:green", alpha=0.12, label="goal (s_cos ≥ 0.73, tail R@1 ≥ 0.9)"
-    )
-    for (name, pts), marker in zip(r["curves"].items(), "os^vD<>", strict=False):
-        xs, ys = [p["s_cos"] for p in pts], [p["seq_tail_r1"] for p in pts]
-        ax.plot(xs, ys, marker=marker, label=name)
-        for p in pts:
-            ax.annotate(
-                f"{p['scale']:g}",
-                (p["s_cos"], p["seq_tail_r1"]),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
-    for name, p in r["earlier_points"].items():
-        ax.scatter([p["s_cos"]], [p["seq_tail_r1"]], marker="x", s=60, label=name)
     q = r["quality"]
-    ax.scatter([1.0], [q["concat"]["seq_tail_r1"]], marker="*", s=120, color="k",
-               label=f"(c) concat ({q['concat']['sequence_positions']:.0f} positions)")  # fmt: skip
-    ax.scatter(
-        [1.0], [q["truncate"]["seq_tail_r1"]], marker="P", s=80, color="grey", label="(a) truncate (77)"
-    )
-    ax.set_xlabel("s_cos to the native first window (content positions)")
-    ax.set_ylabel("tail R@1 from the 77-position sequence mean")
-    ax.set_title("77 positions: carrying the tail vs keeping the format (held-out wiki)")
-    ax.set_xlim(0.5, 1.01)
-    ax.set_ylim(0.0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    for ax, key, title in (
+        (axes[0], "seq_tail_r1", "tail R@1 from the 77-position sequence mean"),
+        (axes[1], "probe_tail_r1", f"tail R@1 from an attention probe (τ={PROBE_TEMPERATURE:g})"),
+    ):
+        ax.fill_between([0.73, 1.01], 0.9, 1.02, color="tab:green", alpha=0.12,
+                        label="goal (s_cos ≥ 0.73, tail R@1 ≥ 0.9)")  # fmt: skip
+        for (name, pts), marker in zip(r["curves"].items(), "os^vD<>", strict=False):
+            pts = [p for p in pts if p.get(key) is not None]
+            if not pts:
+                continue
+            ax.plot([p["s_cos"] for p in pts], [p[key] for p in pts], marker=marker, label=name)
+            for p in pts:
+                ax.annotate(f"{p['scale']:g}", (p["s_cos"], p[key]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")  # fmt: skip
+        if key == "seq_tail_r1":
+            for name, p in r["earlier_points"].items():
+                ax.scatter([p["s_cos"]], [p["seq_tail_r1"]], marker="x", s=60, label=name)
+        if q["concat"].get(key) is not None:
+            ax.scatter([1.0], [q["concat"][key]], marker="*", s=120, color="k",
+                       label=f"(c) concat ({q['concat']['sequence_positions']:.0f} positions)")  # fmt: skip
+        if q["truncate"].get(key) is not None:
+            ax.scatter([1.0], [q["truncate"][key]], marker="P", s=80, color="grey", label="(a) truncate (77)")
+        ax.set_xlabel("s_cos to the native first window (content positions)")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlim(0.5, 1.01)
+        ax.set_ylim(0.0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0].set_ylabel("tail R@1 (held-out wiki)")
+    fig.suptitle("77 positions: carrying the tail vs keeping the format")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -789,6 +863,7 @@ def render_long_markdown(r: dict, png: str) -> str:
     ]
     rows = [
         ("tail R@1 (sequence mean) ↑", "seq_tail_r1", "{:.3f}"),
+        (f"tail R@1 (attention probe, τ={PROBE_TEMPERATURE:g}) ↑", "probe_tail_r1", "{:.3f}"),
         ("s_cos vs native first window ↑", "s_cos", "{:.3f}"),
         ("tail R@1 (pooled) ↑", "tail_r1", "{:.3f}"),
         ("teacher cosine (pooled) ↑", "pooled_cos", "{:.4f}"),
@@ -798,11 +873,53 @@ def render_long_markdown(r: dict, png: str) -> str:
     for label, key, fmt in rows:
         cells = [_fmt(q[m].get(key), fmt) for m in ("truncate", "window_mean", "concat", *labels)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"![trade-off]({png})", "", "Trade-off points (s_cos, tail R@1):", ""]
+    tp = r.get("throughput") or {}
+    if tp:
+        first_label = labels[0] if labels else "memory"
+        lines.append(
+            "| docs/s from raw text (ratio to concat) | "
+            + " | ".join(
+                f"{tp[m]['docs_per_s']:.2f} ({tp[m]['ratio_to_concat']:.2f}×)" if m in tp else "—"
+                for m in ("truncate", "window_mean", "concat", "memory")
+            )
+            + " |"
+            + " (same architecture) |" * (len(labels) - 1)
+        )
+        lines.append(
+            "| peak RSS while encoding, above the loaded process (MiB) | "
+            + " | ".join(
+                f"+{tp[m]['peak_rss_increase_mib']:.0f}" if m in tp else "—"
+                for m in ("truncate", "window_mean", "concat", "memory")
+            )
+            + " |"
+            + " |" * (len(labels) - 1)
+        )
+        lines += [
+            "",
+            f"Throughput: the first {tp['concat']['docs']:.0f} held-out documents from raw text "
+            f"(tokenisation + frozen encoder + method), each method in its own process, 3 interleaved rounds, "
+            f"median pass; the memory column is {first_label}'s architecture. Only ratios are meaningful.",
+        ]
+    lines += [
+        "",
+        "*Attention probe*: each held-out tail's teacher embedding, as a query, reads every candidate "
+        f"sequence by softmax(cos / {PROBE_TEMPERATURE:g}) over its positions; a hit when the document's own "
+        "sequence gives the read closest to the query. A sharp read finds content held at a few positions "
+        "(what a cross-attention query can attend to), which the sequence *mean* dilutes; a shift shared "
+        "by every position moves every read by itself, as it moves a cross-attention output by W_v·shift.",
+        "",
+        f"![trade-off]({png})",
+        "",
+        "Trade-off points (s_cos, tail R@1 from the mean, tail R@1 from the probe):",
+        "",
+    ]
     for name, pts in r["curves"].items():
         lines.append(
             f"- {name}: "
-            + "; ".join(f"{p['scale']:g} → ({p['s_cos']:.3f}, {p['seq_tail_r1']:.3f})" for p in pts)
+            + "; ".join(
+                f"{p['scale']:g} → ({p['s_cos']:.3f}, {p['seq_tail_r1']:.3f}, {_fmt(p.get('probe_tail_r1'), '{:.3f}')})"
+                for p in pts
+            )
         )
     for name, p in r["earlier_points"].items():
         lines.append(f"- {name}: ({p['s_cos']:.3f}, {p['seq_tail_r1']:.3f})")
@@ -841,7 +958,15 @@ def render_long_markdown(r: dict, png: str) -> str:
     for label, tr in r["training"].items():
         lines.append(
             f"- {label}: sequence_mode={tr['sequence_mode']}, contextual_chunks={tr['contextual_chunks']}, "
-            f"seq_pool_weight={tr['seq_pool_weight']}; {tr.get('steps') or 0:.0f} steps in {tr.get('wall_s') or 0:.0f} s. "
+            f"seq_pool_weight={tr['seq_pool_weight']}, mean_shift={tr.get('mean_shift_init', 0.0):g}"
+            + (
+                " (trained gate λ {gate:.3f}, channel scale {scale_mean:.3f} [{scale_min:.2f}, {scale_max:.2f}])".format(
+                    **tr["mean_shift_learned"]
+                )
+                if "mean_shift_learned" in tr
+                else ""
+            )
+            + f"; {tr.get('steps') or 0:.0f} steps in {tr.get('wall_s') or 0:.0f} s. "
             f"Command: `{tr.get('command', '?')}`"
         )
     lines.append("")

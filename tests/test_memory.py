@@ -23,6 +23,7 @@ from pentachora.memory.cache import (
     segment_features,
 )
 from pentachora.memory.metrics import (
+    attention_probe_recall,
     in_batch_accuracy,
     masked_sequence_cosine,
     procrustes_alignment_loss,
@@ -385,6 +386,26 @@ def test_metrics():
     rep = convergence_order(history)
     assert rep["cv_lock_step"] == 20 and rep["m_acc_climb_step"] == 30 and rep["s_cos_climb_step"] == 40
     assert rep["order"] == ["cv_lock", "m_acc_climb", "s_cos_climb"] and rep["seed_order_holds"] is True
+
+
+def test_attention_probe_finds_content_at_one_position_that_the_mean_hides():
+    g = torch.Generator().manual_seed(0)
+    n, length, h = 24, 64, 32
+    queries = torch.randn(n, h, generator=g)
+    seqs = torch.randn(n, length, h, generator=g)
+    where = torch.randint(0, length, (n,), generator=g)
+    seqs[torch.arange(n), where] = queries * 3  # each sequence holds its query at one position
+    mask = torch.ones(n, length, dtype=torch.bool)
+    assert attention_probe_recall(seqs, mask, queries) == 1.0
+    assert recall_at_1(seqs.mean(1), queries) < 0.9  # the mean dilutes it among 63 noise positions
+    hidden = mask.clone()
+    hidden[torch.arange(n), where] = False  # the same content at positions the mask excludes
+    assert attention_probe_recall(seqs, hidden, queries) < 0.5
+    valid = torch.zeros(n, dtype=torch.bool)
+    valid[:1] = True
+    assert math.isnan(attention_probe_recall(seqs, mask, queries, valid))
+    with pytest.raises(ValueError, match="need sequences"):
+        attention_probe_recall(seqs.mean(1), mask, queries)
 
 
 # ----------------------------------------------------------------------------- offline guarantee

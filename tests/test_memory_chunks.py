@@ -11,7 +11,7 @@ import torch
 from pentachora.errors import CheckpointError, ConfigError
 from pentachora.memory import GeometricMemory, MemoryConfig, Segmenter
 from pentachora.memory.cache import segment_features
-from pentachora.memory.chunks import tail_ramp
+from pentachora.memory.chunks import tail_ramp, window_mean_shift
 
 pytestmark = pytest.mark.usefixtures("one_thread", "offline")
 
@@ -81,10 +81,11 @@ def test_tail_ramp_is_zero_for_one_window_and_continuous_after():
         assert float(tail_ramp(attention, segs, w)) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("shift", [0.0, 0.75])
 @pytest.mark.parametrize("kind", ["tiny-bert", "tiny-clip"])
-def test_short_prompts_come_out_as_the_native_sequence(kind, bert, clip):
+def test_short_prompts_come_out_as_the_native_sequence(kind, shift, bert, clip):
     enc = bert if kind == "tiny-bert" else clip
-    model = trained_looking(config(kind))
+    model = trained_looking(config(kind, mean_shift=shift))
     prompts = [words(5, 1), words(40, 2), words(75, 3)]  # all fit one window
     out = model.encode(prompts, encoder=enc)
     native, mask = enc.native_sequence(prompts)
@@ -103,6 +104,54 @@ def test_short_prompts_come_out_as_the_native_sequence(kind, bert, clip):
     long_native, long_mask = enc.native_sequence([words(300, 4)])
     lm = long_mask.bool()
     assert (mixed.sequence[1:][lm] - long_native[lm]).abs().max() > 1e-2
+
+
+def test_window_mean_shift_is_the_whole_prompt_mean_minus_each_window_mean():
+    torch.manual_seed(0)
+    native = torch.randn(3, 4, 77, H)
+    attention = torch.zeros(3, 4, 77, dtype=torch.long)
+    segs = torch.zeros(3, 4, dtype=torch.bool)
+    for row, lengths in enumerate(([77], [77, 40], [77, 77, 77, 9])):
+        for k, n in enumerate(lengths):
+            attention[row, k, :n] = 1
+            segs[row, k] = True
+    shift = window_mean_shift(native, attention, segs)
+    assert shift.shape == (3, 4, H)
+    assert (shift[0] == 0).all()  # one window: nothing to shift toward
+    assert (shift[1, 2:] == 0).all() and (shift[2, 4:] == 0).all()  # absent windows
+    for row in (1, 2):
+        real = attention[row].bool()
+        whole = native[row][real].mean(0)
+        for k in range(int(segs[row].sum())):
+            own = native[row, k][real[k]].mean(0)
+            torch.testing.assert_close(shift[row, k], whole - own, atol=1e-5, rtol=1e-5)
+
+
+def test_mean_shift_at_init_is_the_training_free_contender(bert):
+    """A fresh model with ``mean_shift = λ`` outputs ``native + ramp·λ·(m_all − m_i)``: the benchmark's
+    training-free mean-shift point, before any training."""
+    torch.manual_seed(0)
+    lam = 0.75
+    model = GeometricMemory(config(mean_shift=lam)).eval()
+    ids = [token_ids(n) for n in (30, 110, 260)]
+    batch, sb, feats = model_batch(bert, ids)
+    with torch.no_grad():
+        out = model(batch)
+    native = feats["target"]
+    ramp = tail_ramp(sb.attention_mask, sb.segment_mask, 77)
+    real = sb.attention_mask.bool() & sb.segment_mask.unsqueeze(-1)
+    for row in range(3):
+        whole = native[row][real[row]].mean(0)
+        first = native[row, 0][real[row, 0]].mean(0)
+        expected = native[row, 0] + float(ramp[row]) * lam * (whole - first)
+        torch.testing.assert_close(out.sequence[row], expected, atol=1e-5, rtol=1e-5)
+        chunks = out.chunks[row].view(-1, 77, H)
+        for k in range(int(sb.segment_mask[row].sum())):
+            own = native[row, k][real[row, k]].mean(0)
+            expected_k = native[row, k] + float(ramp[row]) * lam * (whole - own)
+            torch.testing.assert_close(chunks[k], expected_k, atol=1e-5, rtol=1e-5)
+    assert float(ramp[0]) == 0.0  # the one-window text is its native window
+    torch.testing.assert_close(out.sequence[0], native[0, 0], atol=1e-6, rtol=1e-6)
 
 
 def test_residual_scale_zero_is_truncation(bert):
@@ -164,9 +213,10 @@ def test_padding_changes_nothing(bert):
         torch.testing.assert_close(out.chunks[:, : 2 * 77] * m, ref.chunks * m, atol=1e-5, rtol=1e-5)
 
 
-def test_losses_and_gradients_reach_the_chunks_and_the_bank(bert):
+@pytest.mark.parametrize("shift", [0.0, 0.5])
+def test_losses_and_gradients_reach_the_chunks_and_the_bank(shift, bert):
     torch.manual_seed(0)
-    model = GeometricMemory(config(seq_pool_weight=1.0))  # fresh: zero-initialised residual layers
+    model = GeometricMemory(config(seq_pool_weight=1.0, mean_shift=shift))  # fresh: zero-init residual
     batch, _, _ = model_batch(bert, [token_ids(n) for n in (30, 90, 170, 250)])
     batch["teacher"] = torch.randn(4, H)
     batch["seq_target"] = batch["states"][:, 0, -1].clone()
@@ -175,7 +225,10 @@ def test_losses_and_gradients_reach_the_chunks_and_the_bank(bert):
     s = out.scalars()
     for key in ("loss", "seq_loss", "seq_pool", "chunk_loss", "chunk_ctx", "chunk_s_cos", "s_cos"):
         assert key in s and math.isfinite(s[key]), key
-    assert s["s_cos"] == pytest.approx(1.0, abs=1e-5) and s["chunk_s_cos"] == pytest.approx(1.0, abs=1e-5)
+    if shift == 0:  # the zero-initialised residual is the native sequence
+        assert s["s_cos"] == pytest.approx(1.0, abs=1e-5) and s["chunk_s_cos"] == pytest.approx(1.0, abs=1e-5)
+    else:  # the shift moves long texts off it, a little
+        assert 0.9 < s["s_cos"] < 1.0 - 1e-6 and 0.9 < s["chunk_s_cos"] < 1.0 - 1e-6
     out.loss.backward()
     grads = dict(model.named_parameters())
     for name in (
@@ -183,6 +236,7 @@ def test_losses_and_gradients_reach_the_chunks_and_the_bank(bert):
         "reconstructor.out.weight",
         "bank.gru.weight_hh",
         "fusion.proj.weight",
+        *(("shift.gate", "shift.scale") if shift else ()),
     ):
         assert grads[name].grad is not None and grads[name].grad.abs().sum() > 0, name
 
@@ -226,6 +280,10 @@ def test_config_checks():
         config(sequence_mode="magic")
     with pytest.raises(ConfigError, match="native_state_index"):
         config(native_state_index=5)
+    with pytest.raises(ConfigError, match="mean_shift must be"):
+        config(mean_shift=-0.5)
+    with pytest.raises(ConfigError, match="mean_shift > 0 needs"):
+        config(mean_shift=0.5, sequence_mode="reconstruct", contextual_chunks=False)
     model = GeometricMemory(config(native_state_index=None))
     states = torch.zeros(1, 1, 2, 77, H)
     with pytest.raises(ConfigError, match="native"):
@@ -241,9 +299,9 @@ def test_config_checks():
 
 def test_every_trainable_parameter_is_on_exactly_one_side_of_the_two_phase_split(bert):
     """The two-phase modes freeze by prefix: a parameter on neither side would train in every phase."""
-    model = GeometricMemory(config())
+    model = GeometricMemory(config(mean_shift=0.5))
     sides = (GeometricMemory.BANK_PREFIXES, GeometricMemory.RECONSTRUCTOR_PREFIXES)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert any(n.startswith("chunker.") for n in names)
+    assert any(n.startswith("chunker.") for n in names) and "shift.gate" in names
     for name in names:
         assert sum(name.startswith(prefixes) for prefixes in sides) == 1, name

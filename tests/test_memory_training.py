@@ -232,3 +232,37 @@ def test_long_prompt_suite_helpers_on_a_tiny_cache(tmp_path, corpus_file):
     rows = bench.short_prompt_buckets(model, data.encoder, data.corpus.heldout, n_docs=4)
     assert [r["bucket"] for r in rows][:3] == ["8-20", "21-50", "51-75"]
     assert all(r["s_cos"] == pytest.approx(1.0, abs=1e-4) for r in rows)  # untrained residual = native
+
+
+def test_evaluation_reads_the_sequence_the_model_outputs_and_the_probe_helpers(tmp_path, corpus_file):
+    """memory_outputs (every benchmark number) must see the same 77 positions as forward — mean shift
+    included — and the suite's probe helpers run on a real cache."""
+    import importlib.util
+    from pathlib import Path
+
+    from pentachora.recipes.memory import memory_outputs
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory.py"
+    spec = importlib.util.spec_from_file_location("bench_memory_probe", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = tiny(sequence_mode="residual", native_state_index=-1, mean_shift=0.75)
+    data = prepare_memory_data(config, f"text:{corpus_file}", cache_root=tmp_path / "cache", progress=False)
+    held = data.heldout
+    torch.manual_seed(0)
+    model = GeometricMemory(config).eval()
+    outs = memory_outputs(model, held, keep_sequences=True)
+    with torch.no_grad():
+        ref = model(held.batch(torch.arange(held.n_docs), with_targets=False)).sequence
+    torch.testing.assert_close(outs["sequence"], ref, atol=1e-5, rtol=1e-5)
+    assert outs["sequence_mean"].shape == (held.n_docs, config.hidden_size)
+    point = bench.sequence_point(model, held, scale=0.0)
+    assert point["s_cos"] == pytest.approx(1.0, abs=1e-4) and model.residual_scale == 1.0  # restored
+    seqs, mask = bench.concat_sequences(held, -1)
+    counts = (held.seg_offsets[1:] - held.seg_offsets[:-1]).tolist()
+    assert seqs.shape[1] == 77 * max(counts) and mask.sum(1).tolist() == [
+        int(held.tensors["attention_mask"][int(a) : int(b)].sum())
+        for a, b in zip(held.seg_offsets[:-1], held.seg_offsets[1:], strict=True)
+    ]
+    r1 = bench.probe_tail_r1(held, seqs, mask)
+    assert math.isnan(r1) or 0.0 <= r1 <= 1.0

@@ -7,6 +7,13 @@ learned residual read from the memory of the whole prompt::
     ramp         (B,)     clamp(tokens after the first window / content window, 0, 1)
     chunk_i    = native_i + ramp · Out(CrossAttn(In(LN(native_i)) + PE + e_seg[i], context))
 
+With ``mean_shift > 0`` (:class:`MeanShift`) the residual also carries a *shift toward the whole
+prompt*: ``λ · s ⊙ (m_all − m_i)``, the token mean of every window's native sequence minus window i's
+own, at every position of window i (learned gate λ, initialised to ``mean_shift``, and per-channel
+scale ``s``, initialised to 1). With λ = 1 the window's token mean *is* the concatenation's token mean;
+a constant shift leaves each cross-attention's weights unchanged (it adds the same logit to every
+position) and adds ``W_v·shift`` to its output — the whole prompt as a bias every query reads.
+
 ``context`` is the memory the bank built from every window (memory tokens, bank entries, anchors and
 all content tokens), so window i's chunk can carry the other windows' content; ``Out`` starts at
 zero, so an untrained model *is* compel-style concatenation.
@@ -28,7 +35,7 @@ from torch import nn
 
 from pentachora.memory.reconstructor import _CrossBlock, sinusoidal_positions
 
-__all__ = ["ContextualChunks", "tail_ramp"]
+__all__ = ["ContextualChunks", "MeanShift", "tail_ramp", "window_mean_shift"]
 
 SPECIALS_PER_WINDOW = 2  # BOS/EOS (CLIP) or CLS/SEP (BERT): the same assumption as MemoryConfig.max_segments
 
@@ -50,6 +57,49 @@ def tail_ramp(attention_mask: torch.Tensor, segment_mask: torch.Tensor, window: 
     tokens = (attention_mask[:, 1:].bool() & seg.unsqueeze(-1)).sum((1, 2))
     content = (tokens - SPECIALS_PER_WINDOW * seg.sum(1)).clamp_min(0).float()
     return (content / float(window - SPECIALS_PER_WINDOW)).clamp(0.0, 1.0)
+
+
+def window_mean_shift(
+    native: torch.Tensor, attention_mask: torch.Tensor, segment_mask: torch.Tensor
+) -> torch.Tensor:
+    """``(B, S, H)``: the token mean of every real window minus each window's own token mean.
+
+    Means are over real tokens (specials included, as the feature cache's ``window_target_sum``), so
+    row 0 is ``concat_mean − first_mean`` of the benchmark's training-free mean-shift contender.
+    Single-window prompts and absent windows get 0.
+
+    Args:
+        native: ``(B, S, W, H)`` native window sequences.
+        attention_mask: ``(B, S, W)`` real tokens.
+        segment_mask: ``(B, S)`` real windows.
+    """
+    tokens = (attention_mask.bool() & segment_mask.bool().unsqueeze(-1)).to(native.dtype)  # (B, S, W)
+    sums = (native * tokens.unsqueeze(-1)).sum(2)  # (B, S, H)
+    counts = tokens.sum(2)  # (B, S)
+    own = sums / counts.clamp_min(1.0).unsqueeze(-1)
+    whole = sums.sum(1) / counts.sum(1).clamp_min(1.0).unsqueeze(-1)  # (B, H)
+    keep = segment_mask.to(native.dtype).unsqueeze(-1)
+    return (whole.unsqueeze(1) - own) * keep
+
+
+class MeanShift(nn.Module):
+    """``λ · s ⊙ shift``: the learned gate λ (a scalar, initialised to ``init``) and per-channel scale
+    ``s`` (``(H,)``, initialised to 1) of :func:`window_mean_shift`.
+
+    Args:
+        hidden: Encoder width H.
+        init: Initial λ (0.75 keeps the first window's s_cos ≈ 0.95 on MiniLM with tail R@1 ≈ 0.93 —
+            ``benchmarks/results/memory_long.md``).
+    """
+
+    def __init__(self, hidden: int, init: float) -> None:
+        super().__init__()
+        self.gate = nn.Parameter(torch.tensor(float(init)))
+        self.scale = nn.Parameter(torch.ones(hidden))
+
+    def forward(self, shift: torch.Tensor) -> torch.Tensor:
+        """``shift (..., H)`` → the gated, scaled shift of the same shape."""
+        return self.gate * self.scale * shift
 
 
 class ContextualChunks(nn.Module):
@@ -95,6 +145,7 @@ class ContextualChunks(nn.Module):
         context_mask: torch.Tensor,
         ramp: torch.Tensor,
         segment_mask: torch.Tensor,
+        shift: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-window chunks.
 
@@ -104,6 +155,8 @@ class ContextualChunks(nn.Module):
             context_mask: ``(B, T)`` bool, True for real entries.
             ramp: ``(B,)`` residual scale (:func:`tail_ramp`).
             segment_mask: ``(B, S)`` real windows (absent ones come out as zeros).
+            shift: ``(B, S, H)`` optional per-window shift added to every position of the residual
+                (:class:`MeanShift` of :func:`window_mean_shift`).
 
         Returns:
             ``(B, S, W, H)``: ``native + ramp · residual`` on real windows, 0 elsewhere.
@@ -115,5 +168,7 @@ class ContextualChunks(nn.Module):
         for blk in self.blocks:
             x = blk(x, context, pad)
         delta = self.out(self.out_norm(x)).view(b, s, w, h)
+        if shift is not None:
+            delta = delta + shift.to(delta.dtype).unsqueeze(2)
         keep = segment_mask.to(native.dtype).view(b, s, 1, 1)
         return (native + ramp.to(native.dtype).view(b, 1, 1, 1) * delta) * keep

@@ -24,6 +24,7 @@ __all__ = [
     "masked_sequence_cosine",
     "paired_cosine",
     "procrustes_alignment_loss",
+    "attention_probe_recall",
     "recall_at_1",
 ]
 
@@ -50,6 +51,58 @@ def recall_at_1(queries: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor |
     sims = _unit(queries) @ _unit(keys).T
     hits = sims.argmax(dim=1) == torch.arange(sims.shape[0], device=sims.device)
     return float(hits.float().mean())
+
+
+def attention_probe_recall(
+    sequences: torch.Tensor,
+    mask: torch.Tensor,
+    queries: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    temperature: float = 0.05,
+    block: int = 16,
+) -> float:
+    """R@1 of a cross-attention-like read: can query j *find* its content among sequence i's positions?
+
+    For every pair (i, j): weights ``a = softmax_p(cos(x_ip, q_j) / τ)`` over sequence i's real
+    positions, read ``r_ij = Σ_p a_p x_ip``, score ``cos(r_ij, q_j)``; a hit when sequence i scores
+    its own query highest. Unlike the cosine of the sequence *mean*, a sharp read (small τ) rewards
+    positions that carry the query's content — what a UNet's cross-attention query can attend to. A
+    shift shared by every position leaves the weights unchanged and moves every read by itself, as it
+    moves a cross-attention output by ``W_v·shift``; the metric sees it, as the UNet does.
+
+    Args:
+        sequences: ``(N, L, H)`` (zero-padded to a common L).
+        mask: ``(N, L)`` bool, real positions.
+        queries: ``(N, H)`` paired with ``sequences`` (e.g. the teacher embedding of each tail).
+        valid: optional ``(N,)`` bool; only these rows are sequences *and* candidates.
+        temperature: τ of the read (0.05: sharp).
+        block: Sequences per block (memory: ``block·N·L`` weights at a time).
+
+    Returns:
+        R@1 in [0, 1] (``nan`` when fewer than 2 rows are valid).
+    """
+    if sequences.ndim != 3 or mask.shape != sequences.shape[:2] or queries.shape[0] != sequences.shape[0]:
+        raise ValueError(
+            f"need sequences (N, L, H), mask (N, L), queries (N, H); got {tuple(sequences.shape)}, "
+            f"{tuple(mask.shape)}, {tuple(queries.shape)}"
+        )
+    if valid is not None:
+        sequences, mask, queries = sequences[valid], mask[valid], queries[valid]
+    n = sequences.shape[0]
+    if n < 2:
+        return math.nan
+    q = _unit(queries)  # (N, H)
+    hits = 0
+    for start in range(0, n, block):
+        x = sequences[start : start + block].float()  # (b, L, H)
+        m = mask[start : start + block].bool()
+        logits = torch.einsum("blh,jh->bjl", _unit(x), q) / temperature
+        logits = logits.masked_fill(~m.unsqueeze(1), float("-inf"))
+        reads = torch.einsum("bjl,blh->bjh", logits.softmax(-1), x)  # (b, N, H)
+        scores = (_unit(reads) * q.unsqueeze(0)).sum(-1)  # (b, N)
+        own = torch.arange(start, start + x.shape[0], device=scores.device)
+        hits += int((scores.argmax(1) == own).sum())
+    return hits / n
 
 
 def in_batch_accuracy(queries: torch.Tensor, keys: torch.Tensor, batch_size: int = 32) -> float:

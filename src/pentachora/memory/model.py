@@ -49,6 +49,10 @@ Two sequence modes (``sequence_mode``):
   layer starting at zero and ``ramp`` = 0 for single-window prompts (see
   :mod:`pentachora.memory.chunks`): short prompts come out as the encoder's native sequence by
   construction, and the memory can only *add* the rest of the text to the first window.
+  ``mean_shift = λ > 0`` adds a learned shift toward the whole prompt's token mean to the residual
+  (:class:`~pentachora.memory.chunks.MeanShift`; the chunks get it too): at init the output is the
+  training-free mean-shift point, so the learned memory starts on that frontier instead of at
+  truncation.
 
 ``contextual_chunks=True`` adds ``chunks (B, S·W, H)`` — one native-format sequence per window, each
 with a residual read from the memory of the whole prompt — a drop-in for compel's concatenated
@@ -73,7 +77,7 @@ from torch import nn
 from pentachora.errors import ConfigError
 from pentachora.geometry import cv_loss, cv_metric, target_cv
 from pentachora.memory.bank import BankState, DepthProfileFusion, MemoryBank
-from pentachora.memory.chunks import ContextualChunks, tail_ramp
+from pentachora.memory.chunks import ContextualChunks, MeanShift, tail_ramp, window_mean_shift
 from pentachora.memory.metrics import masked_sequence_cosine, procrustes_alignment_loss
 from pentachora.memory.reconstructor import SequenceReconstructor
 from pentachora.modeling import ModelOutput, PentachoraModel, Presets, register_model
@@ -160,6 +164,9 @@ class MemoryConfig(Presets):
         chunk_layers: Cross-attention layers of the contextual-chunk residual.
         chunk_weight: Weight of the chunks' per-window format loss.
         chunk_ctx_weight: Weight of the chunk-mean ↔ whole-text teacher term.
+        mean_shift: Initial gate λ of the learned shift toward the whole prompt's token mean, added to
+            the residual sequence and the chunks (0 = no shift path; needs ``residual`` mode or
+            contextual chunks).
     """
 
     preset_family = "memory"  # presets: PRESETS below, `MemoryConfig.preset("minilm-tiny", max_segments=16)`
@@ -207,6 +214,7 @@ class MemoryConfig(Presets):
     chunk_layers: int = 1
     chunk_weight: float = 1.0
     chunk_ctx_weight: float = 1.0
+    mean_shift: float = 0.0
 
     def __post_init__(self) -> None:
         self.extraction_layers = tuple(int(i) for i in self.extraction_layers)
@@ -241,6 +249,10 @@ class MemoryConfig(Presets):
             -len(self.extraction_layers) <= self.native_state_index < len(self.extraction_layers)
         ):
             problems.append(f"native_state_index {self.native_state_index} is not an extraction-layer index")
+        if not (math.isfinite(self.mean_shift) and self.mean_shift >= 0):
+            problems.append(f"mean_shift must be a finite number >= 0, got {self.mean_shift}")
+        elif self.mean_shift > 0 and not self.needs_native:
+            problems.append("mean_shift > 0 needs sequence_mode='residual' or contextual_chunks=True")
         if problems:
             raise ConfigError("invalid MemoryConfig: " + "; ".join(problems))
 
@@ -397,6 +409,8 @@ class GeometricMemory(PentachoraModel):
                 ffn_mult=c.ffn_mult,
                 dropout=c.dropout,
             )
+        if c.mean_shift > 0:
+            self.shift = MeanShift(c.hidden_size, c.mean_shift)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(c.temperature_init)))
         self.residual_scale = 1.0  # inference knob of the residual mode (1 = as trained; 0 = native)
         self.loss_weights: dict[str, float] = {k: float(getattr(c, k)) for k in LOSS_WEIGHTS}
@@ -412,7 +426,7 @@ class GeometricMemory(PentachoraModel):
         "log_temperature",
     )
     # the sequence side: every parameter that is not the bank side (the two-phase modes freeze by these)
-    RECONSTRUCTOR_PREFIXES: ClassVar[tuple[str, ...]] = ("reconstructor.", "chunker.")
+    RECONSTRUCTOR_PREFIXES: ClassVar[tuple[str, ...]] = ("reconstructor.", "chunker.", "shift.")
 
     def param_groups(
         self, lr: float, weight_decay: float = 0.01, *, bank_lr_scale: float = 1.0
@@ -517,6 +531,7 @@ class GeometricMemory(PentachoraModel):
         state: BankState,
         native: torch.Tensor | None = None,
         ramp: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``(B, L, H)`` sequence from the bank state.
 
@@ -524,6 +539,8 @@ class GeometricMemory(PentachoraModel):
             state: The bank state.
             native: ``(B, S, W, H)`` native window sequences (``residual`` mode only).
             ramp: ``(B,)`` residual scale (``residual`` mode only; :func:`tail_ramp`).
+            shift: ``(B, H)`` optional shift added to every position of the residual (``residual``
+                mode only; the first window's row of :meth:`window_shifts`).
         """
         context, mask = self.context(state)
         out = self.reconstructor(context, mask)
@@ -531,8 +548,40 @@ class GeometricMemory(PentachoraModel):
             return out
         if native is None or ramp is None:
             raise ConfigError("sequence_mode='residual' needs the native window sequences and the ramp")
+        if shift is not None:
+            out = out + shift.to(out.dtype).unsqueeze(1)
         scale = ramp.to(out.dtype) * float(self.residual_scale)
         return native[:, 0].to(out.dtype) + scale.view(-1, 1, 1) * out
+
+    def native_inputs(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """``(native (B, S, W, H), ramp (B,), shifts (B, S, H) | None)`` of a batch, or three ``None``
+        when the model reads no native windows (the seed's ``reconstruct`` mode without chunks)."""
+        if not self.config.needs_native:
+            return None, None, None
+        native = self.native_windows(batch)
+        ramp = tail_ramp(batch["attention_mask"], batch["segment_mask"], self.config.window)
+        return native, ramp, self.window_shifts(native, batch["attention_mask"], batch["segment_mask"])
+
+    def output_sequence(
+        self,
+        state: BankState,
+        native: torch.Tensor | None,
+        ramp: torch.Tensor | None,
+        shifts: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``(B, L, H)``: the 77-position output for :meth:`native_inputs` (the first window's shift)."""
+        first = shifts[:, 0] if shifts is not None and self.config.sequence_mode == "residual" else None
+        return self.reconstruct(state, native, ramp, first)
+
+    def window_shifts(
+        self, native: torch.Tensor, attention_mask: torch.Tensor, segment_mask: torch.Tensor
+    ) -> torch.Tensor | None:
+        """``(B, S, H)`` learned per-window shifts toward the whole prompt (``None`` without ``mean_shift``)."""
+        if not hasattr(self, "shift"):
+            return None
+        return self.shift(window_mean_shift(native.float(), attention_mask, segment_mask))
 
     def native_windows(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(B, S, W, H)`` native window sequences: ``batch["native"]`` or the cached target-layer states.
@@ -551,11 +600,16 @@ class GeometricMemory(PentachoraModel):
         return batch["states"][:, :, idx].float()
 
     def chunk_outputs(
-        self, state: BankState, native: torch.Tensor, ramp: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        state: BankState,
+        native: torch.Tensor,
+        ramp: torch.Tensor,
+        attention_mask: torch.Tensor,
+        shifts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Contextual chunks ``(B, S, W, H)``, their token mask ``(B, S, W)`` and window mask ``(B, S)``."""
         context, mask = self.context(state)
-        chunks = self.chunker(native, context, mask, ramp, state.entry_mask)
+        chunks = self.chunker(native, context, mask, ramp, state.entry_mask, shifts)
         tokens = attention_mask.bool() & state.entry_mask.unsqueeze(-1)
         return chunks, tokens, state.entry_mask
 
@@ -570,15 +624,14 @@ class GeometricMemory(PentachoraModel):
         """
         c = self.config
         state, pooled = self.read(batch["states"], batch["attention_mask"], batch["segment_mask"])
-        native = ramp = None
-        if c.needs_native:
-            native = self.native_windows(batch)
-            ramp = tail_ramp(batch["attention_mask"], batch["segment_mask"], c.window)
-        sequence = self.reconstruct(state, native, ramp)
+        native, ramp, shifts = self.native_inputs(batch)
+        sequence = self.output_sequence(state, native, ramp, shifts)
         out = MemoryOutput(pooled=pooled, sequence=sequence)
         chunk_tokens = None
         if c.contextual_chunks:
-            chunks, chunk_tokens, windows = self.chunk_outputs(state, native, ramp, batch["attention_mask"])
+            chunks, chunk_tokens, windows = self.chunk_outputs(
+                state, native, ramp, batch["attention_mask"], shifts
+            )
             b, s, win, h = chunks.shape
             out.chunks = chunks.reshape(b, s * win, h)
             out.chunk_mask = windows.unsqueeze(-1).expand(b, s, win).reshape(b, s * win)

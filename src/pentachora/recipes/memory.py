@@ -48,7 +48,6 @@ from pentachora.errors import ConfigError
 from pentachora.geometry import ProcrustesMap, cv_metric, orthogonal_procrustes
 from pentachora.io import atomic_write_json
 from pentachora.memory.cache import CachedDocumentSource, FeatureCache, build_feature_cache
-from pentachora.memory.chunks import tail_ramp
 from pentachora.memory.encoders import FrozenTextEncoder
 from pentachora.memory.metrics import (
     in_batch_accuracy,
@@ -332,26 +331,28 @@ def retrieval_metrics(
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def memory_outputs(
-    model: GeometricMemory, cache: FeatureCache, max_docs: int | None = None, batch_size: int = EVAL_BATCH
+    model: GeometricMemory,
+    cache: FeatureCache,
+    max_docs: int | None = None,
+    batch_size: int = EVAL_BATCH,
+    keep_sequences: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Run the model on cached documents in order: ``pooled (N, P)``, ``sequence_mean (N, H)`` and the
-    per-document ``s_cos (N,)``."""
+    """Run the model on cached documents in order: ``pooled (N, P)``, ``sequence_mean (N, H)``, the
+    per-document ``s_cos (N,)`` and, with ``keep_sequences``, ``sequence (N, L, H)``."""
     from pentachora.memory.metrics import masked_sequence_cosine
 
     n = cache.n_docs if max_docs is None else min(max_docs, cache.n_docs)
     device = next(model.parameters()).device
-    pooled, seq_mean, s_cos = [], [], []
+    pooled, seq_mean, s_cos, seqs = [], [], [], []
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(n, start + batch_size))
         batch = {k: v.to(device) for k, v in cache.batch(idx).items()}
         state, p = model.read(batch["states"], batch["attention_mask"], batch["segment_mask"])
-        native = ramp = None
-        if model.config.sequence_mode == "residual":  # native first window + ramped residual
-            native = model.native_windows(batch)
-            ramp = tail_ramp(batch["attention_mask"], batch["segment_mask"], model.config.window)
-        seq = model.reconstruct(state, native, ramp)
+        seq = model.output_sequence(state, *model.native_inputs(batch))  # residual: native + ramped residual
         pooled.append(p.float().cpu())
         seq_mean.append(seq.float().mean(1).cpu())
+        if keep_sequences:
+            seqs.append(seq.float().cpu())
         for r in range(seq.shape[0]):
             s_cos.append(
                 float(
@@ -360,7 +361,10 @@ def memory_outputs(
                     )
                 )
             )
-    return {"pooled": torch.cat(pooled), "sequence_mean": torch.cat(seq_mean), "s_cos": torch.tensor(s_cos)}
+    out = {"pooled": torch.cat(pooled), "sequence_mean": torch.cat(seq_mean), "s_cos": torch.tensor(s_cos)}
+    if keep_sequences:
+        out["sequence"] = torch.cat(seqs)
+    return out
 
 
 @torch.no_grad()
