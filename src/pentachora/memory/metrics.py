@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "attention_probe_recall",
     "in_batch_accuracy",
     "masked_sequence_cosine",
     "paired_cosine",
     "procrustes_alignment_loss",
-    "attention_probe_recall",
     "recall_at_1",
 ]
 

@@ -49,10 +49,11 @@ Two sequence modes (``sequence_mode``):
   layer starting at zero and ``ramp`` = 0 for single-window prompts (see
   :mod:`pentachora.memory.chunks`): short prompts come out as the encoder's native sequence by
   construction, and the memory can only *add* the rest of the text to the first window.
-  ``mean_shift = λ > 0`` adds a learned shift toward the whole prompt's token mean to the residual
-  (:class:`~pentachora.memory.chunks.MeanShift`; the chunks get it too): at init the output is the
-  training-free mean-shift point, so the learned memory starts on that frontier instead of at
-  truncation.
+  ``mean_shift = λ > 0`` adds a learned shift toward the whole prompt's token mean
+  (:class:`~pentachora.memory.chunks.MeanShift`; the chunks get it too). It is not ramped: being a
+  token-weighted mean it is 0 for one window and grows with the tail by itself. At init the output
+  *is* the training-free mean-shift contender, so the learned memory starts on that frontier instead
+  of at truncation.
 
 ``contextual_chunks=True`` adds ``chunks (B, S·W, H)`` — one native-format sequence per window, each
 with a residual read from the memory of the whole prompt — a drop-in for compel's concatenated
@@ -548,10 +549,11 @@ class GeometricMemory(PentachoraModel):
             return out
         if native is None or ramp is None:
             raise ConfigError("sequence_mode='residual' needs the native window sequences and the ramp")
-        if shift is not None:
-            out = out + shift.to(out.dtype).unsqueeze(1)
         scale = ramp.to(out.dtype) * float(self.residual_scale)
-        return native[:, 0].to(out.dtype) + scale.view(-1, 1, 1) * out
+        out = scale.view(-1, 1, 1) * out
+        if shift is not None:  # continuous in the prompt length by itself (token-weighted): no ramp
+            out = out + float(self.residual_scale) * shift.to(out.dtype).unsqueeze(1)
+        return native[:, 0].to(out.dtype) + out
 
     def native_inputs(
         self, batch: dict[str, torch.Tensor]
