@@ -276,7 +276,11 @@ def run_folder_training(run_dir: Path) -> dict:
                 f"--steps {tc['steps']} --batch-size {tc['batch_size']} --lr {tc['lr']:g}",
                 f"--mode {info['mode']}" if info.get("mode") not in (None, "joint") else "",
                 *sets,
-                f"--seed {tc['seed']} --threads 1 --out {run_dir}",
+                f"--seed {tc['seed']}",
+                f"--threads {ev['torch_threads']:.0f}"
+                if ev.get("torch_threads")
+                else "",  # older runs: unknown
+                f"--out {run_dir}",
             ]
         ).replace("  ", " ")
     return info
@@ -724,7 +728,7 @@ def long_prompt_suite(argv: list[str] | None = None) -> dict:
         if hasattr(model, "shift"):
             scale = model.shift.scale.detach()
             training[label]["mean_shift_learned"] = {
-                "gate": float(model.shift.gate), "scale_mean": float(scale.mean()),
+                "gate": float(model.shift.gate.detach()), "scale_mean": float(scale.mean()),
                 "scale_min": float(scale.min()), "scale_max": float(scale.max()),
             }  # fmt: skip
         if model.config.sequence_mode == "residual":

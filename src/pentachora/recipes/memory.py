@@ -606,6 +606,7 @@ def train_memory(
             train_steps=float(result.steps),
             train_wall_s=float(result.wall_time_s),
             nonfinite_steps=float(result.nonfinite_steps),
+            torch_threads=float(torch.get_num_threads()),
         )
         metrics: list[dict[str, Any]] = []
         if out_dir is not None:
