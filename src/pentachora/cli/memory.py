@@ -97,7 +97,10 @@ def train_memory_cmd(
     train: TrainOptions,
     preset: str = typer.Option(
         "minilm-tiny",
-        help="minilm-tiny (CPU: d=192), minilm (d=384), clip-l (SD 1.5), sdxl-bigg (SDXL; penultimate layer).",
+        help="minilm-tiny (CPU: d=192), minilm-tiny-long (the same with native-exact short prompts, the "
+        "mean shift and contextual chunks: the diffusion setting), minilm (d=384), clip-l (SD 1.5), "
+        "sdxl-bigg (SDXL; penultimate layer). Add --set sequence_mode=residual --set contextual_chunks=true "
+        "--set mean_shift=0.75 to clip-l / sdxl-bigg for the diffusion setting.",
     ),
     data: str = typer.Option("wiki", help=TEXT_DATA_HELP),
     mode: str = typer.Option(

@@ -272,6 +272,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU: MiniLM student (77-token window) + MiniLM teacher (512 tokens), a narrow memory system
     # (native_state_index=-1: MiniLM's hidden_states[6] is its last_hidden_state, the target layer)
     "minilm-tiny": {"dim": 192, "n_heads": 4, "ffn_mult": 2, "native_state_index": -1},
+    # the same for diffusion prompts: native-exact short prompts, the learned mean shift (tail R@1 0.93 at
+    # s_cos 0.95 in 77 positions, benchmarks/results/memory_long.md) and contextual chunks
+    "minilm-tiny-long": {
+        "dim": 192,
+        "n_heads": 4,
+        "ffn_mult": 2,
+        "native_state_index": -1,
+        "sequence_mode": "residual",
+        "contextual_chunks": True,
+        "seq_pool_weight": 1.0,
+        "mean_shift": 0.75,
+    },
     # MiniLM at full width (d = H = 384), the seed's shape at MiniLM scale
     "minilm": {"dim": 384, "n_heads": 6, "ffn_mult": 4, "native_state_index": -1},
     # SD 1.5: CLIP-L text tower (half of its 12 layers), ModernBERT-large teacher, d = H = 768
