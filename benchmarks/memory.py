@@ -24,10 +24,13 @@ Usage::
 
 Writes ``benchmarks/results/memory.json`` and ``benchmarks/results/memory.md``.
 
-Issue 14's suite (short-prompt buckets, the 77-position trade-off curve incl. a training-free
-mean-shift contender, contextual chunks vs concatenation, per-term gradient norms at the bank)::
+Issue 14's suite (short-prompt buckets; the 77-position trade-off curve — tail R@1 from the sequence
+mean and from a sharp attention probe against s_cos — with the training-free mean shift as a
+contender; contextual chunks vs concatenation and vs training-free shifted chunks; per-term gradient
+norms at the bank; throughput and peak memory as ratios to concatenation)::
 
-    python benchmarks/memory.py --suite long --model runs/m14-residual-chunks   # → memory_long.{json,md,png}
+    python benchmarks/memory.py --suite long --model runs/m14-shift --variant "no shift=runs/m14-noshift"
+    # → benchmarks/results/memory_long.{json,md,png}
 """
 
 from __future__ import annotations
@@ -705,7 +708,7 @@ def long_prompt_suite(argv: list[str] | None = None) -> dict:
         held, *concat_sequences(held, config.native_state_index)
     )
     chunks = {"concat": concat_chunk_metrics(held)}
-    for lam in CHUNK_SHIFT_SCALES:  # zero-initialised residual layers: native_i + ramp·λ·(m_all − m_i)
+    for lam in CHUNK_SHIFT_SCALES:  # zero-initialised residual layers: exactly native_i + λ·(m_all − m_i)
         torch.manual_seed(0)
         untrained = GeometricMemory(
             dataclasses.replace(first.config, contextual_chunks=True, mean_shift=lam)
