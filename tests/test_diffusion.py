@@ -21,11 +21,11 @@ SHORT = "a red cube on a table"
 H_L, H_G = 32, 48
 
 
-def _memory(encoder: FrozenTextEncoder, hidden: int, seed: int) -> GeometricMemory:
+def _memory(encoder: FrozenTextEncoder, hidden: int, seed: int, mean_shift: float = 0.0) -> GeometricMemory:
     config = MemoryConfig(
         encoder="tiny-clip", teacher="tiny-clip", extraction_layers=(1, 2), target_layer="penultimate",
         hidden_size=hidden, teacher_dim=hidden, dim=32, n_heads=4, n_anchors=16, ffn_mult=2,
-        sequence_mode="residual", contextual_chunks=True, max_tokens=300,
+        sequence_mode="residual", contextual_chunks=True, max_tokens=300, mean_shift=mean_shift,
     )  # fmt: skip
     torch.manual_seed(seed)
     model = GeometricMemory(config).eval()
@@ -46,7 +46,8 @@ def towers():
     with_proj = transformers.CLIPTextModelWithProjection(base.config).eval()
     native_g = FrozenTextEncoder(with_proj, tokenizer, layers=(1, 2), target_layer="penultimate")
     assert native_g.pooling == "projection"
-    return native_l, native_g, _memory(native_l, H_L, 0), _memory(native_g, H_G, 1)
+    # the bigG side carries the learned mean shift (the minilm-tiny-long setting), the CLIP-L side does not
+    return native_l, native_g, _memory(native_l, H_L, 0), _memory(native_g, H_G, 1, mean_shift=0.75)
 
 
 def tiny_sdxl_unet():

@@ -242,10 +242,15 @@ def test_losses_and_gradients_reach_the_chunks_and_the_bank(shift, bert):
 
 
 def test_save_load_roundtrip_and_a_foreign_folder(tmp_path, bert):
-    model = trained_looking(config())
+    model = trained_looking(config(mean_shift=0.75))
+    with torch.no_grad():  # a trained-looking shift (not its init values)
+        model.shift.gate.fill_(0.4)
+        model.shift.scale.uniform_(0.5, 1.5)
     model.save_pretrained(tmp_path / "m")
     loaded = GeometricMemory.from_pretrained(tmp_path / "m")
     assert loaded.config == model.config
+    torch.testing.assert_close(loaded.shift.scale, model.shift.scale)
+    assert float(loaded.shift.gate) == pytest.approx(0.4)
     texts = [words(150, 4), words(20, 6)]
     a, b = model.encode(texts, encoder=bert), loaded.encode(texts)
     torch.testing.assert_close(a.chunks, b.chunks)
