@@ -310,3 +310,25 @@ def test_every_trainable_parameter_is_on_exactly_one_side_of_the_two_phase_split
     assert any(n.startswith("chunker.") for n in names) and "shift.gate" in names
     for name in names:
         assert sum(name.startswith(prefixes) for prefixes in sides) == 1, name
+
+
+def test_cli_encode_writes_the_contextual_chunks(tmp_path, bert):
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from pentachora.cli import app
+
+    model = trained_looking(config(mean_shift=0.75))
+    model.save_pretrained(tmp_path / "m")
+    target = tmp_path / "p.safetensors"
+    res = CliRunner().invoke(
+        app, ["encode", words(200, 3), words(20, 4), "--model", str(tmp_path / "m"), "-o", str(target)]
+    )
+    assert res.exit_code == 0, res.output
+    t = load_file(str(target))
+    k = int(t["n_segments"].max())
+    assert k >= 3 and t["chunks"].shape == (2, 77 * k, H) and t["chunk_mask"].shape == (2, 77 * k)
+    assert t["chunk_mask"][1, :77].all() and not t["chunk_mask"][1, 77:].any()  # the short text: one window
+    ref = model.encode([words(200, 3), words(20, 4)], encoder=bert)
+    torch.testing.assert_close(t["chunks"], ref.chunks)
+    assert "chunks" in res.output

@@ -284,8 +284,13 @@ def encode_cmd(
 ) -> None:
     """Encode long texts: pooled (B, P) + sequence (B, L, H) → safetensors (with n_segments, n_tokens).
 
+    A model with contextual chunks also writes chunks (B, 77·k, H) and chunk_mask (B, 77·k): compel-shaped
+    prompt_embeds whose windows read the whole prompt.
+
     Example: pentachora encode "a long prompt ..." --model runs/memory -o prompt.safetensors
     """
+    import torch
+
     from pentachora.errors import CheckpointError, ConfigError, DataError, PentachoraError
     from pentachora.io import atomic_save_tensors
     from pentachora.recipes.memory import load_memory_model
@@ -314,15 +319,19 @@ def encode_cmd(
         raise
     except ValueError as exc:
         raise DataError(str(exc)) from exc
+    tensors = {
+        "pooled": enc.pooled,
+        "sequence": enc.sequence,
+        "n_segments": enc.n_segments,
+        "n_tokens": enc.n_tokens,
+        "truncated": enc.truncated.to(dtype=enc.n_tokens.dtype),
+    }
+    if enc.chunks is not None:
+        tensors["chunks"] = enc.chunks
+        tensors["chunk_mask"] = enc.chunk_mask.to(torch.uint8)
     atomic_save_tensors(
         output,
-        {
-            "pooled": enc.pooled,
-            "sequence": enc.sequence,
-            "n_segments": enc.n_segments,
-            "n_tokens": enc.n_tokens,
-            "truncated": enc.truncated.to(dtype=enc.n_tokens.dtype),
-        },
+        tensors,
         metadata={"model": str(model_dir), "encoder": model.config.encoder, "texts": str(len(items))},
     )
     for i in range(len(items)):
@@ -330,6 +339,7 @@ def encode_cmd(
         console.print(
             f"text {i}: {int(enc.n_tokens[i])} tokens in {int(enc.n_segments[i])} segment(s){cut} → pooled "
             f"{tuple(enc.pooled.shape[1:])}, sequence {tuple(enc.sequence.shape[1:])}"
+            + (f", chunks {tuple(enc.chunks.shape[1:])}" if enc.chunks is not None else "")
         )
     console.print(f"wrote {output}")
 
