@@ -8,13 +8,17 @@ learned residual read from the memory of the whole prompt::
     chunk_i    = native_i + ramp · Out(CrossAttn(In(LN(native_i)) + PE + e_seg[i], context))
 
 With ``mean_shift > 0`` (:class:`MeanShift`) the output also carries a *shift toward the whole
-prompt*: ``λ · s ⊙ (m_all − m_i)``, the token mean of every window's native sequence minus window i's
-own, at every position of window i — not ramped: a token-weighted mean is 0 for one window and grows
-continuously with the tail by itself (measured: ramping it as well costs tail R@1 0.93 → 0.83 at the
-same s_cos, because short tails are then counted down twice) (learned gate λ, initialised to ``mean_shift``, and per-channel
-scale ``s``, initialised to 1). With λ = 1 the window's token mean *is* the concatenation's token mean;
-a constant shift leaves each cross-attention's weights unchanged (it adds the same logit to every
-position) and adds ``W_v·shift`` to its output — the whole prompt as a bias every query reads.
+prompt*, ``λ · s ⊙ (m_all − m_i)`` at every position of window i. Here m_all − m_i is the token mean of
+every window's native sequence minus window i's own. The gate λ is learned, initialised to
+``mean_shift``; the per-channel scale ``s`` is learned, initialised to 1.
+
+The shift is not ramped. A token-weighted mean is already 0 for one window and grows continuously
+with the tail. Ramping it as well cost tail R@1 0.93 → 0.83 at the same s_cos (measured), because
+short tails were then counted down twice.
+
+With λ = 1 the window's token mean *is* the concatenation's token mean. A constant shift leaves each
+cross-attention's weights unchanged, since it adds the same logit to every position. It adds
+``W_v·shift`` to the attention's output: the whole prompt arrives as a bias that every query reads.
 
 ``context`` is the memory the bank built from every window (memory tokens, bank entries, anchors and
 all content tokens), so window i's chunk can carry the other windows' content; ``Out`` starts at
