@@ -883,24 +883,16 @@ def render_long_markdown(r: dict, png: str) -> str:
     tp = r.get("throughput") or {}
     if tp:
         first_label = labels[0] if labels else "memory"
-        lines.append(
-            "| docs/s from raw text (ratio to concat) | "
-            + " | ".join(
-                f"{tp[m]['docs_per_s']:.2f} ({tp[m]['ratio_to_concat']:.2f}×)" if m in tp else "—"
-                for m in ("truncate", "window_mean", "concat", "memory")
-            )
-            + " |"
-            + " (same architecture) |" * (len(labels) - 1)
-        )
-        lines.append(
-            "| peak RSS while encoding, above the loaded process (MiB) | "
-            + " | ".join(
-                f"+{tp[m]['peak_rss_increase_mib']:.0f}" if m in tp else "—"
-                for m in ("truncate", "window_mean", "concat", "memory")
-            )
-            + " |"
-            + " |" * (len(labels) - 1)
-        )
+        rows = (
+            ("docs/s from raw text (ratio to concat)", "(same architecture)",
+             lambda t: f"{t['docs_per_s']:.2f} ({t['ratio_to_concat']:.2f}×)"),
+            ("peak RSS while encoding, above the loaded process (MiB)", "",
+             lambda t: f"+{t['peak_rss_increase_mib']:.0f}"),
+        )  # fmt: skip
+        for label, variant_cell, cell in rows:  # the variants share the first model's architecture
+            cells = [cell(tp[m]) if m in tp else "—" for m in ("truncate", "window_mean", "concat", "memory")]
+            cells += [variant_cell] * (len(labels) - 1)
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines += [
             "",
             f"Throughput: the first {tp['concat']['docs']:.0f} held-out documents from raw text "
