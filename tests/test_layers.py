@@ -19,7 +19,7 @@ SRC = ROOT / "src"
 PKG = SRC / "pentachora"
 BENCHMARKS = ROOT / "benchmarks"
 
-MODEL_FAMILIES = ("autoencoders", "memory", "hub")
+MODEL_FAMILIES = ("autoencoders", "memory", "hub", "t2i")
 
 
 @dataclass(frozen=True)

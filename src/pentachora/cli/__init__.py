@@ -59,6 +59,7 @@ def _register() -> None:
     from pentachora.cli import memory as _memory  # noqa: F401
     from pentachora.cli import models as _models  # noqa: F401
     from pentachora.cli import sample as _sample  # noqa: F401
+    from pentachora.cli import t2i as _t2i  # noqa: F401
 
 
 _register()

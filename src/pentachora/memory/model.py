@@ -813,7 +813,9 @@ class GeometricMemory(PentachoraModel):
                     "segment_mask": part.segment_mask.to(device),
                 }
                 if self.config.needs_native:
-                    batch["native"] = native_window_sequences(encoder, part, feats["target"]).to(device)
+                    # every window run alone at full width: for masked encoders too the padded positions
+                    # then hold the encoder's own states (what a pipeline reads), not the cache's zeros
+                    batch["native"] = native_window_sequences(encoder, part).to(device)
                 out = self(batch)
                 pooled.append(out.pooled.float().cpu())
                 seqs.append(out.sequence.float().cpu())

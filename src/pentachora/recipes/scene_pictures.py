@@ -1,0 +1,155 @@
+"""Pictures of the scene world: a sample sheet of scenes with their captions, and contender sheets.
+
+* :func:`save_sample_sheet` — renders with their captions (object sentences past the first window
+  in red, the window boundary marked ``‖``).
+* :func:`save_contender_sheet` — for a few long prompts, the image every contender generated,
+  side by side, with the reader's detections marked on each cell (green: a described object read
+  exactly; orange: something else drawn where an object was described; red: an object drawn in a
+  cell the prompt left empty) and the tail objects named under the row.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pentachora.data.scenes import Caption, Scene, SceneWorld
+
+__all__ = ["save_contender_sheet", "save_sample_sheet"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_sample_sheet(
+    world: SceneWorld, samples: Sequence[tuple[Scene, Caption]], path: str | Path, columns: int = 4
+) -> Path:
+    """A PNG grid: each scene's render above its caption (tail objects listed in red).
+
+    Args:
+        world: The world that rendered the scenes.
+        samples: ``(scene, caption)`` pairs.
+        path: Output PNG.
+        columns: Scenes per row.
+    """
+    plt = _plt()
+    n = len(samples)
+    rows = max(1, -(-n // columns))
+    long = any(c.n_tokens > world.config.window_tokens for _, c in samples)
+    text_h = 3.4 if long else 1.6
+    fig = plt.figure(figsize=(4.2 * columns, (2.6 + text_h) * rows))
+    for k, (scene, caption) in enumerate(samples):
+        ax = fig.add_subplot(rows, columns, k + 1)
+        ax.imshow(world.render(scene).transpose(1, 2, 0), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        w = world.config.window_tokens
+        tail = [scene.objects[i] for i in range(len(scene.objects)) if caption.object_region(i, w) == "tail"]
+        title = f"{caption.kind}, {len(scene.objects)} objects, {caption.n_tokens} tokens"
+        ax.set_title(title, fontsize=8, pad=22 if tail else 6)
+        body = "\n".join(textwrap.wrap(caption.text, 62))
+        ax.text(
+            0.0, -0.04, body, transform=ax.transAxes, va="top", ha="left", fontsize=5.6, family="monospace"
+        )
+        if tail:
+            names = "; ".join(f"{o.colour} {o.shape} @ {world.cell_name(o.cell)}" for o in tail)
+            lines = "\n".join(textwrap.wrap(f"only past token {w}: {names}", 70))
+            ax.text(0.0, 1.09, lines, transform=ax.transAxes, fontsize=5.6, color="crimson", va="bottom")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def save_contender_sheet(
+    world: SceneWorld,
+    prompts: Sequence[tuple[Scene, Caption]],
+    images: Mapping[str, np.ndarray],
+    readings: Mapping[str, np.ndarray],
+    path: str | Path,
+    scores: Mapping[str, Sequence[str]] | None = None,
+) -> Path:
+    """One row per long prompt, one column per contender, detections marked (see the module docstring).
+
+    Args:
+        world: The world.
+        prompts: ``(scene, caption)`` of each row.
+        images: ``{contender: (rows, 3, H, W) in [0, 1]}``.
+        readings: ``{contender: (rows, g²) labels read}``.
+        path: Output PNG.
+        scores: Optional ``{contender: [per-row text]}`` shown under each image.
+    """
+    plt = _plt()
+    from matplotlib.patches import Rectangle
+
+    names = list(images)
+    rows = len(prompts)
+    cols = len(names) + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.25 * rows), squeeze=False)
+    g, size = world.config.grid, world.config.image_size
+    cs = size / g
+    w = world.config.window_tokens
+    for r, (scene, caption) in enumerate(prompts):
+        truth = world.layout(scene)
+        panels = [("ground truth", world.render(scene), truth)] + [
+            (name, images[name][r], readings[name][r]) for name in names
+        ]
+        for c, (name, img, read) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(np.asarray(img).transpose(1, 2, 0), interpolation="nearest", extent=(0, size, size, 0))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=7)
+            for cell in range(g * g):
+                t, p = int(truth[cell]), int(read[cell])
+                if c == 0:
+                    region = None
+                    for i, o in enumerate(scene.objects):
+                        if o.cell == cell:
+                            region = caption.object_region(i, w)
+                    if region == "tail":
+                        colour = "crimson"
+                    else:
+                        continue
+                elif t > 0 and p == t:
+                    colour = "lime"
+                elif t > 0:
+                    colour = "orange"
+                elif p > 0:
+                    colour = "red"
+                else:
+                    continue
+                y, x = divmod(cell, g)
+                ax.add_patch(Rectangle((x * cs + 0.4, y * cs + 0.4), cs - 0.8, cs - 0.8, fill=False,
+                                       edgecolor=colour, linewidth=1.1))  # fmt: skip
+            if scores is not None and c > 0:
+                ax.set_xlabel(scores[name][r], fontsize=6)
+        tail = [o for i, o in enumerate(scene.objects) if caption.object_region(i, w) == "tail"]
+        axes[r][0].set_ylabel(
+            "\n".join(textwrap.wrap("tail: " + ", ".join(f"{o.colour} {o.shape}" for o in tail), 22)),
+            fontsize=6,
+        )
+    fig.suptitle(
+        "long prompts through each encoder (boxes: green = described object read exactly, orange = wrong "
+        "object in a described cell, red = object in an empty cell; ground truth: red boxes = objects "
+        "described only past token 75)",
+        fontsize=7,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=140)
+    plt.close(fig)
+    return path

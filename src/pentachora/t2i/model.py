@@ -1,0 +1,354 @@
+"""The miniature text-to-image model: diffusers' ``UNet2DConditionModel`` on the scene world.
+
+Built from real parts, small enough to train on two CPU cores:
+
+* **denoiser** — a diffusers ``UNet2DConditionModel`` whose cross-attention reads the frozen
+  77-token window encoder's last hidden state ``(B, 77, H)`` (all-MiniLM-L6-v2 capped at 77 tokens,
+  the stand-in for SD's CLIP-L). Like SD's UNet it is trained on captions that fit one window and
+  never sees more than 77 positions; at sampling time it reads whatever length it is given
+  (compel-style ``77·k`` concatenations included).
+* **pixels** — images in ``[0, 1]`` are mapped to ``2x − 1`` and folded ``f × f`` into channels
+  (``pixel_unshuffle``; lossless), so a 32×32 RGB canvas is a 16×16×12 tensor for ``f = 2``.
+* **noise** — diffusers' ``DDPMScheduler`` for training (``v``- or ``ε``-prediction), DDIM or Euler
+  for sampling, classifier-free guidance against the encoding of the empty prompt (as SD), which is
+  kept in the checkpoint (``null_embedding``) so a model samples without its encoder.
+
+The model computes its own loss (``forward(batch)``, the one Trainer trains it); all randomness of a
+training step (noise, timesteps, caption dropout) comes from torch's global generator, which the
+trainer seeds per step, so a resumed run is exact. :meth:`MiniT2I.generate` takes
+``prompt_embeds`` / ``negative_prompt_embeds`` exactly as diffusers pipelines do; the pipeline that
+adds the text encoder is :class:`pentachora.diffusion.MiniT2IPipeline`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from pentachora.data.scenes import SceneWorldConfig
+from pentachora.errors import ConfigError, DataError
+from pentachora.modeling import ModelOutput, PentachoraModel, Presets, register_model
+
+__all__ = ["PREDICTION_TYPES", "SAMPLERS", "MiniT2I", "MiniT2IConfig", "T2IOutput"]
+
+SAMPLERS: tuple[str, ...] = ("ddim", "euler", "ddpm")
+PREDICTION_TYPES: tuple[str, ...] = ("v_prediction", "epsilon")
+BETA_SCHEDULES: tuple[str, ...] = ("squaredcos_cap_v2", "linear", "scaled_linear")
+
+
+def _world_cpu() -> SceneWorldConfig:
+    return SceneWorldConfig()
+
+
+@dataclass
+class MiniT2IConfig(Presets):
+    """Configuration of :class:`MiniT2I`.
+
+    Presets: ``cpu`` (32 px, 3×3 cells; 6.3M parameters; one background CPU training reaches the
+    short-caption ceiling) and ``gpu`` (64 px, 4×4 cells, 8 colours × 5 shapes; wider UNet).
+
+    Attributes:
+        world: The scene world the model draws (canvas, grid, vocabulary).
+        encoder: The frozen window encoder whose last hidden state conditions the UNet (a
+            :class:`~pentachora.memory.FrozenTextEncoder` name: ``"minilm"``, ``"tiny-bert"``, a folder).
+        encoder_window: Tokens per window of that encoder (77, like CLIP).
+        cross_attention_dim: Width H of the encoder states.
+        fold: Pixel folding factor ``f`` (``pixel_unshuffle``): the UNet works on ``H/f × W/f``.
+        block_out_channels: UNet channels per level.
+        cross_attention_levels: Whether each level (top to bottom) has cross-attention blocks.
+        layers_per_block: ResNet layers per level.
+        attention_heads: Attention heads (diffusers' ``attention_head_dim``, which counts heads).
+        norm_num_groups: GroupNorm groups.
+        num_train_timesteps: DDPM timesteps.
+        beta_schedule: DDPM beta schedule.
+        prediction_type: ``"v_prediction"`` or ``"epsilon"``.
+        cond_dropout_prob: Probability of training a caption as the empty prompt (for guidance).
+        sampler: Default sampler: ``"ddim"``, ``"euler"`` or ``"ddpm"``.
+        sample_steps: Default sampling steps.
+        guidance_scale: Default classifier-free guidance scale (1 = no guidance).
+    """
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "cpu": {},
+        "tiny": {"block_out_channels": (16, 32), "cross_attention_levels": (True, True), "attention_heads": 2,
+                 "norm_num_groups": 8},
+        "gpu": {"world": SceneWorldConfig.preset("gpu"), "block_out_channels": (128, 256, 256),
+                "layers_per_block": 2, "attention_heads": 8, "norm_num_groups": 32},
+    }  # fmt: skip
+    preset_family = "mini-t2i"
+
+    world: SceneWorldConfig = field(default_factory=_world_cpu)
+    encoder: str = "minilm"
+    encoder_window: int = 77
+    cross_attention_dim: int = 384
+    fold: int = 2
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    cross_attention_levels: tuple[bool, ...] = (True, True, False)
+    layers_per_block: int = 1
+    attention_heads: int = 4
+    norm_num_groups: int = 16
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "v_prediction"
+    cond_dropout_prob: float = 0.1
+    sampler: str = "ddim"
+    sample_steps: int = 25
+    guidance_scale: float = 3.0
+
+    def __post_init__(self) -> None:
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        self.cross_attention_levels = tuple(bool(c) for c in self.cross_attention_levels)
+        problems = []
+        if len(self.cross_attention_levels) != len(self.block_out_channels):
+            problems.append("cross_attention_levels needs one entry per block_out_channels level")
+        if not any(self.cross_attention_levels):
+            problems.append("at least one level needs cross-attention (else the text cannot reach the image)")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            problems.append(
+                f"norm_num_groups {self.norm_num_groups} must divide every block_out_channels entry"
+            )
+        size = self.world.image_size
+        down = self.fold * 2 ** (len(self.block_out_channels) - 1)
+        if size % down:
+            problems.append(f"the world's image_size {size} must be divisible by fold·2^(levels−1) = {down}")
+        if self.sampler not in SAMPLERS:
+            problems.append(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            problems.append(
+                f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}"
+            )
+        if self.beta_schedule not in BETA_SCHEDULES:
+            problems.append(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        if self.guidance_scale < 0:
+            problems.append(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if problems:
+            raise ConfigError("invalid MiniT2IConfig: " + "; ".join(problems))
+
+    @property
+    def latent_channels(self) -> int:
+        return 3 * self.fold * self.fold
+
+    @property
+    def latent_size(self) -> int:
+        return self.world.image_size // self.fold
+
+
+@dataclass
+class T2IOutput(ModelOutput):
+    """Training output: the denoising MSE and what it was measured on."""
+
+    mse: torch.Tensor | None = None
+    dropped_fraction: float | None = None
+
+
+@register_model
+class MiniT2I(PentachoraModel):
+    """The miniature text-to-image model (see the module docstring).
+
+    Args:
+        config: A :class:`MiniT2IConfig`.
+    """
+
+    model_type = "mini-t2i"
+    config_class = MiniT2IConfig
+
+    def __init__(self, config: MiniT2IConfig) -> None:
+        super().__init__(config)
+        from diffusers import UNet2DConditionModel
+
+        levels = config.cross_attention_levels
+        down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in levels)
+        up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(levels))
+        channels = config.latent_channels
+        self.unet = UNet2DConditionModel(
+            sample_size=config.latent_size,
+            in_channels=channels,
+            out_channels=channels,
+            layers_per_block=config.layers_per_block,
+            block_out_channels=config.block_out_channels,
+            down_block_types=down,
+            up_block_types=up,
+            mid_block_type="UNetMidBlock2DCrossAttn",
+            cross_attention_dim=config.cross_attention_dim,
+            attention_head_dim=config.attention_heads,
+            norm_num_groups=config.norm_num_groups,
+        )
+        self.register_buffer(
+            "null_embedding", torch.zeros(config.encoder_window, config.cross_attention_dim), persistent=True
+        )
+        self.noise_scheduler = self._scheduler("ddpm")
+
+    # ------------------------------------------------------------------ pieces
+    def _scheduler(self, kind: str) -> Any:
+        from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
+
+        c = self.config
+        base = DDPMScheduler(
+            num_train_timesteps=c.num_train_timesteps,
+            beta_schedule=c.beta_schedule,
+            prediction_type=c.prediction_type,
+            clip_sample=False,
+        )
+        if kind == "ddpm":
+            return base
+        if kind == "ddim":
+            return DDIMScheduler.from_config(base.config, set_alpha_to_one=True, timestep_spacing="trailing")
+        if kind == "euler":
+            return EulerDiscreteScheduler.from_config(base.config, timestep_spacing="trailing")
+        raise ConfigError(f"sampler must be one of {SAMPLERS}, got {kind!r}")
+
+    def set_null_embedding(self, embedding: torch.Tensor) -> None:
+        """Store the encoder's encoding of the empty prompt ``(W, H)``: the unconditional input."""
+        expected = tuple(self.null_embedding.shape)
+        if tuple(embedding.shape) != expected:
+            raise DataError(f"the null embedding must be {expected}, got {tuple(embedding.shape)}")
+        if not torch.isfinite(embedding).all():
+            raise DataError("the null embedding holds NaN or infinite values")
+        with torch.no_grad():
+            self.null_embedding.copy_(embedding.to(self.null_embedding))
+
+    @property
+    def has_null_embedding(self) -> bool:
+        return bool(self.null_embedding.abs().sum() > 0)
+
+    def to_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [0, 1] → ``(B, 3f², H/f, W/f)`` in [−1, 1] (lossless fold)."""
+        size = self.config.world.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
+            raise DataError(f"expected images (B, 3, {size}, {size}) in [0, 1], got {tuple(images.shape)}")
+        return F.pixel_unshuffle(images * 2 - 1, self.config.fold)
+
+    def from_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_latent`, clamped to [0, 1]."""
+        return ((F.pixel_shuffle(latents, self.config.fold) + 1) / 2).clamp(0.0, 1.0)
+
+    def _check_states(self, states: torch.Tensor, name: str) -> None:
+        h = self.config.cross_attention_dim
+        if states.ndim != 3 or states.shape[-1] != h or states.shape[1] < 1:
+            raise DataError(f"{name} must be (B, L, {h}) encoder states, got {tuple(states.shape)}")
+        if not torch.isfinite(states).all():
+            raise DataError(f"{name} holds NaN or infinite values")
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: dict[str, torch.Tensor]) -> T2IOutput:
+        """Denoising loss on ``{"pixel_values" (B,3,H,W) in [0,1], "encoder_hidden_states" (B,W,H)}``.
+
+        Caption dropout, the noise and the timesteps come from torch's global generator.
+        """
+        x0 = self.to_latent(batch["pixel_values"])
+        states = batch["encoder_hidden_states"]
+        self._check_states(states, "encoder_hidden_states")
+        b = x0.shape[0]
+        drop = torch.rand(b, device=x0.device) < self.config.cond_dropout_prob
+        states = torch.where(
+            drop[:, None, None], self.null_embedding.to(states.dtype).expand_as(states), states
+        )
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.config.num_train_timesteps, (b,), device=x0.device)
+        sched = self.noise_scheduler
+        xt = sched.add_noise(x0, noise, t)
+        target = sched.get_velocity(x0, noise, t) if self.config.prediction_type == "v_prediction" else noise
+        pred = self.unet(xt, t, encoder_hidden_states=states).sample
+        mse = F.mse_loss(pred.float(), target.float())
+        return T2IOutput(loss=mse, mse=mse.detach(), dropped_fraction=float(drop.float().mean()))
+
+    # ------------------------------------------------------------------ sampling
+    def _predict(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, scale: float
+    ) -> torch.Tensor:
+        if uncond is None or scale == 1.0:
+            return self.unet(x, t, encoder_hidden_states=cond).sample
+        if uncond.shape == cond.shape:
+            both = self.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+            out_u, out_c = both.chunk(2)
+        else:  # e.g. a 77·k concatenation against the 77-position empty prompt: two passes
+            out_u = self.unet(x, t, encoder_hidden_states=uncond).sample
+            out_c = self.unet(x, t, encoder_hidden_states=cond).sample
+        return out_u + scale * (out_c - out_u)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_embeds: torch.Tensor,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        sampler: str | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` in [0, 1] from encoder states, as a diffusers pipeline makes them.
+
+        Args:
+            prompt_embeds: ``(B, L, H)`` conditioning; any length L (77, or 77·k for concatenation).
+            negative_prompt_embeds: ``(B, L', H)`` for guidance; default: the stored empty prompt.
+            guidance_scale: Classifier-free guidance (default: the config's; ≤ 1 disables it).
+            num_inference_steps: Sampling steps (default: the config's).
+            generator: Seeds the initial noise (one generator, or one per image as diffusers allows).
+            sampler: ``"ddim"``, ``"euler"`` or ``"ddpm"`` (default: the config's).
+            latents: Initial noise ``(B, 3f², H/f, W/f)`` instead of drawing it.
+
+        Raises:
+            DataError: Misshapen or non-finite embeddings, or guidance without a stored empty prompt.
+        """
+        c = self.config
+        self._check_states(prompt_embeds, "prompt_embeds")
+        scale = c.guidance_scale if guidance_scale is None else float(guidance_scale)
+        steps = c.sample_steps if num_inference_steps is None else int(num_inference_steps)
+        if steps < 1:
+            raise ConfigError(f"num_inference_steps must be >= 1, got {steps}")
+        b = prompt_embeds.shape[0]
+        device, dtype = self.null_embedding.device, self.null_embedding.dtype
+        cond = prompt_embeds.to(device, dtype)
+        uncond = None
+        if scale > 1.0:
+            if negative_prompt_embeds is not None:
+                self._check_states(negative_prompt_embeds, "negative_prompt_embeds")
+                if negative_prompt_embeds.shape[0] != b:
+                    raise DataError(
+                        f"negative_prompt_embeds has {negative_prompt_embeds.shape[0]} rows for {b} prompts"
+                    )
+                uncond = negative_prompt_embeds.to(device, dtype)
+            else:
+                if not self.has_null_embedding:
+                    raise DataError(
+                        "this model has no stored empty-prompt embedding (set_null_embedding); pass "
+                        "negative_prompt_embeds or guidance_scale=1"
+                    )
+                uncond = self.null_embedding.expand(b, -1, -1)
+        shape = (b, c.latent_channels, c.latent_size, c.latent_size)
+        if latents is None:
+            if isinstance(generator, list):
+                if len(generator) != b:
+                    raise DataError(f"{len(generator)} generators for {b} images")
+                x = torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
+            else:
+                x = torch.randn(shape, generator=generator)
+        else:
+            if tuple(latents.shape) != shape:
+                raise DataError(f"latents must be {shape}, got {tuple(latents.shape)}")
+            x = latents.clone()
+        x = x.to(device, dtype)
+        scheduler = self._scheduler(sampler or c.sampler)
+        scheduler.set_timesteps(steps)
+        x = x * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            inp = scheduler.scale_model_input(x, t)
+            out = self._predict(inp, t, cond, uncond, scale)
+            x = scheduler.step(
+                out, t, x, generator=generator if not isinstance(generator, list) else None
+            ).prev_sample
+        return self.from_latent(x.float())
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary."""
+        return {
+            "world": dataclasses.asdict(self.config.world),
+            "params": self.num_parameters(),
+            "latent": [self.config.latent_channels, self.config.latent_size, self.config.latent_size],
+            "has_null_embedding": self.has_null_embedding,
+        }

@@ -1,0 +1,145 @@
+"""Scoring generated layouts against the ground truth, with bootstrap intervals.
+
+A *layout* is ``(N, g²)`` int64: 0 for an empty cell, else ``1 + colour · n_shapes + shape``. For
+every ground-truth object (a non-empty cell of the truth) the reader's layout of the generated image
+says whether something is drawn there (*position*), in the right colour, in the right shape, or both
+(*object*: colour, shape and cell all right — the recall every benchmark reports). *Binding* is
+object recall among objects drawn in the right cell (given that something is there, is it the
+described colour × shape?). *False objects* are cells drawn but empty in the truth.
+
+Intervals: a percentile bootstrap over *captions* (every sample of one caption — its seeds and its
+objects — is resampled together, since they are not independent), of the ratio of sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pentachora.errors import DataError
+
+__all__ = ["ObjectHits", "bootstrap_ratio", "chance_object_recall", "object_hits", "summarise_hits"]
+
+
+@dataclass
+class ObjectHits:
+    """One row per ground-truth object of every scored image.
+
+    Attributes:
+        image: Index of the image (row of the layouts) the object belongs to.
+        cell: Its cell.
+        position, colour, shape, object: Whether the generated image has something / the right colour
+            / the right shape / the right colour and shape in that cell.
+        false_objects: ``(N,)`` cells drawn in each image that are empty in the truth.
+    """
+
+    image: np.ndarray
+    cell: np.ndarray
+    position: np.ndarray
+    colour: np.ndarray
+    shape: np.ndarray
+    object: np.ndarray
+    false_objects: np.ndarray
+
+
+def object_hits(
+    pred: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray, n_shapes: int
+) -> ObjectHits:
+    """Per-object hits of predicted layouts against the truth.
+
+    Args:
+        pred: ``(N, g²)`` layouts read from generated images.
+        truth: ``(N, g²)`` ground-truth layouts.
+        n_shapes: Shapes in the world (to split a label into colour and shape).
+
+    Raises:
+        DataError: The two have different shapes.
+    """
+    p, t = np.asarray(pred, dtype=np.int64), np.asarray(truth, dtype=np.int64)
+    if p.shape != t.shape or p.ndim != 2:
+        raise DataError(f"layouts must both be (N, cells); got {p.shape} and {t.shape}")
+    image, cell = np.nonzero(t > 0)
+    pv, tv = p[image, cell], t[image, cell]
+    drawn = pv > 0
+    colour = drawn & ((pv - 1) // n_shapes == (tv - 1) // n_shapes)
+    shape = drawn & ((pv - 1) % n_shapes == (tv - 1) % n_shapes)
+    return ObjectHits(
+        image=image, cell=cell, position=drawn, colour=colour, shape=shape, object=pv == tv,
+        false_objects=((p > 0) & (t == 0)).sum(axis=1),
+    )  # fmt: skip
+
+
+def bootstrap_ratio(
+    numerators: Sequence[float] | np.ndarray,
+    denominators: Sequence[float] | np.ndarray,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """``sum(num) / sum(den)`` and its percentile bootstrap interval over clusters.
+
+    Args:
+        numerators, denominators: One entry per cluster (caption).
+        n_boot: Bootstrap resamples.
+        seed: Seed of the resampling.
+        level: Coverage of the interval.
+
+    Returns:
+        ``(estimate, low, high)``; NaN when the denominators sum to 0.
+    """
+    num, den = np.asarray(numerators, dtype=np.float64), np.asarray(denominators, dtype=np.float64)
+    if num.shape != den.shape:
+        raise DataError(f"numerators {num.shape} and denominators {den.shape} differ")
+    total = den.sum()
+    if total <= 0:
+        return float("nan"), float("nan"), float("nan")
+    estimate = float(num.sum() / total)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(num), size=(n_boot, len(num)))
+    d = den[idx].sum(axis=1)
+    ratios = num[idx].sum(axis=1) / np.where(d > 0, d, np.nan)
+    lo, hi = np.nanpercentile(ratios, [50 * (1 - level), 100 - 50 * (1 - level)])
+    return estimate, float(lo), float(hi)
+
+
+def summarise_hits(
+    hits: ObjectHits, clusters: np.ndarray, mask: np.ndarray | None = None, n_boot: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Recall figures (with 95 % bootstrap intervals over clusters) of the objects selected by ``mask``.
+
+    Args:
+        hits: From :func:`object_hits`.
+        clusters: ``(N_images,)`` cluster id (caption) of every image.
+        mask: Which objects to count (default: all).
+        n_boot, seed: The bootstrap.
+
+    Returns:
+        ``{"n_objects", "object_recall", "object_recall_lo", "object_recall_hi", "position_recall",
+        "colour_recall", "shape_recall", "binding", ...}``.
+    """
+    mask = np.ones(len(hits.image), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    cl = np.asarray(clusters)[hits.image[mask]]
+    ids, inv = np.unique(cl, return_inverse=True)
+
+    def per_cluster(values: np.ndarray) -> np.ndarray:
+        return np.bincount(inv, weights=values.astype(np.float64), minlength=len(ids))
+
+    count = per_cluster(np.ones(int(mask.sum())))
+    out: dict[str, float] = {"n_objects": float(mask.sum())}
+    for name in ("object", "position", "colour", "shape"):
+        est, lo, hi = bootstrap_ratio(per_cluster(getattr(hits, name)[mask]), count, n_boot, seed)
+        out[f"{name}_recall"], out[f"{name}_recall_lo"], out[f"{name}_recall_hi"] = est, lo, hi
+    est, lo, hi = bootstrap_ratio(
+        per_cluster(hits.object[mask]), per_cluster(hits.position[mask]), n_boot, seed
+    )
+    out["binding"], out["binding_lo"], out["binding_hi"] = est, lo, hi
+    return out
+
+
+def chance_object_recall(n_colours: int, n_shapes: int, drawn_fraction: float = 1.0) -> float:
+    """Object recall of an image that draws a uniformly random colour × shape in a fraction
+    ``drawn_fraction`` of the cells: ``drawn_fraction / (n_colours · n_shapes)``."""
+    return float(drawn_fraction) / (n_colours * n_shapes)
