@@ -59,8 +59,8 @@ def test_cross_attention_reads_the_conditioning():
     model = tiny_t2i()
     x = torch.randn(2, 12, 16, 16)
     t = torch.tensor([500, 500])
-    a = model.unet(x, t, encoder_hidden_states=torch.randn(2, 77, 384)).sample
-    b = model.unet(x, t, encoder_hidden_states=torch.randn(2, 77, 384)).sample
+    a = model.denoise(x, t, torch.randn(2, 77, 384))
+    b = model.denoise(x, t, torch.randn(2, 77, 384))
     assert not torch.allclose(a, b)
 
 
@@ -326,3 +326,24 @@ def test_cli_scenes_sheet(tmp_path):
     assert res.exit_code == 0, res.output
     assert out.is_file() and "tail" in res.output
     assert Path(out).stat().st_size > 10_000
+
+
+def test_long_prompt_benchmark_smoke(trained_run, tmp_path, monkeypatch):
+    """``benchmarks/t2i_long.py --quick`` on the tiny run (an untrained reader stands in for the cached one)."""
+    import importlib.util
+
+    run, _ = trained_run
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "t2i_long.py"
+    spec = importlib.util.spec_from_file_location("bench_t2i_long", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "default_reader", lambda world: SceneReader(SceneReaderConfig(world=world, width=16)))
+    out = bench.main(["--model", str(run.out_dir), "--quick", "--examples", "2", "--out", str(tmp_path / "t2i")])
+    results = out["results"]
+    assert {"truncation (native 77)", "concat (compel, 77·k)", "ceiling (same scenes, terse, one window)"} <= set(results)
+    assert results["concat (compel, 77·k)"]["positions"] > 77 == results["truncation (native 77)"]["positions"]
+    for v in results.values():
+        assert 0 <= v["all"]["object_recall"] <= 1 and v["tail"]["n_objects"] > 0
+    md = (tmp_path / "t2i.md").read_text()
+    assert "Made by `python benchmarks/t2i_long.py" in md and "Goals (computed" in md
+    assert (tmp_path / "t2i.png").is_file() and (tmp_path / "t2i_examples.png").is_file()

@@ -18,7 +18,7 @@ import numpy as np
 
 from pentachora.data.scenes import Caption, Scene, SceneWorld
 
-__all__ = ["save_contender_sheet", "save_sample_sheet"]
+__all__ = ["ceiling_curve", "save_ceiling_curve", "save_contender_sheet", "save_sample_sheet"]
 
 
 def _plt():
@@ -151,5 +151,46 @@ def save_contender_sheet(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=140)
+    plt.close(fig)
+    return path
+
+
+def ceiling_curve(metrics: Sequence[Mapping]) -> list[dict[str, float]]:
+    """``[{"step", "train_s", "object_recall", ...}]`` from a T2I run's ``metrics.jsonl`` records.
+
+    ``train_s`` is the run's clock at the evaluation minus the time spent in the evaluations so far
+    (each evaluation records its own ``eval_s``), i.e. training seconds only.
+    """
+    rows, spent = [], 0.0
+    for rec in metrics:
+        if rec.get("split") != "eval" or "object_recall" not in rec:
+            continue
+        train_s = float(rec.get("time", float("nan"))) - spent
+        spent += float(rec.get("eval_s", 0.0))
+        rows.append({"step": int(rec["step"]), "train_s": train_s,
+                     **{k: float(rec[k]) for k in ("object_recall", "position_recall", "binding",
+                                                   "false_objects_per_image") if k in rec}})  # fmt: skip
+    return rows
+
+
+def save_ceiling_curve(rows: Sequence[Mapping], path: str | Path, title: str = "") -> Path:
+    """Object recall of validation short captions against training minutes (the ceiling's curve)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    minutes = [r["train_s"] / 60 for r in rows]
+    for key, label in (("object_recall", "object recall"), ("position_recall", "something in the cell"),
+                       ("binding", "binding")):  # fmt: skip
+        if rows and key in rows[0]:
+            ax.plot(minutes, [r[key] for r in rows], marker="o", label=label)
+    ax.axhline(0.8, color="gray", ls=":", lw=0.8, label="goal 0.8")
+    ax.set_xlabel("training minutes (evaluations excluded)")
+    ax.set_ylabel("validation short captions")
+    ax.set_ylim(0, 1)
+    ax.set_title(title or "miniature T2I: the short-caption ceiling during training", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
     plt.close(fig)
     return path

@@ -67,6 +67,10 @@ class MiniT2IConfig(Presets):
         beta_schedule: DDPM beta schedule.
         prediction_type: ``"v_prediction"`` or ``"epsilon"``.
         cond_dropout_prob: Probability of training a caption as the empty prompt (for guidance).
+        coord_channels: Concatenate two fixed coordinate maps (x, y in [−1, 1]) to the UNet's input, as
+            inpainting UNets concatenate their mask: convolutions are translation-equivariant, so this
+            tells every cross-attention query where on the canvas it is ("the top left corner").
+        snr_gamma: Min-SNR-γ loss weighting (Hang et al. 2023; diffusers' ``--snr_gamma``); 0 = plain MSE.
         sampler: Default sampler: ``"ddim"``, ``"euler"`` or ``"ddpm"``.
         sample_steps: Default sampling steps.
         guidance_scale: Default classifier-free guidance scale (1 = no guidance).
@@ -95,6 +99,8 @@ class MiniT2IConfig(Presets):
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "v_prediction"
     cond_dropout_prob: float = 0.1
+    coord_channels: bool = True
+    snr_gamma: float = 5.0
     sampler: str = "ddim"
     sample_steps: int = 25
     guidance_scale: float = 3.0
@@ -125,6 +131,8 @@ class MiniT2IConfig(Presets):
             problems.append(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
         if self.guidance_scale < 0:
             problems.append(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.snr_gamma < 0:
+            problems.append(f"snr_gamma must be >= 0, got {self.snr_gamma}")
         if problems:
             raise ConfigError("invalid MiniT2IConfig: " + "; ".join(problems))
 
@@ -166,7 +174,7 @@ class MiniT2I(PentachoraModel):
         channels = config.latent_channels
         self.unet = UNet2DConditionModel(
             sample_size=config.latent_size,
-            in_channels=channels,
+            in_channels=channels + (2 if config.coord_channels else 0),
             out_channels=channels,
             layers_per_block=config.layers_per_block,
             block_out_channels=config.block_out_channels,
@@ -181,6 +189,10 @@ class MiniT2I(PentachoraModel):
             "null_embedding", torch.zeros(config.encoder_window, config.cross_attention_dim), persistent=True
         )
         self.noise_scheduler = self._scheduler("ddpm")
+        n = config.latent_size
+        axis = (torch.arange(n, dtype=torch.float32) + 0.5) / n * 2 - 1
+        yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+        self.register_buffer("coords", torch.stack([xx, yy]), persistent=False)
 
     # ------------------------------------------------------------------ pieces
     def _scheduler(self, kind: str) -> Any:
@@ -226,6 +238,12 @@ class MiniT2I(PentachoraModel):
         """Inverse of :meth:`to_latent`, clamped to [0, 1]."""
         return ((F.pixel_shuffle(latents, self.config.fold) + 1) / 2).clamp(0.0, 1.0)
 
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """The UNet's prediction for latents ``x`` ``(B, 3f², h, w)`` at timesteps ``t`` given ``states``."""
+        if self.config.coord_channels:
+            x = torch.cat([x, self.coords.to(x.dtype).expand(x.shape[0], -1, -1, -1)], dim=1)
+        return self.unet(x, t, encoder_hidden_states=states).sample
+
     def _check_states(self, states: torch.Tensor, name: str) -> None:
         h = self.config.cross_attention_dim
         if states.ndim != 3 or states.shape[-1] != h or states.shape[1] < 1:
@@ -252,22 +270,31 @@ class MiniT2I(PentachoraModel):
         sched = self.noise_scheduler
         xt = sched.add_noise(x0, noise, t)
         target = sched.get_velocity(x0, noise, t) if self.config.prediction_type == "v_prediction" else noise
-        pred = self.unet(xt, t, encoder_hidden_states=states).sample
-        mse = F.mse_loss(pred.float(), target.float())
-        return T2IOutput(loss=mse, mse=mse.detach(), dropped_fraction=float(drop.float().mean()))
+        pred = self.denoise(xt, t, states)
+        per_sample = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+        mse = per_sample.mean()
+        if self.config.snr_gamma > 0:
+            alphas = sched.alphas_cumprod.to(x0.device)[t]
+            snr = alphas / (1 - alphas)
+            weight = snr.clamp(max=self.config.snr_gamma) / (
+                snr + 1 if self.config.prediction_type == "v_prediction" else snr
+            )
+            loss = (weight * per_sample).mean()
+        else:
+            loss = mse
+        return T2IOutput(loss=loss, mse=mse.detach(), dropped_fraction=float(drop.float().mean()))
 
     # ------------------------------------------------------------------ sampling
     def _predict(
         self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, scale: float
     ) -> torch.Tensor:
         if uncond is None or scale == 1.0:
-            return self.unet(x, t, encoder_hidden_states=cond).sample
+            return self.denoise(x, t, cond)
         if uncond.shape == cond.shape:
-            both = self.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
-            out_u, out_c = both.chunk(2)
+            out_u, out_c = self.denoise(torch.cat([x, x]), t, torch.cat([uncond, cond])).chunk(2)
         else:  # e.g. a 77·k concatenation against the 77-position empty prompt: two passes
-            out_u = self.unet(x, t, encoder_hidden_states=uncond).sample
-            out_c = self.unet(x, t, encoder_hidden_states=cond).sample
+            out_u = self.denoise(x, t, uncond)
+            out_c = self.denoise(x, t, cond)
         return out_u + scale * (out_c - out_u)
 
     @torch.no_grad()
