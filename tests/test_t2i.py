@@ -134,19 +134,40 @@ def test_config_errors():
         MiniT2IConfig(sampler="plms")
 
 
-def test_trainer_resume_is_exact(tmp_path):
+def test_trainer_resume_is_exact_including_the_ema(tmp_path):
+    from pentachora.recipes.t2i import EMAUpdate
+    from pentachora.training import default_param_groups
+
     pool = random_pool()
     kw = dict(batch_size=4, lr=1e-3, lr_schedule="constant", progress=False, tensorboard=False, save_every=2)
+
+    def fit(model, steps, out):
+        groups = default_param_groups(model.unet, 0.01)
+        cfg = TrainConfig(steps=steps, out_dir=str(out), **kw)
+        return Trainer(model, cfg, ScenePoolSource(pool, 4), callbacks=[EMAUpdate()], param_groups=groups).fit()
+
     a = tiny_t2i()
-    Trainer(a, TrainConfig(steps=4, out_dir=str(tmp_path / "a"), **kw), ScenePoolSource(pool, 4)).fit()
-    Trainer(
-        tiny_t2i(), TrainConfig(steps=2, out_dir=str(tmp_path / "b"), **kw), ScenePoolSource(pool, 4)
-    ).fit()
+    fit(a, 4, tmp_path / "a")
+    fit(tiny_t2i(), 2, tmp_path / "b")
     b = tiny_t2i(seed=7)  # initialised differently: everything must come from the checkpoint
-    res = Trainer(b, TrainConfig(steps=4, out_dir=str(tmp_path / "b"), **kw), ScenePoolSource(pool, 4)).fit()
-    assert res.resumed_from == 2
+    assert fit(b, 4, tmp_path / "b").resumed_from == 2
     for k, v in a.state_dict().items():
         assert torch.equal(b.state_dict()[k], v), k
+    assert int(a.ema_updates) == 4
+
+
+def test_ema_follows_the_trained_weights_with_warmup():
+    model = tiny_t2i()
+    ema0 = [p.clone() for p in model.ema_unet.parameters()]
+    for p in model.unet.parameters():
+        p.data.add_(1.0)
+    model.update_ema()  # first update: decay min(0.999, 1/10) = 0.1 → 90 % of the way
+    for e0, e, p in zip(ema0, model.ema_unet.parameters(), model.unet.parameters(), strict=True):
+        torch.testing.assert_close(e, 0.1 * e0 + 0.9 * p)
+    assert not any(p.requires_grad for p in model.ema_unet.parameters())
+    assert {id(p) for p in model.trainable_parameters()} == {id(p) for p in model.unet.parameters()}
+    off = MiniT2I(MiniT2IConfig.preset("tiny", ema_decay=0.0))
+    assert not hasattr(off, "ema_unet") and off.num_parameters() * 2 == model.num_parameters()
 
 
 # ============================================================================================ reader

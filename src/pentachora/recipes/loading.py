@@ -29,6 +29,8 @@ def _register_families() -> None:
         importlib.import_module("pentachora.memory")
     with contextlib.suppress(ImportError):
         importlib.import_module("pentachora.hub")
+    with contextlib.suppress(ImportError):  # the miniature T2I model and its reader need diffusers
+        importlib.import_module("pentachora.t2i")
 
 
 def load_model(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> PentachoraModel:

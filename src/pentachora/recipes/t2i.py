@@ -49,7 +49,7 @@ from pentachora.recipes.loading import FINAL_DIR
 from pentachora.t2i.model import MiniT2I
 from pentachora.t2i.reader import SceneReader, SceneReaderConfig
 from pentachora.t2i.scoring import object_hits, summarise_hits
-from pentachora.training import TrainConfig, Trainer, TrainResult
+from pentachora.training import Callback, TrainConfig, Trainer, TrainResult, default_param_groups
 from pentachora.training.logging import read_metrics
 from pentachora.training.state import is_main_process, run_folder_lock
 
@@ -329,6 +329,14 @@ def default_reader(
 
 
 # ============================================================================================ T2I
+class EMAUpdate(Callback):
+    """After every applied optimiser step, move the model's averaged weights (``update_ema``)."""
+
+    def on_step_end(self, trainer: Trainer, step: int, output_scalars: dict[str, float]) -> None:
+        if not trainer.last_step_skipped:
+            trainer.unwrapped_model.update_ema()  # type: ignore[operator]
+
+
 @dataclass
 class T2IRun:
     """The outcome of :func:`train_t2i`."""
@@ -467,7 +475,10 @@ def train_t2i(
         "world": dataclasses.asdict(c.world), "pool_size": pool_size, "encoder": encoder.describe()["fingerprint"],
         "eval_captions": eval_captions,
     }  # fmt: skip
-    trainer = Trainer(model, train_config, source, eval_fn=eval_fn, run_data=run_data)
+    groups = default_param_groups(model.unet, train_config.weight_decay)  # the EMA copy is not optimised
+    trainer = Trainer(
+        model, train_config, source, eval_fn=eval_fn, callbacks=[EMAUpdate()], param_groups=groups, run_data=run_data
+    )
     lock = run_folder_lock(out_dir, enabled=is_main_process()) if out_dir is not None else nullcontext()
     with lock:
         result = trainer.fit(resume=resume, fresh=fresh)

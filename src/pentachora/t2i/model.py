@@ -22,6 +22,7 @@ adds the text encoder is :class:`pentachora.diffusion.MiniT2IPipeline`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -71,6 +72,9 @@ class MiniT2IConfig(Presets):
             inpainting UNets concatenate their mask: convolutions are translation-equivariant, so this
             tells every cross-attention query where on the canvas it is ("the top left corner").
         snr_gamma: Min-SNR-γ loss weighting (Hang et al. 2023; diffusers' ``--snr_gamma``); 0 = plain MSE.
+        ema_decay: Exponential moving average of the UNet's weights (diffusers' ``EMAModel``, with its
+            warm-up ``min(decay, (1 + n) / (10 + n))``), kept in the checkpoint and used for sampling;
+            0 = none. :meth:`MiniT2I.update_ema` is called after every optimiser step by the recipe.
         sampler: Default sampler: ``"ddim"``, ``"euler"`` or ``"ddpm"``.
         sample_steps: Default sampling steps.
         guidance_scale: Default classifier-free guidance scale (1 = no guidance).
@@ -101,6 +105,7 @@ class MiniT2IConfig(Presets):
     cond_dropout_prob: float = 0.1
     coord_channels: bool = True
     snr_gamma: float = 5.0
+    ema_decay: float = 0.999
     sampler: str = "ddim"
     sample_steps: int = 25
     guidance_scale: float = 3.0
@@ -133,6 +138,8 @@ class MiniT2IConfig(Presets):
             problems.append(f"guidance_scale must be >= 0, got {self.guidance_scale}")
         if self.snr_gamma < 0:
             problems.append(f"snr_gamma must be >= 0, got {self.snr_gamma}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if problems:
             raise ConfigError("invalid MiniT2IConfig: " + "; ".join(problems))
 
@@ -193,6 +200,9 @@ class MiniT2I(PentachoraModel):
         axis = (torch.arange(n, dtype=torch.float32) + 0.5) / n * 2 - 1
         yy, xx = torch.meshgrid(axis, axis, indexing="ij")
         self.register_buffer("coords", torch.stack([xx, yy]), persistent=False)
+        if config.ema_decay > 0:
+            self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ pieces
     def _scheduler(self, kind: str) -> Any:
@@ -238,11 +248,30 @@ class MiniT2I(PentachoraModel):
         """Inverse of :meth:`to_latent`, clamped to [0, 1]."""
         return ((F.pixel_shuffle(latents, self.config.fold) + 1) / 2).clamp(0.0, 1.0)
 
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        """The UNet's prediction for latents ``x`` ``(B, 3f², h, w)`` at timesteps ``t`` given ``states``."""
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, ema: bool = False) -> torch.Tensor:
+        """The UNet's prediction for latents ``x`` ``(B, 3f², h, w)`` at timesteps ``t`` given ``states``
+        (``ema=True``: with the averaged weights, when the model keeps them)."""
         if self.config.coord_channels:
             x = torch.cat([x, self.coords.to(x.dtype).expand(x.shape[0], -1, -1, -1)], dim=1)
-        return self.unet(x, t, encoder_hidden_states=states).sample
+        unet = self.ema_unet if ema and self.config.ema_decay > 0 else self.unet
+        return unet(x, t, encoder_hidden_states=states).sample
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimiser updates (the UNet's; the EMA copy is averaged, not trained)."""
+        return list(self.unet.parameters())
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """One EMA step of the sampling weights towards the trained ones (after an optimiser step)."""
+        if self.config.ema_decay <= 0:
+            return
+        n = int(self.ema_updates)
+        decay = min(self.config.ema_decay, (1 + n) / (10 + n))
+        for ema, p in zip(self.ema_unet.parameters(), self.unet.parameters(), strict=True):
+            ema.lerp_(p.detach(), 1.0 - decay)
+        for ema, b in zip(self.ema_unet.buffers(), self.unet.buffers(), strict=True):
+            ema.copy_(b)
+        self.ema_updates += 1
 
     def _check_states(self, states: torch.Tensor, name: str) -> None:
         h = self.config.cross_attention_dim
@@ -286,15 +315,21 @@ class MiniT2I(PentachoraModel):
 
     # ------------------------------------------------------------------ sampling
     def _predict(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, scale: float
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor | None,
+        scale: float,
+        ema: bool,
     ) -> torch.Tensor:
         if uncond is None or scale == 1.0:
-            return self.denoise(x, t, cond)
+            return self.denoise(x, t, cond, ema)
         if uncond.shape == cond.shape:
-            out_u, out_c = self.denoise(torch.cat([x, x]), t, torch.cat([uncond, cond])).chunk(2)
+            out_u, out_c = self.denoise(torch.cat([x, x]), t, torch.cat([uncond, cond]), ema).chunk(2)
         else:  # e.g. a 77·k concatenation against the 77-position empty prompt: two passes
-            out_u = self.denoise(x, t, uncond)
-            out_c = self.denoise(x, t, cond)
+            out_u = self.denoise(x, t, uncond, ema)
+            out_c = self.denoise(x, t, cond, ema)
         return out_u + scale * (out_c - out_u)
 
     @torch.no_grad()
@@ -307,6 +342,7 @@ class MiniT2I(PentachoraModel):
         generator: torch.Generator | list[torch.Generator] | None = None,
         sampler: str | None = None,
         latents: torch.Tensor | None = None,
+        use_ema: bool = True,
     ) -> torch.Tensor:
         """Images ``(B, 3, H, W)`` in [0, 1] from encoder states, as a diffusers pipeline makes them.
 
@@ -318,6 +354,7 @@ class MiniT2I(PentachoraModel):
             generator: Seeds the initial noise (one generator, or one per image as diffusers allows).
             sampler: ``"ddim"``, ``"euler"`` or ``"ddpm"`` (default: the config's).
             latents: Initial noise ``(B, 3f², H/f, W/f)`` instead of drawing it.
+            use_ema: Sample with the averaged weights (when the model keeps them; the default).
 
         Raises:
             DataError: Misshapen or non-finite embeddings, or guidance without a stored empty prompt.
@@ -365,7 +402,7 @@ class MiniT2I(PentachoraModel):
         x = x * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             inp = scheduler.scale_model_input(x, t)
-            out = self._predict(inp, t, cond, uncond, scale)
+            out = self._predict(inp, t, cond, uncond, scale, use_ema)
             x = scheduler.step(
                 out, t, x, generator=generator if not isinstance(generator, list) else None
             ).prev_sample
