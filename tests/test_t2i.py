@@ -144,7 +144,9 @@ def test_trainer_resume_is_exact_including_the_ema(tmp_path):
     def fit(model, steps, out):
         groups = default_param_groups(model.unet, 0.01)
         cfg = TrainConfig(steps=steps, out_dir=str(out), **kw)
-        return Trainer(model, cfg, ScenePoolSource(pool, 4), callbacks=[EMAUpdate()], param_groups=groups).fit()
+        return Trainer(
+            model, cfg, ScenePoolSource(pool, 4), callbacks=[EMAUpdate()], param_groups=groups
+        ).fit()
 
     a = tiny_t2i()
     fit(a, 4, tmp_path / "a")
@@ -358,11 +360,21 @@ def test_long_prompt_benchmark_smoke(trained_run, tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("bench_t2i_long", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    monkeypatch.setattr(bench, "default_reader", lambda world: SceneReader(SceneReaderConfig(world=world, width=16)))
-    out = bench.main(["--model", str(run.out_dir), "--quick", "--examples", "2", "--out", str(tmp_path / "t2i")])
+    monkeypatch.setattr(
+        bench, "default_reader", lambda world: SceneReader(SceneReaderConfig(world=world, width=16))
+    )
+    out = bench.main(
+        ["--model", str(run.out_dir), "--quick", "--examples", "2", "--out", str(tmp_path / "t2i")]
+    )
     results = out["results"]
-    assert {"truncation (native 77)", "concat (compel, 77·k)", "ceiling (same scenes, terse, one window)"} <= set(results)
-    assert results["concat (compel, 77·k)"]["positions"] > 77 == results["truncation (native 77)"]["positions"]
+    assert {
+        "truncation (native 77)",
+        "concat (compel, 77·k)",
+        "ceiling (same scenes, terse, one window)",
+    } <= set(results)
+    assert (
+        results["concat (compel, 77·k)"]["positions"] > 77 == results["truncation (native 77)"]["positions"]
+    )
     for v in results.values():
         assert 0 <= v["all"]["object_recall"] <= 1 and v["tail"]["n_objects"] > 0
     md = (tmp_path / "t2i.md").read_text()

@@ -145,11 +145,12 @@ def train_reader_cmd(
 @train_app.command("t2i")
 @train_options(
     exclude=("audit", "audit_every", "grad_clip_mode"),
-    steps={"default": 4000, "min": 0},
+    steps={"default": 5000, "min": 0},
     batch_size={"default": 32},
-    lr={"default": 3e-4},
-    warmup={"default": 200},
-    eval_every={"default": 500, "help": "Sample and read validation captions every N steps (the ceiling's curve)."},
+    lr={"default": 1e-3},
+    warmup={"default": 100},
+    bf16={"default": True},
+    eval_every={"default": 1000, "help": "Sample and read validation captions every N steps (the ceiling's curve)."},
     save_every={"default": 500},
 )  # fmt: skip
 def train_t2i_cmd(

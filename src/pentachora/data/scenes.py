@@ -59,6 +59,7 @@ __all__ = [
     "SIZES",
     "SPLITS",
     "TRAIN_TEMPLATES",
+    "WORLD_FORMAT",
     "Caption",
     "Scene",
     "SceneObject",
@@ -70,6 +71,10 @@ __all__ = [
     "TokenCounter",
     "degrade",
 ]
+
+WORLD_FORMAT = "scene-world-v2"
+"""Version of how scenes are drawn, rendered and captioned: part of every cache key built from them
+(v2: 3×3 cells are named only the way people name them — no "second row, third column")."""
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 CAPTION_KINDS: tuple[str, ...] = ("short", "prose", "terse", "long", "ceiling")
@@ -540,7 +545,8 @@ class SceneWorld:
         g = self.config.grid
         r, c = divmod(cell, g)
         ordinals = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
-        phrases = [f"the {ordinals[r]} row, {ordinals[c]} column"] if g <= 8 else []
+        # 3×3 cells have names people use ("the top left corner"); larger grids are counted
+        phrases = [f"the {ordinals[r]} row, {ordinals[c]} column"] if 3 < g <= 8 else []
         if g == 3:
             rows, cols = ("top", "middle", "bottom"), ("left", "centre", "right")
             if r != 1 and c != 1:

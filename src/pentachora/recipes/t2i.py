@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from pentachora.data.scenes import (
+    WORLD_FORMAT,
     Caption,
     Scene,
     ScenePool,
@@ -157,7 +158,9 @@ def scene_pool(
     """
     if n < 1:
         raise ConfigError(f"a scene pool needs n >= 1, got {n}")
-    key = _key(POOL_FORMAT, dataclasses.asdict(world.config), encoder.describe(), split, kind, n)
+    key = _key(
+        POOL_FORMAT, WORLD_FORMAT, dataclasses.asdict(world.config), encoder.describe(), split, kind, n
+    )
     folder = cache_root(cache) / "scene-pools"
     tensors_path, meta_path = folder / f"{key}.safetensors", folder / f"{key}.json"
     if use_cache and tensors_path.is_file() and meta_path.is_file():
@@ -477,7 +480,13 @@ def train_t2i(
     }  # fmt: skip
     groups = default_param_groups(model.unet, train_config.weight_decay)  # the EMA copy is not optimised
     trainer = Trainer(
-        model, train_config, source, eval_fn=eval_fn, callbacks=[EMAUpdate()], param_groups=groups, run_data=run_data
+        model,
+        train_config,
+        source,
+        eval_fn=eval_fn,
+        callbacks=[EMAUpdate()],
+        param_groups=groups,
+        run_data=run_data,
     )
     lock = run_folder_lock(out_dir, enabled=is_main_process()) if out_dir is not None else nullcontext()
     with lock:

@@ -68,10 +68,25 @@ class MiniT2IConfig(Presets):
         beta_schedule: DDPM beta schedule.
         prediction_type: ``"v_prediction"`` or ``"epsilon"``.
         cond_dropout_prob: Probability of training a caption as the empty prompt (for guidance).
-        coord_channels: Concatenate two fixed coordinate maps (x, y in [−1, 1]) to the UNet's input, as
-            inpainting UNets concatenate their mask: convolutions are translation-equivariant, so this
-            tells every cross-attention query where on the canvas it is ("the top left corner").
-        snr_gamma: Min-SNR-γ loss weighting (Hang et al. 2023; diffusers' ``--snr_gamma``); 0 = plain MSE.
+        coord_channels: Concatenate fixed coordinate maps to the UNet's input, as inpainting UNets
+            concatenate their mask: x, y in [−1, 1] and ``coord_frequencies`` Fourier pairs
+            ``sin/cos(kπ·x)``, ``sin/cos(kπ·y)``. Convolutions are translation-equivariant; this tells
+            every cross-attention query where on the canvas it is ("the top left corner").
+        coord_frequencies: Fourier frequencies of the coordinate maps (0: x and y only).
+        pooled_text: Add an attention-pooled summary of the encoder states to the timestep embedding
+            (diffusers' ``addition_embed_type="text"``, DeepFloyd IF's text-time embedding), so every
+            ResNet block sees the prompt; it is computed from ``prompt_embeds`` itself (no extra input),
+            pooled within each 77-position window and averaged over the windows of a ``77·k`` input.
+        text_adapter_kernel: A trainable adapter between the frozen encoder and the cross-attention
+            (0: none): ``states + W_out·GELU(conv1d_k(W_in·LN(states)))`` with ``W_out`` zero-initialised,
+            so it starts as the identity. It runs within each 77-position window (a ``77·k``
+            concatenation stays k windows that do not see each other), mixing neighbouring tokens so a
+            colour word can carry the position words of its own sentence: the frozen MiniLM states bind
+            them only weakly, and the UNet learned positions far slower without it.
+        text_adapter_width: Channels inside the adapter.
+        snr_gamma: Min-SNR-γ loss weighting (Hang et al. 2023; diffusers' ``--snr_gamma``); 0 = plain MSE
+            (the default: with v-prediction it down-weights the noisiest steps, where the layout is decided,
+            and position binding learned slower with it).
         ema_decay: Exponential moving average of the UNet's weights (diffusers' ``EMAModel``, with its
             warm-up ``min(decay, (1 + n) / (10 + n))``), kept in the checkpoint and used for sampling;
             0 = none. :meth:`MiniT2I.update_ema` is called after every optimiser step by the recipe.
@@ -104,7 +119,11 @@ class MiniT2IConfig(Presets):
     prediction_type: str = "v_prediction"
     cond_dropout_prob: float = 0.1
     coord_channels: bool = True
-    snr_gamma: float = 5.0
+    coord_frequencies: int = 2
+    pooled_text: bool = True
+    text_adapter_kernel: int = 9
+    text_adapter_width: int = 128
+    snr_gamma: float = 0.0
     ema_decay: float = 0.999
     sampler: str = "ddim"
     sample_steps: int = 25
@@ -144,12 +163,62 @@ class MiniT2IConfig(Presets):
             raise ConfigError("invalid MiniT2IConfig: " + "; ".join(problems))
 
     @property
+    def n_coord_channels(self) -> int:
+        """Coordinate maps concatenated to the UNet's input."""
+        return 2 + 4 * self.coord_frequencies if self.coord_channels else 0
+
+    @property
     def latent_channels(self) -> int:
         return 3 * self.fold * self.fold
 
     @property
     def latent_size(self) -> int:
         return self.world.image_size // self.fold
+
+
+class TokenConvAdapter(torch.nn.Module):
+    """``(B, L, H) → (B, L, H)``: a residual convolution over the token axis within each window.
+
+    ``x + W_out·GELU(conv1d(W_in·LN(x)))``; ``W_out`` starts at zero (identity). Inputs whose length is
+    a multiple of ``window`` are processed window by window (no mixing across windows).
+    """
+
+    def __init__(self, dim: int, width: int, kernel: int, window: int) -> None:
+        super().__init__()
+        self.window = window
+        self.norm = torch.nn.LayerNorm(dim)
+        self.inp = torch.nn.Linear(dim, width)
+        self.conv = torch.nn.Conv1d(width, width, kernel, padding=kernel // 2)
+        self.out = torch.nn.Linear(width, dim)
+        torch.nn.init.zeros_(self.out.weight)
+        torch.nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, h = x.shape
+        w = self.window if n % self.window == 0 else n
+        y = x.reshape(b * (n // w), w, h)
+        y = self.conv(self.inp(self.norm(y)).transpose(1, 2)).transpose(1, 2)
+        return x + self.out(F.gelu(y)).reshape(b, n, h)
+
+
+def _windowed_text_time_embedding(module: torch.nn.Module, window: int) -> None:
+    """Make diffusers' ``TextTimeEmbedding`` (the pooled-text addition) pool each ``window``-position
+    window alone and average the windows, in place (same parameters, same state-dict keys).
+
+    On one window it is unchanged. Its attention pooling puts a class token beside the ``L`` keys, so on
+    a ``77·k`` concatenation it is *not* invariant to repeating a window; pooled per window it is, and a
+    concatenation pools like its windows (compel pads negatives with copies of the empty prompt).
+    """
+    base = type(module)
+
+    class WindowedTextTimeEmbedding(base):  # type: ignore[misc, valid-type]
+        def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+            b, n, h = hidden_states.shape
+            w = window if n % window == 0 else n
+            pooled = super().forward(hidden_states.reshape(b * (n // w), w, h))
+            return pooled.reshape(b, n // w, -1).mean(dim=1)
+
+    module.__class__ = WindowedTextTimeEmbedding
 
 
 @dataclass
@@ -181,7 +250,7 @@ class MiniT2I(PentachoraModel):
         channels = config.latent_channels
         self.unet = UNet2DConditionModel(
             sample_size=config.latent_size,
-            in_channels=channels + (2 if config.coord_channels else 0),
+            in_channels=channels + config.n_coord_channels,
             out_channels=channels,
             layers_per_block=config.layers_per_block,
             block_out_channels=config.block_out_channels,
@@ -191,6 +260,8 @@ class MiniT2I(PentachoraModel):
             cross_attention_dim=config.cross_attention_dim,
             attention_head_dim=config.attention_heads,
             norm_num_groups=config.norm_num_groups,
+            addition_embed_type="text" if config.pooled_text else None,
+            addition_embed_type_num_heads=8,
         )
         self.register_buffer(
             "null_embedding", torch.zeros(config.encoder_window, config.cross_attention_dim), persistent=True
@@ -199,7 +270,20 @@ class MiniT2I(PentachoraModel):
         n = config.latent_size
         axis = (torch.arange(n, dtype=torch.float32) + 0.5) / n * 2 - 1
         yy, xx = torch.meshgrid(axis, axis, indexing="ij")
-        self.register_buffer("coords", torch.stack([xx, yy]), persistent=False)
+        maps = [xx, yy]
+        for k in range(1, config.coord_frequencies + 1):
+            for v in (xx, yy):
+                maps += [torch.sin(k * torch.pi * v), torch.cos(k * torch.pi * v)]
+        self.register_buffer("coords", torch.stack(maps), persistent=False)
+        if config.pooled_text:
+            _windowed_text_time_embedding(self.unet.add_embedding, config.encoder_window)
+        if config.text_adapter_kernel > 0:
+            self.unet.text_adapter = TokenConvAdapter(
+                config.cross_attention_dim,
+                config.text_adapter_width,
+                config.text_adapter_kernel,
+                config.encoder_window,
+            )
         if config.ema_decay > 0:
             self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
@@ -248,16 +332,21 @@ class MiniT2I(PentachoraModel):
         """Inverse of :meth:`to_latent`, clamped to [0, 1]."""
         return ((F.pixel_shuffle(latents, self.config.fold) + 1) / 2).clamp(0.0, 1.0)
 
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, ema: bool = False) -> torch.Tensor:
+    def denoise(
+        self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, ema: bool = False
+    ) -> torch.Tensor:
         """The UNet's prediction for latents ``x`` ``(B, 3f², h, w)`` at timesteps ``t`` given ``states``
         (``ema=True``: with the averaged weights, when the model keeps them)."""
         if self.config.coord_channels:
             x = torch.cat([x, self.coords.to(x.dtype).expand(x.shape[0], -1, -1, -1)], dim=1)
         unet = self.ema_unet if ema and self.config.ema_decay > 0 else self.unet
+        if self.config.text_adapter_kernel > 0:
+            states = unet.text_adapter(states)
         return unet(x, t, encoder_hidden_states=states).sample
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        """The parameters the optimiser updates (the UNet's; the EMA copy is averaged, not trained)."""
+        """The parameters the optimiser updates (the UNet's and its text adapter's; the EMA copy is
+        averaged, not trained)."""
         return list(self.unet.parameters())
 
     @torch.no_grad()
