@@ -33,7 +33,8 @@ def _plt():
 def save_sample_sheet(
     world: SceneWorld, samples: Sequence[tuple[Scene, Caption]], path: str | Path, columns: int = 4
 ) -> Path:
-    """A PNG grid: each scene's render above its caption (tail objects listed in red).
+    """A PNG grid: each scene's render above its caption (objects described only past the first window
+    listed in red below it).
 
     Args:
         world: The world that rendered the scenes.
@@ -44,27 +45,39 @@ def save_sample_sheet(
     plt = _plt()
     n = len(samples)
     rows = max(1, -(-n // columns))
-    long = any(c.n_tokens > world.config.window_tokens for _, c in samples)
-    text_h = 3.4 if long else 1.6
-    fig = plt.figure(figsize=(4.2 * columns, (2.6 + text_h) * rows))
-    for k, (scene, caption) in enumerate(samples):
-        ax = fig.add_subplot(rows, columns, k + 1)
+    w = world.config.window_tokens
+    font, line_in = 5.6, 5.6 * 1.3 / 72  # points, and one text line in inches
+    texts = []
+    for scene, caption in samples:
+        tail = [o for i, o in enumerate(scene.objects) if caption.object_region(i, w) == "tail"]
+        body = textwrap.wrap(caption.text, 64)
+        note = (
+            textwrap.wrap(f"only past token {w}: " + "; ".join(
+                f"{o.colour} {o.shape} @ {world.cell_name(o.cell)}" for o in tail), 64)
+            if tail else []
+        )  # fmt: skip
+        texts.append((body, note))
+    img_in, title_in, col_in, pad_in = 2.6, 0.25, 4.3, 0.15
+    text_in = max(len(b) + len(t) + 1 for b, t in texts) * line_in
+    row_in = title_in + img_in + text_in + pad_in
+    fig_w, fig_h = col_in * min(n, columns), row_in * rows
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    for k, ((scene, caption), (body, note)) in enumerate(zip(samples, texts, strict=True)):
+        r, c = divmod(k, columns)
+        left = (c * col_in + (col_in - img_in) / 2) / fig_w
+        bottom = (fig_h - r * row_in - title_in - img_in) / fig_h
+        ax = fig.add_axes((left, bottom, img_in / fig_w, img_in / fig_h))
         ax.imshow(world.render(scene).transpose(1, 2, 0), interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        w = world.config.window_tokens
-        tail = [scene.objects[i] for i in range(len(scene.objects)) if caption.object_region(i, w) == "tail"]
-        title = f"{caption.kind}, {len(scene.objects)} objects, {caption.n_tokens} tokens"
-        ax.set_title(title, fontsize=8, pad=22 if tail else 6)
-        body = "\n".join(textwrap.wrap(caption.text, 62))
-        ax.text(
-            0.0, -0.04, body, transform=ax.transAxes, va="top", ha="left", fontsize=5.6, family="monospace"
-        )
-        if tail:
-            names = "; ".join(f"{o.colour} {o.shape} @ {world.cell_name(o.cell)}" for o in tail)
-            lines = "\n".join(textwrap.wrap(f"only past token {w}: {names}", 70))
-            ax.text(0.0, 1.09, lines, transform=ax.transAxes, fontsize=5.6, color="crimson", va="bottom")
-    fig.tight_layout()
+        ax.set_title(f"{caption.kind}, {len(scene.objects)} objects, {caption.n_tokens} tokens", fontsize=8)
+        x0 = (c * col_in + 0.1) / fig_w
+        y0 = bottom - 0.06 / fig_h
+        fig.text(x0, y0, "\n".join(body), va="top", ha="left", fontsize=font, family="monospace")
+        if note:
+            y1 = y0 - (len(body) + 0.5) * line_in / fig_h
+            fig.text(x0, y1, "\n".join(note), va="top", ha="left", fontsize=font, family="monospace",
+                     color="crimson")  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
