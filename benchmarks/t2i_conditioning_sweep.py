@@ -24,6 +24,7 @@ Writes ``benchmarks/results/t2i_conditioning_sweep.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -62,7 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--every", type=int, default=1000, help="Evaluate every N steps.")
     p.add_argument("--pool", type=int, default=12_000, help="Training scenes (short captions).")
     p.add_argument("--val", type=int, default=96, help="Validation prose captions per evaluation.")
-    p.add_argument("--logs", type=Path, default=None, help="Folder for per-variant logs (default: a temp dir).")
+    p.add_argument(
+        "--logs", type=Path, default=None, help="Folder for per-variant logs (default: a temp dir)."
+    )
     p.add_argument("--collect", type=Path, nargs="+", default=None, help="Only tabulate existing logs.")
     p.add_argument("--note", default="", help="Provenance line written above the table (e.g. which device).")
     p.add_argument("--out", type=Path, default=RESULTS / "t2i_conditioning_sweep", help="Output stem.")
@@ -88,7 +91,9 @@ def build_pool(path: Path, n: int, n_val: int) -> None:
     val = [world.sample("val", i, "prose", count) for i in range(n_val)]
     torch.save(
         {
-            "images": torch.from_numpy(np.round(world.render_batch([s for s, _ in pairs]) * 255).astype(np.uint8)),
+            "images": torch.from_numpy(
+                np.round(world.render_batch([s for s, _ in pairs]) * 255).astype(np.uint8)
+            ),
             "states": encode_prompts(encoder, [c.text for _, c in pairs], batch_size=256).half(),
             "layouts": torch.from_numpy(world.layouts([s for s, _ in pairs])),
             "captions": [c.text for _, c in pairs],
@@ -121,7 +126,9 @@ def train_variant(name: str, pool_path: Path, log_path: Path, steps: int, every:
     t0 = time.time()
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        s = evaluate_prompts(m, reader, data["val_states"], data["val_layouts"].numpy(), seeds=(0,))["summary"]  # type: ignore[arg-type]
+        s = evaluate_prompts(m, reader, data["val_states"], data["val_layouts"].numpy(), seeds=(0,))[
+            "summary"
+        ]  # type: ignore[arg-type]
         return {k: round(float(s[k]), 4) for k in METRICS}
 
     class Log(Callback):
@@ -186,13 +193,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         logs.mkdir(parents=True, exist_ok=True)
         if not (logs / "pool.pt").is_file():
             build_pool(logs / "pool.pt", args.pool, args.val)
-        base = [sys.executable, __file__, "--logs", str(logs), "--steps", str(args.steps), "--every", str(args.every)]
-        procs = [
-            subprocess.Popen([*base, "--child", name], stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT)
-            for name in args.variants
+        base = [
+            sys.executable,
+            __file__,
+            "--logs",
+            str(logs),
+            "--steps",
+            str(args.steps),
+            "--every",
+            str(args.every),
         ]
-        for proc in procs:
-            proc.wait()
+        with contextlib.ExitStack() as stack:
+            procs = [
+                subprocess.Popen(
+                    [*base, "--child", name],
+                    stdout=stack.enter_context(open(logs / f"{name}.log", "w")),
+                    stderr=subprocess.STDOUT,
+                )
+                for name in args.variants
+            ]
+            for proc in procs:
+                proc.wait()
     curves = collect(args.collect or [logs])
     data = {
         "meta": run_meta("benchmarks/t2i_conditioning_sweep.py", argv), "note": args.note, "variants": VARIANTS,
