@@ -64,6 +64,35 @@ def test_cross_attention_reads_the_conditioning():
     assert not torch.allclose(a, b)
 
 
+def test_text_adapter_starts_as_identity_and_stays_inside_its_window():
+    from pentachora.t2i.model import TokenConvAdapter
+
+    torch.manual_seed(0)
+    adapter = TokenConvAdapter(dim=16, width=8, kernel=9, window=77)
+    x = torch.randn(2, 154, 16)
+    assert torch.equal(adapter(x), x)  # zero-initialised output: the identity
+    torch.nn.init.normal_(adapter.out.weight)
+    y = adapter(x)
+    assert not torch.allclose(y, x)
+    x2 = x.clone()
+    x2[:, 80:] += 1.0  # change only the second window
+    torch.testing.assert_close(adapter(x2)[:, :77], y[:, :77])  # the first window does not see it
+    torch.testing.assert_close(adapter(x[:, :77]), y[:, :77])  # a window reads alike alone or concatenated
+
+
+def test_pooled_text_pools_each_window_so_tiling_changes_nothing():
+    model = tiny_t2i()
+    emb = model.unet.add_embedding
+    states = torch.randn(2, 77, 384)
+    one = emb(states)
+    torch.testing.assert_close(emb(states.repeat(1, 3, 1)), one, rtol=1e-5, atol=1e-5)
+    other = torch.randn(2, 77, 384)
+    both = emb(torch.cat([states, other], dim=1))
+    torch.testing.assert_close(both, (one + emb(other)) / 2, rtol=1e-5, atol=1e-5)
+    # the presets use it (diffusers builds the embedding from addition_embed_type="text")
+    assert model.config.pooled_text and model.unet.config.addition_embed_type == "text"
+
+
 def test_save_load_roundtrip_keeps_the_null_embedding(tmp_path):
     model = tiny_t2i()
     model.save_pretrained(tmp_path / "m")
