@@ -140,8 +140,14 @@ def test_bf16_autocast_steps_stay_finite(tmp_path, corpus_file):
     data = prepare_memory_data(config, f"text:{corpus_file}", cache_root=tmp_path / "cache", progress=False)
     torch.manual_seed(0)
     cfg = TrainConfig(steps=3, batch_size=4, mixed_precision="bf16", progress=False, tensorboard=False)
-    run = train_memory(GeometricMemory(config), data, cfg, periodic_eval_docs=4)
+    model = GeometricMemory(config)
+    seen: list[torch.dtype] = []  # the dtype the fusion projection computes in, per training forward
+    model.fusion.proj.register_forward_hook(
+        lambda _m, _i, out: seen.append(out.dtype) if model.training else None
+    )
+    run = train_memory(model, data, cfg, periodic_eval_docs=4)
     assert run.result.nonfinite_steps == 0 and run.model.fusion.proj.weight.dtype == torch.float32
+    assert seen.count(torch.bfloat16) >= 3  # autocast was on in every training step, not silently off
 
 
 def test_cli_train_encode_eval(tmp_path, corpus_file):

@@ -238,11 +238,25 @@ def test_in_memory_training_writes_nothing(tmp_path: Path, monkeypatch: pytest.M
     assert result.checkpoint is None and result.steps == 3 and list(tmp_path.iterdir()) == []
 
 
+def _matmul_dtypes(model: TinyAE) -> list[torch.dtype]:
+    """Record the dtype the first Linear computes in during every forward (autocast shows here)."""
+    seen: list[torch.dtype] = []
+    model.enc[0].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    return seen
+
+
 def test_bf16_mixed_precision_runs_on_cpu(tmp_path: Path) -> None:
-    result = Trainer(make_model(), cfg(tmp_path, steps=4, mixed_precision="bf16"), ToySource()).fit()
+    model = make_model()
+    seen = _matmul_dtypes(model)
+    result = Trainer(model, cfg(tmp_path, steps=4, mixed_precision="bf16"), ToySource()).fit()
     assert result.steps == 4 and math.isfinite(result.metrics["loss"])
+    # autocast really was on inside the training forward (not silently off), and the weights stay fp32
+    assert seen and set(seen) == {torch.bfloat16} and model.enc[0].weight.dtype == torch.float32
     # back to fp32 in the same process (Accelerate's process state is re-initialised)
-    Trainer(make_model(), cfg(None, steps=2), ToySource()).fit()
+    model = make_model()
+    seen = _matmul_dtypes(model)
+    Trainer(model, cfg(None, steps=2), ToySource()).fit()
+    assert seen and set(seen) == {torch.float32}
 
 
 # ----------------------------------------------------------------------------- exact resume
