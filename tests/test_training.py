@@ -182,7 +182,15 @@ def test_loss_goes_down_and_run_folder_is_written(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "train_config.json").read_text())
     assert TrainConfig.from_dict(saved) == config
     assert json.loads((tmp_path / "model_config.json").read_text())["model_type"] == "test_tiny_ae"
-    assert any((tmp_path / "tensorboard").iterdir())
+    # the scalars are readable back from TensorBoard's event file (the `train` extra is installed)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert {"train/loss", "eval/mse"} <= set(acc.Tags()["scalars"]), acc.Tags()["scalars"]
+    logged = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert [s for s, _ in logged] == [r["step"] for r in records]
+    assert [v for _, v in logged] == pytest.approx([r["loss"] for r in records], rel=1e-6)
 
     ckpt = tmp_path / "checkpoints" / "step-0000060"
     assert result.checkpoint == ckpt == latest_checkpoint(tmp_path)
