@@ -275,7 +275,8 @@ def test_no_svd_or_eigh_in_train_step_and_inference():
 
 def test_op_recorder_sees_eigh_in_patchsvae():
     """Positive control: the recorder does catch the SVD peer's Gram eigendecomposition."""
-    svae = pytest.importorskip("pentachora.autoencoders.svae")
+    import pentachora.autoencoders.svae as svae  # our own module: missing means broken, never a skip
+
     torch.manual_seed(0)
     model = svae.PatchSVAE(svae.PatchSVAEConfig.preset("tiny"))
     with _OpRecorder() as rec:
