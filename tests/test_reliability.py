@@ -57,6 +57,18 @@ def test_requirements_install_the_versions_ci_tested():
         assert name in pins, f"constraints.txt does not pin {name}"
     assert pins["torch"] == "2.13.0"
     assert "+" not in "".join(pins.values())  # local tags (+cpu) are not on PyPI
+    # and this environment (installed by the README's command, as CI installs it) *is* those versions
+    from importlib import metadata
+
+    wrong = {}
+    for name, pin in pins.items():
+        try:
+            installed = metadata.version(name).split("+", 1)[0]
+        except metadata.PackageNotFoundError:
+            continue  # a pin for a platform-specific dependency this machine does not need
+        if installed != pin:
+            wrong[name] = (installed, pin)
+    assert not wrong, f"installed ≠ constraints.txt (installed, pinned): {wrong}"
 
 
 # ----------------------------------------------------------------------------- shared test pieces
