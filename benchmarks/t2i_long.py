@@ -49,7 +49,7 @@ from pentachora.diffusion.mini import MiniT2IPipeline, parse_encoder_spec, promp
 from pentachora.recipes.reporting import fmt_ci, run_meta, verdict, write_results
 from pentachora.recipes.scene_pictures import save_contender_sheet
 from pentachora.recipes.t2i import caption_set, default_reader, evaluate_prompts, token_counter
-from pentachora.t2i.scoring import bootstrap_ratio, summarise_hits
+from pentachora.t2i.scoring import bootstrap_ratio, paired_recall_difference, summarise_hits
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.memory_noshift is not None:
         contenders.append(("memory, no shift", f"memory:{args.memory_noshift}"))
     results: dict[str, Any] = {}
+    raw_hits: dict[str, Any] = {}  # per contender: ObjectHits of the same objects (paired comparisons)
     examples: dict[str, Any] = {"images": {}, "readings": {}}
     n_ex = min(args.examples, len(test_long))
     layouts = world.layouts([s for s, _ in test_long])
@@ -215,6 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[label] = {"spec": spec, **score(scores, test_long, len(args.seeds), window),
                           "positions": int(prompt_conditioning(spec, model, encoder)([test_long[0][1].text]).prompt_embeds.shape[1]),
                           "seconds": time.perf_counter() - t}  # fmt: skip
+        raw_hits[label], test_clusters = scores["hits"], scores["clusters"]
         rows = np.arange(n_ex) * len(args.seeds)  # seed 0 of the first captions
         examples["images"][label] = scores["images"][rows].numpy()
         examples["readings"][label] = scores["reading"][rows].numpy()
@@ -232,6 +234,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }  # fmt: skip
     examples["images"]["ceiling"] = ceiling["images"][np.arange(n_ex) * len(args.seeds)].numpy()
     examples["readings"]["ceiling"] = ceiling["reading"][np.arange(n_ex) * len(args.seeds)].numpy()
+
+    # ------------------------------------------------------------------ paired differences (same objects)
+    regions = region_masks(test_long, len(args.seeds), window)["region"]
+    base = "truncation (native 77)"
+    shift_label = next(lbl for lbl, _ in contenders if "val-chosen" in lbl)
+    pairs = [(lbl, base) for lbl, _ in contenders if lbl != base]
+    pairs += [(a, b) for a, b in ((shift_label, "concat (compel, 77·k)"),
+                                  ("memory (minilm-tiny-long)", shift_label),
+                                  ("memory (minilm-tiny-long)", "concat (compel, 77·k)"),
+                                  ("memory (minilm-tiny-long)", "memory, no shift")) if a in raw_hits and b in raw_hits]  # fmt: skip
+    differences = []
+    for a, b in pairs:
+        for region in ("tail", "head"):
+            est, lo, hi = paired_recall_difference(raw_hits[a], raw_hits[b], test_clusters, regions == region)
+            differences.append({"a": a, "b": b, "region": region, "difference": est, "lo": lo, "hi": hi})
 
     # ------------------------------------------------------------------ held-out phrasings
     phrasing: dict[str, Any] = {}
@@ -269,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "tuning": tuning,
         "results": results,
+        "paired_differences": differences,
         "heldout_phrasing": phrasing,
         "alpha_blend": alpha_blend,
         "chance": {"uniform_object": chance_uniform},
@@ -290,12 +308,17 @@ def _verdicts(out: dict[str, Any]) -> list:
     trunc = r["truncation (native 77)"]
     ceiling = r["ceiling (same scenes, terse, one window)"]
     chance = trunc.get("tail_shuffled_chance", math.nan)
-    return [
+    out_v = [
         verdict("truncation's tail recall at the shuffled-caption chance level (≤ chance + 0.02)",
                 trunc["tail"]["object_recall"], "<=", chance + 0.02),
         verdict("ceiling: object recall of the same scenes told in one window (≥ 0.8)",
                 ceiling["all"]["object_recall"], ">=", 0.8),
     ]  # fmt: skip
+    for d in out.get("paired_differences", []):
+        if d["region"] == "tail":
+            out_v.append(verdict(f"{d['a']} puts more tail objects in the picture than {d['b']} (lower end of the "
+                                 "paired 95 % interval of the tail-recall difference > 0)", d["lo"], ">", 0.0))  # fmt: skip
+    return out_v
 
 
 def render_markdown(out: dict[str, Any]) -> str:
@@ -349,6 +372,14 @@ def render_markdown(out: dict[str, Any]) -> str:
             + " | ".join(f"{vals.get((c['lo'], c['hi']), math.nan):.3f}" for c in trunc["curve"])
             + " |"
         )
+    if out.get("paired_differences"):
+        lines += ["", "## Paired differences (same captions, seeds and objects; 95 % paired bootstrap over captions)",
+                  "", "| contender a | contender b | tail recall a − b | head recall a − b |", "|---|---|---|---|"]  # fmt: skip
+        by = {(d["a"], d["b"], d["region"]): d for d in out["paired_differences"]}
+        for a, b in dict.fromkeys((d["a"], d["b"]) for d in out["paired_differences"]):
+            t, h = by[(a, b, "tail")], by[(a, b, "head")]
+            lines.append(f"| {a} | {b} | {fmt_ci(t['difference'], t['lo'], t['hi'])} | "
+                         f"{fmt_ci(h['difference'], h['lo'], h['hi'])} |")  # fmt: skip
     if out["heldout_phrasing"]:
         lines += ["", "## Held-out phrasings (object templates never used in training)", "",
                   "| contender | head recall | tail recall |", "|---|---|---|"]  # fmt: skip

@@ -246,6 +246,25 @@ def test_object_hits_and_bootstrap():
         object_hits(pred, truth[:1], 4)
 
 
+def test_paired_recall_difference_is_paired_and_checks_its_objects():
+    from pentachora.t2i.scoring import object_hits, paired_recall_difference
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(1, 25, size=(60, 9)) * (rng.random((60, 9)) < 0.5)
+    noisy = np.where(rng.random(truth.shape) < 0.3, 0, truth)  # b loses 30 % of the objects
+    better = np.where(rng.random(truth.shape) < 0.1, 0, truth)  # a loses 10 %
+    clusters = np.repeat(np.arange(20), 3)  # 20 captions × 3 seeds
+    a, b = object_hits(better, truth, 4), object_hits(noisy, truth, 4)
+    est, lo, hi = paired_recall_difference(a, b, clusters)
+    assert est == pytest.approx(a.object.mean() - b.object.mean()) and 0 < lo <= est <= hi
+    assert paired_recall_difference(a, a, clusters) == (0.0, 0.0, 0.0)  # a contender against itself
+    mask = a.cell < 3
+    est_m, _, _ = paired_recall_difference(a, b, clusters, mask)
+    assert est_m == pytest.approx(a.object[mask].mean() - b.object[mask].mean())
+    with pytest.raises(DataError, match="same objects"):
+        paired_recall_difference(a, object_hits(noisy[:30], truth[:30], 4), clusters)
+
+
 # ============================================================================================ recipe + pipeline
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
@@ -406,6 +425,10 @@ def test_long_prompt_benchmark_smoke(trained_run, tmp_path, monkeypatch):
     )
     for v in results.values():
         assert 0 <= v["all"]["object_recall"] <= 1 and v["tail"]["n_objects"] > 0
+    diffs = {(d["a"], d["region"]): d for d in out["paired_differences"]}
+    d = diffs[("concat (compel, 77·k)", "tail")]
+    assert d["b"] == "truncation (native 77)" and d["lo"] <= d["difference"] <= d["hi"]
     md = (tmp_path / "t2i.md").read_text()
     assert "Made by `python benchmarks/t2i_long.py" in md and "Goals (computed" in md
+    assert "## Paired differences" in md
     assert (tmp_path / "t2i.png").is_file() and (tmp_path / "t2i_examples.png").is_file()

@@ -21,7 +21,14 @@ import torch
 
 from pentachora.errors import DataError
 
-__all__ = ["ObjectHits", "bootstrap_ratio", "chance_object_recall", "object_hits", "summarise_hits"]
+__all__ = [
+    "ObjectHits",
+    "bootstrap_ratio",
+    "chance_object_recall",
+    "object_hits",
+    "paired_recall_difference",
+    "summarise_hits",
+]
 
 
 @dataclass
@@ -143,3 +150,30 @@ def chance_object_recall(n_colours: int, n_shapes: int, drawn_fraction: float = 
     """Object recall of an image that draws a uniformly random colour × shape in a fraction
     ``drawn_fraction`` of the cells: ``drawn_fraction / (n_colours · n_shapes)``."""
     return float(drawn_fraction) / (n_colours * n_shapes)
+
+
+def paired_recall_difference(
+    hits_a: ObjectHits,
+    hits_b: ObjectHits,
+    clusters: np.ndarray,
+    mask: np.ndarray | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Object recall of ``a`` minus that of ``b`` on the *same* objects, with a paired bootstrap
+    interval over clusters (captions): both contenders are resampled with the same captions, so the
+    interval is that of the difference, not of two independent estimates.
+
+    Raises:
+        DataError: The two scorings are not of the same objects (different images or cells).
+    """
+    if not (np.array_equal(hits_a.image, hits_b.image) and np.array_equal(hits_a.cell, hits_b.cell)):
+        raise DataError("paired_recall_difference needs two scorings of the same objects")
+    mask = np.ones(len(hits_a.image), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    cl = np.asarray(clusters)[hits_a.image[mask]]
+    ids, inv = np.unique(cl, return_inverse=True)
+    diff = hits_a.object[mask].astype(np.float64) - hits_b.object[mask].astype(np.float64)
+    num = np.bincount(inv, weights=diff, minlength=len(ids))
+    den = np.bincount(inv, minlength=len(ids)).astype(np.float64)
+    return bootstrap_ratio(num, den, n_boot, seed, level)
