@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", type=Path, required=True, help="A finished mini-t2i run folder.")
+    p.add_argument(
+        "--note", default="", help="A line about the run written under the title (e.g. the machine's load)."
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "t2i_ceiling", help="Output stem.")
     return p.parse_args(argv)
 
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     out = {
         "meta": run_meta("benchmarks/t2i_ceiling.py", argv, run=str(run)),
+        "note": args.note,
         "train": {
             "steps": evaluation.get("train_steps"),
             "wall_s": evaluation.get("train_wall_s"),
@@ -90,16 +94,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lines = [
         "# The short-caption ceiling of the miniature T2I model",
         "",
+        *([args.note, ""] if args.note else []),
         f"Run `{run}`: {t['steps']} steps at batch {t['batch_size']}, lr {t['lr']}, precision "
         f"{t['mixed_precision']}, {t['torch_threads']} torch threads, {t['wall_s'] / 60:.1f} min of wall time "
         f"(evaluations included), {t['nonfinite_steps']} non-finite steps.",
         "",
         "Held-out short captions (test split, prose, 1–3 objects, 3 seeds each; 95 % bootstrap over captions):",
         "",
-        "| object recall | something in the cell | binding | false objects / image | objects scored |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| object recall | something in the cell | right colour there | right shape there | binding | false objects / image | objects scored |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| {fmt_ci(test['object_recall'], test['object_recall_lo'], test['object_recall_hi'])} | "
-        f"{test['position_recall']:.3f} | {test['binding']:.3f} | {test['false_objects_per_image']:.2f} | "
+        f"{test['position_recall']:.3f} | {test['colour_recall']:.3f} | {test['shape_recall']:.3f} | {test['binding']:.3f} | {test['false_objects_per_image']:.2f} | "
         f"{int(test['n_objects'])} |",
         "",
         "Training curve (validation prose captions, 1 seed; minutes exclude the evaluations):",
