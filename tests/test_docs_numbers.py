@@ -50,4 +50,6 @@ def test_quoted_lines_are_in_their_results_file(doc, src, body):
     assert results.is_file(), f"{doc.name} quotes {src}, which does not exist"
     have = set(results.read_text(encoding="utf-8").splitlines())
     stale = [line for line in body if line not in have]
-    assert body and not stale, f"{doc.name}: lines not in {src} (rerun its command or recopy):\n" + "\n".join(stale)
+    assert body and not stale, f"{doc.name}: lines not in {src} (rerun its command or recopy):\n" + "\n".join(
+        stale
+    )

@@ -432,3 +432,19 @@ def test_long_prompt_benchmark_smoke(trained_run, tmp_path, monkeypatch):
     assert "Made by `python benchmarks/t2i_long.py" in md and "Goals (computed" in md
     assert "## Paired differences" in md
     assert (tmp_path / "t2i.png").is_file() and (tmp_path / "t2i_examples.png").is_file()
+
+
+def test_ceiling_benchmark_reads_a_finished_run(trained_run, tmp_path):
+    import importlib.util
+
+    run, _ = trained_run
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "t2i_ceiling.py"
+    spec = importlib.util.spec_from_file_location("bench_t2i_ceiling", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--model", str(run.out_dir), "--out", str(tmp_path / "c")])
+    assert out["test_short_prose"] == json.loads((run.out_dir / "eval.json").read_text())["test_short_prose"]
+    md = (tmp_path / "c.md").read_text()
+    assert "short-caption ceiling: held-out object recall ≥ 0.8" in md and (tmp_path / "c.png").is_file()
+    with pytest.raises(SystemExit, match="not a finished T2I run"):
+        bench.main(["--model", str(tmp_path), "--out", str(tmp_path / "d")])
