@@ -79,30 +79,28 @@ def _device() -> str:
 
 def build_pool(path: Path, n: int, n_val: int) -> None:
     """Render and encode the training pool and the validation captions once, for every variant."""
-    import numpy as np
-
     from pentachora.data.scenes import SceneWorld
-    from pentachora.recipes.t2i import encode_prompts, load_window_encoder, token_counter
+    from pentachora.recipes.t2i import (
+        caption_set,
+        encode_prompts,
+        load_window_encoder,
+        scene_pool,
+        token_counter,
+    )
 
     world, encoder = SceneWorld(), load_window_encoder()
     encoder.model.float().to(_device())
-    count = token_counter(encoder)
-    pairs = [world.sample("train", i, "short", count) for i in range(n)]
-    val = [world.sample("val", i, "prose", count) for i in range(n_val)]
+    pool = scene_pool(world, encoder, n, use_cache=False, progress=False)
+    val = caption_set(world, "val", n_val, "prose", token_counter(encoder))
     torch.save(
         {
-            "images": torch.from_numpy(
-                np.round(world.render_batch([s for s, _ in pairs]) * 255).astype(np.uint8)
-            ),
-            "states": encode_prompts(encoder, [c.text for _, c in pairs], batch_size=256).half(),
-            "layouts": torch.from_numpy(world.layouts([s for s, _ in pairs])),
-            "captions": [c.text for _, c in pairs],
+            "images": pool.images, "states": pool.states, "layouts": pool.layouts, "captions": pool.captions,
             "val_states": encode_prompts(encoder, [c.text for _, c in val]),
             "val_layouts": torch.from_numpy(world.layouts([s for s, _ in val])),
             "null": encoder.native_sequence([""])[0][0],
         },
         path,
-    )
+    )  # fmt: skip
 
 
 def train_variant(name: str, pool_path: Path, log_path: Path, steps: int, every: int) -> None:

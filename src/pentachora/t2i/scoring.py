@@ -13,7 +13,7 @@ objects — is resampled together, since they are not independent), of the ratio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,13 +127,7 @@ def summarise_hits(
         ``{"n_objects", "object_recall", "object_recall_lo", "object_recall_hi", "position_recall",
         "colour_recall", "shape_recall", "binding", ...}``.
     """
-    mask = np.ones(len(hits.image), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    cl = np.asarray(clusters)[hits.image[mask]]
-    ids, inv = np.unique(cl, return_inverse=True)
-
-    def per_cluster(values: np.ndarray) -> np.ndarray:
-        return np.bincount(inv, weights=values.astype(np.float64), minlength=len(ids))
-
+    mask, per_cluster = _cluster_sums(hits, clusters, mask)
     count = per_cluster(np.ones(int(mask.sum())))
     out: dict[str, float] = {"n_objects": float(mask.sum())}
     for name in ("object", "position", "colour", "shape"):
@@ -170,10 +164,19 @@ def paired_recall_difference(
     """
     if not (np.array_equal(hits_a.image, hits_b.image) and np.array_equal(hits_a.cell, hits_b.cell)):
         raise DataError("paired_recall_difference needs two scorings of the same objects")
-    mask = np.ones(len(hits_a.image), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    cl = np.asarray(clusters)[hits_a.image[mask]]
-    ids, inv = np.unique(cl, return_inverse=True)
+    mask, per_cluster = _cluster_sums(hits_a, clusters, mask)
     diff = hits_a.object[mask].astype(np.float64) - hits_b.object[mask].astype(np.float64)
-    num = np.bincount(inv, weights=diff, minlength=len(ids))
-    den = np.bincount(inv, minlength=len(ids)).astype(np.float64)
-    return bootstrap_ratio(num, den, n_boot, seed, level)
+    return bootstrap_ratio(per_cluster(diff), per_cluster(np.ones(int(mask.sum()))), n_boot, seed, level)
+
+
+def _cluster_sums(
+    hits: ObjectHits, clusters: np.ndarray, mask: np.ndarray | None
+) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """The object mask and ``values (selected objects) → per-cluster sums`` (clusters of their images)."""
+    mask = np.ones(len(hits.image), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    ids, inv = np.unique(np.asarray(clusters)[hits.image[mask]], return_inverse=True)
+
+    def per_cluster(values: np.ndarray) -> np.ndarray:
+        return np.bincount(inv, weights=np.asarray(values, dtype=np.float64), minlength=len(ids))
+
+    return mask, per_cluster
