@@ -34,7 +34,6 @@ token offset) and ``t2i_long_examples.png`` (long prompts through every contende
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import math
 import sys
@@ -49,14 +48,16 @@ from pentachora.diffusion.mini import MiniT2IPipeline, parse_encoder_spec, promp
 from pentachora.recipes.reporting import fmt_ci, run_meta, verdict, write_results
 from pentachora.recipes.scene_pictures import save_contender_sheet
 from pentachora.recipes.t2i import caption_set, default_reader, evaluate_prompts, token_counter
-from pentachora.t2i.scoring import bootstrap_ratio, paired_recall_difference, summarise_hits
+from pentachora.t2i.scoring import (
+    long_caption_regions,
+    paired_recall_difference,
+    score_long_captions,
+    shuffled_tail_chance,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 logger = logging.getLogger("t2i_long")
-
-OFFSET_BINS = (0, 25, 50, 75, 100, 125, 150, 200, 300)
-"""Token offsets (start of an object's sentence) for the recall curve."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,62 +91,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.captions, args.heldout_phrasing, args.seeds, args.val_captions = 8, 4, [0], 8
         args.guidance, args.steps, args.shifts, args.alphas = [3.0], [15], [0.75], [0.0, 1.0]
     return args
-
-
-def region_masks(captions: list, n_seeds: int, window: int) -> dict[str, np.ndarray]:
-    """Per scored object (image-major, objects in cell order): its region and token start."""
-    regions, starts = [], []
-    for scene, cap in captions:
-        by_cell = sorted(range(len(scene.objects)), key=lambda j: scene.objects[j].cell)
-        rows_r = [cap.object_region(j, window) for j in by_cell]
-        rows_s = [cap.spans[j][0] for j in by_cell]
-        for _ in range(n_seeds):
-            regions += rows_r
-            starts += rows_s
-    return {"region": np.array(regions), "start": np.array(starts)}
-
-
-def score(scores: dict[str, Any], captions: list, n_seeds: int, window: int) -> dict[str, Any]:
-    """Recall by region, over token offset, false objects, binding; with bootstrap intervals."""
-    hits, clusters = scores["hits"], scores["clusters"]
-    meta = region_masks(captions, n_seeds, window)
-    assert len(meta["region"]) == len(hits.object), "objects and hits out of step"
-    out: dict[str, Any] = {"all": summarise_hits(hits, clusters)}
-    for region in ("head", "seam", "tail"):
-        mask = meta["region"] == region
-        out[region] = summarise_hits(hits, clusters, mask) if mask.any() else {"n_objects": 0.0}
-    curve = []
-    for lo, hi in itertools.pairwise(OFFSET_BINS):
-        mask = (meta["start"] >= lo) & (meta["start"] < hi)
-        if mask.any():
-            s = summarise_hits(hits, clusters, mask, n_boot=500)
-            curve.append({"lo": lo, "hi": hi, "n": s["n_objects"], "recall": s["object_recall"],
-                          "recall_lo": s["object_recall_lo"], "recall_hi": s["object_recall_hi"]})  # fmt: skip
-    out["curve"] = curve
-    per_image = hits.false_objects.astype(float)
-    img_clusters = np.asarray(clusters)
-    ids = np.unique(img_clusters)
-    num = np.array([per_image[img_clusters == c].sum() for c in ids])
-    den = np.array([(img_clusters == c).sum() for c in ids], dtype=float)
-    est, lo, hi = bootstrap_ratio(num, den)
-    out["false_objects_per_image"] = {"mean": est, "lo": lo, "hi": hi}
-    return out
-
-
-def shuffled_chance(scores: dict[str, Any], layouts: np.ndarray, captions: list, n_seeds: int, window: int,
-                    n_shapes: int, seed: int = 0) -> float:  # fmt: skip
-    """Tail recall of the same images scored against *another* caption's layout (a derangement):
-    what an image that knows nothing of a prompt's tail scores on it."""
-    from pentachora.t2i.scoring import object_hits
-
-    rng = np.random.default_rng(seed)
-    n = len(captions)
-    perm = (np.arange(n) + 1 + rng.integers(0, n - 1)) % n if n > 1 else np.arange(n)
-    truth = np.repeat(layouts[perm], n_seeds, axis=0)
-    hits = object_hits(scores["reading"], truth, n_shapes)
-    meta = region_masks([captions[i] for i in perm], n_seeds, window)
-    mask = meta["region"] == "tail"
-    return float(hits.object[mask].mean()) if mask.any() else math.nan
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -213,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for label, spec in contenders:
         t = time.perf_counter()
         scores = run(spec, test_long, args.seeds, **sampling)
-        results[label] = {"spec": spec, **score(scores, test_long, len(args.seeds), window),
+        results[label] = {"spec": spec, **score_long_captions(scores, test_long, len(args.seeds), window),
                           "positions": int(prompt_conditioning(spec, model, encoder)([test_long[0][1].text]).prompt_embeds.shape[1]),
                           "seconds": time.perf_counter() - t}  # fmt: skip
         raw_hits[label], test_clusters = scores["hits"], scores["clusters"]
@@ -221,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         examples["images"][label] = scores["images"][rows].numpy()
         examples["readings"][label] = scores["reading"][rows].numpy()
         if spec == "native":
-            results[label]["tail_shuffled_chance"] = shuffled_chance(
+            results[label]["tail_shuffled_chance"] = shuffled_tail_chance(
                 scores, layouts, test_long, len(args.seeds), window, n_shapes
             )
         logger.info("%s: head %.3f, tail %.3f (%.0f s)", label, results[label]["head"]["object_recall"],
@@ -230,13 +175,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ceiling captions are terse lists of the same scenes: every object lies in the first window, so
     # score them with the *long* caption's regions to compare object for object
     results["ceiling (same scenes, terse, one window)"] = {
-        "spec": "native on terse captions", **score(ceiling, test_long, len(args.seeds), window), "positions": 77,
+        "spec": "native on terse captions", **score_long_captions(ceiling, test_long, len(args.seeds), window), "positions": 77,
     }  # fmt: skip
     examples["images"]["ceiling"] = ceiling["images"][np.arange(n_ex) * len(args.seeds)].numpy()
     examples["readings"]["ceiling"] = ceiling["reading"][np.arange(n_ex) * len(args.seeds)].numpy()
 
     # ------------------------------------------------------------------ paired differences (same objects)
-    regions = region_masks(test_long, len(args.seeds), window)["region"]
+    regions = long_caption_regions(test_long, len(args.seeds), window)["region"]
     base = "truncation (native 77)"
     shift_label = next(lbl for lbl, _ in contenders if "val-chosen" in lbl)
     pairs = [(lbl, base) for lbl, _ in contenders if lbl != base]
@@ -258,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         for label, spec in contenders:
             if parse_encoder_spec(spec).kind in ("native", "concat", "memory") or "val-chosen" in label:
-                phrasing[label] = score(
+                phrasing[label] = score_long_captions(
                     run(spec, held, args.seeds, **sampling), held, len(args.seeds), window
                 )
 
@@ -268,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # α = 0 is exactly the native window and α = 1 the memory: those two are the contenders' runs
         reuse = {0.0: results["truncation (native 77)"], 1.0: results.get("memory (minilm-tiny-long)")}
         for alpha in args.alphas:
-            s = reuse.get(alpha) or score(run(f"memory:{args.memory}@{alpha:g}", test_long, args.seeds, **sampling),
+            s = reuse.get(alpha) or score_long_captions(run(f"memory:{args.memory}@{alpha:g}", test_long, args.seeds, **sampling),
                                           test_long, len(args.seeds), window)  # fmt: skip
             alpha_blend.append({"alpha": alpha, "head": s["head"]["object_recall"], "tail": s["tail"]["object_recall"],
                                 "tail_lo": s["tail"]["object_recall_lo"], "tail_hi": s["tail"]["object_recall_hi"]})  # fmt: skip

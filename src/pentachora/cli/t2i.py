@@ -8,6 +8,7 @@ Commands::
     pentachora generate "a small red circle in the centre." --model runs/t2i -o out.png
     pentachora generate "LONG PROMPT" --model runs/t2i --encoder concat -o out.png
     pentachora read image.png --model runs/t2i               # the layout the reader sees
+    pentachora train memory-image --model runs/t2i --init runs/m14 --out runs/mi   # memory through the UNet
 
 The recipes live in :mod:`pentachora.recipes.t2i`; torch and the models are imported in the bodies.
 """
@@ -216,6 +217,105 @@ def train_t2i_cmd(
         )
     if run.out_dir:
         typer.echo(f"model → {run.out_dir}/final")
+
+
+# ============================================================================================ memory-image
+@train_app.command("memory-image")
+@train_options(
+    exclude=("audit", "audit_every", "grad_clip_mode", "bf16"),
+    steps={"default": 400, "min": 0},
+    batch_size={"default": 32, "min": 2},
+    lr={"default": 1e-3},
+    warmup={"default": 30},
+    eval_every={"default": 100, "help": "Validation denoising loss (memory vs truncation) every N steps."},
+    save_every={"default": 100},
+)  # fmt: skip
+def train_memory_image_cmd(
+    train: TrainOptions,
+    model: Path = typer.Option(..., help="The trained mini-t2i run whose frozen UNet is the consumer."),
+    init: Path = typer.Option(
+        None,
+        help="Start from this trained memory run (its config, with --set applied); default: a fresh --preset.",
+    ),
+    preset: str = typer.Option("minilm-tiny-image", help="Memory preset when no --init is given."),
+    set_: list[str] = typer.Option(
+        None,
+        "--set",
+        help="Override a MemoryConfig field (KEY=VALUE), repeatable: e.g. image_weight=1, "
+        "consumer_output=chunks, infonce_weight=0.",
+    ),
+    text_losses: bool = typer.Option(
+        True, help="Keep the text objectives beside the image loss (--no-text-losses: the image loss alone)."
+    ),
+    reinit: list[str] = typer.Option(
+        None,
+        help="Re-initialise parameters under this prefix before training (e.g. 'reconstructor.'), repeatable.",
+    ),
+    captions: int = typer.Option(2000, min=2, help="Training scenes (train split, long captions)."),
+    val_captions: int = typer.Option(128, min=2, help="Validation scenes for the denoising-loss check."),
+    threads: int = typer.Option(0, min=0, help="torch threads (0 = torch's default)."),
+) -> None:
+    """Train the long-prompt memory through the frozen miniature T2I UNet (the consumer in the loop).
+
+    The loss is the UNet's own denoising loss on a scene's image conditioned on the memory's output for
+    the scene's long caption (the text objectives stay on unless --no-text-losses). The UNet and the
+    window encoder are frozen. The gradient-loudness meter (each loss term's gradient norm at the bank)
+    is written to OUT/loudness.json. The result is a memory run: `--encoder memory:OUT` in
+    `pentachora generate`. Rerun the same command to resume.
+    """
+    import torch
+
+    from pentachora.cli.core import set_resume_dir
+    from pentachora.data.scenes import SceneWorld
+    from pentachora.errors import ConfigError
+    from pentachora.memory.model import LOSS_WEIGHTS
+    from pentachora.recipes.loading import load_run_model
+    from pentachora.recipes.memory import load_encoders
+    from pentachora.recipes.memory_image import (
+        memory_from_run,
+        prepare_scene_caption_data,
+        train_memory_through_unet,
+    )
+    from pentachora.t2i import MiniT2I
+
+    check_run_folder(train.out)
+    if threads:
+        torch.set_num_threads(threads)
+    t2i = load_run_model(model)
+    if not isinstance(t2i, MiniT2I):
+        raise ConfigError(f"--model {model} holds a {type(t2i).__name__}, not a mini-t2i model")
+    overrides = parse_overrides(set_)
+    if not text_losses:
+        overrides = {**{k: 0.0 for k in LOSS_WEIGHTS if k != "image_weight"}, **overrides}
+    overrides.setdefault("image_weight", 1.0)
+    try:
+        memory = memory_from_run(init, overrides, preset=preset, reinit=reinit or (), seed=train.seed)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"MemoryConfig: {exc}") from exc
+    typer.echo(f"memory: {memory.num_parameters():,} parameters ({'from ' + str(init) if init else preset}); "
+               f"consumer: the frozen UNet of {model} reading its {memory.config.consumer_output}")  # fmt: skip
+    if train.steps == 0:
+        return
+    world = SceneWorld(t2i.config.world)
+    encoders = load_encoders(memory.config)
+    train_data = prepare_scene_caption_data(world, memory.config, captions, "train", encoders=encoders)
+    val_data = prepare_scene_caption_data(world, memory.config, val_captions, "val", encoders=encoders)
+    set_resume_dir(train.out)
+    run_data = {"t2i": str(model), "init": str(init) if init else None, "preset": None if init else preset,
+                "reinit": list(reinit or []), "text_losses": text_losses}  # fmt: skip
+    run = train_memory_through_unet(
+        memory, t2i, train_data, val_data, train.train_config(), encoder=encoders[0], run_data=run_data,
+        **train.fit_kwargs(train_memory_through_unet),
+    )  # fmt: skip
+    ev, loud = run.evaluation, run.loudness["end"]["unit"]
+    typer.echo(f"validation denoising loss {ev['image_val']:.4f} vs truncation {ev['image_val_native']:.4f} "
+               f"(gain {ev['image_val_gain']:+.4f})")  # fmt: skip
+    typer.echo(
+        "loudness at the bank, every term at weight 1 (‖∂L/∂θ‖): "
+        + ", ".join(f"{k} {v:.3g}" for k, v in loud.items())
+    )
+    if run.out_dir:
+        typer.echo(f"memory → {run.out_dir}/final (pentachora generate ... --encoder memory:{run.out_dir})")
 
 
 # ============================================================================================ generate

@@ -88,6 +88,7 @@ if TYPE_CHECKING:
     from pentachora.memory.segmenter import SegmentBatch, Segmenter
 
 __all__ = [
+    "CONSUMER_OUTPUTS",
     "LOSS_WEIGHTS",
     "PRESETS",
     "SEQUENCE_MODES",
@@ -108,9 +109,11 @@ LOSS_WEIGHTS = (
     "procrustes_weight",
     "chunk_weight",
     "chunk_ctx_weight",
+    "image_weight",
 )
 
 SEQUENCE_MODES = ("reconstruct", "residual")
+CONSUMER_OUTPUTS = ("sequence", "chunks")
 
 
 @dataclass
@@ -168,6 +171,11 @@ class MemoryConfig(Presets):
         mean_shift: Initial gate λ of the learned shift toward the whole prompt's token mean, added to
             the residual sequence and the chunks (0 = no shift path; needs ``residual`` mode or
             contextual chunks).
+        image_weight: Weight of the consumer's loss (e.g. a frozen text-to-image UNet's denoising loss
+            on the scene a caption describes; see :meth:`GeometricMemory.attach_consumer`). Counted only
+            for batches that carry ``pixel_values`` and with a consumer attached.
+        consumer_output: What the consumer reads: ``"sequence"`` (the 77 positions) or ``"chunks"``
+            (the contextual chunks, 77·k positions; needs ``contextual_chunks``).
     """
 
     preset_family = "memory"  # presets: PRESETS below, `MemoryConfig.preset("minilm-tiny", max_segments=16)`
@@ -216,6 +224,8 @@ class MemoryConfig(Presets):
     chunk_weight: float = 1.0
     chunk_ctx_weight: float = 1.0
     mean_shift: float = 0.0
+    image_weight: float = 0.0
+    consumer_output: str = "sequence"
 
     def __post_init__(self) -> None:
         self.extraction_layers = tuple(int(i) for i in self.extraction_layers)
@@ -254,6 +264,14 @@ class MemoryConfig(Presets):
             problems.append(f"mean_shift must be a finite number >= 0, got {self.mean_shift}")
         elif self.mean_shift > 0 and not self.needs_native:
             problems.append("mean_shift > 0 needs sequence_mode='residual' or contextual_chunks=True")
+        if self.consumer_output not in CONSUMER_OUTPUTS:
+            problems.append(
+                f"consumer_output must be one of {CONSUMER_OUTPUTS}, got {self.consumer_output!r}"
+            )
+        elif self.consumer_output == "chunks" and not self.contextual_chunks:
+            problems.append("consumer_output='chunks' needs contextual_chunks=True")
+        if not (math.isfinite(self.image_weight) and self.image_weight >= 0):
+            problems.append(f"image_weight must be a finite number >= 0, got {self.image_weight}")
         if problems:
             raise ConfigError("invalid MemoryConfig: " + "; ".join(problems))
 
@@ -283,6 +301,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "contextual_chunks": True,
         "seq_pool_weight": 1.0,
         "mean_shift": 0.75,
+    },
+    # minilm-tiny-long trained through the frozen miniature T2I UNet (pentachora train memory-image):
+    # the UNet's denoising loss on the scene a long caption describes joins the text objectives
+    "minilm-tiny-image": {
+        "dim": 192,
+        "n_heads": 4,
+        "ffn_mult": 2,
+        "native_state_index": -1,
+        "sequence_mode": "residual",
+        "contextual_chunks": True,
+        "seq_pool_weight": 1.0,
+        "mean_shift": 0.75,
+        "image_weight": 1.0,
     },
     # MiniLM at full width (d = H = 384), the seed's shape at MiniLM scale
     "minilm": {"dim": 384, "n_heads": 6, "ffn_mult": 4, "native_state_index": -1},
@@ -339,6 +370,8 @@ class MemoryOutput(ModelOutput):
     chunk_loss: torch.Tensor | None = None
     chunk_ctx: torch.Tensor | None = None
     chunk_s_cos: float | None = None
+    image_loss: torch.Tensor | None = None
+    image_mse: float | None = None
     m_acc: float | None = None
     s_cos: float | None = None
     pooled_cos: float | None = None
@@ -650,7 +683,8 @@ class GeometricMemory(PentachoraModel):
             out.chunks = chunks.reshape(b, s * win, h)
             out.chunk_mask = windows.unsqueeze(-1).expand(b, s, win).reshape(b, s * win)
         teacher, target = batch.get("teacher"), batch.get("seq_target")
-        if teacher is None and target is None:
+        consumer = "pixel_values" in batch and self.loss_weights["image_weight"] > 0
+        if teacher is None and target is None and not consumer:
             return out
         w = self.loss_weights
         device = pooled.device
@@ -713,6 +747,10 @@ class GeometricMemory(PentachoraModel):
             nce = F.cross_entropy(logits, rows)
             out.chunk_ctx = nce + (1.0 - F.cosine_similarity(q, teacher[rows], dim=-1)).mean()
             loss = loss + w["chunk_ctx_weight"] * out.chunk_ctx
+        if consumer:
+            out.image_loss = self.consumer_loss(out, batch)
+            loss = loss + w["image_weight"] * out.image_loss
+            out.image_mse = float(out.image_loss.detach())
         anchors = self.bank.anchor_directions()
         if w["cv_weight"] > 0:
             out.cv_loss = cv_loss(anchors, self._cv_target, n_samples=self.config.cv_samples)
@@ -743,6 +781,39 @@ class GeometricMemory(PentachoraModel):
         """Use this already-loaded frozen encoder for :meth:`encode` (it is not a submodule)."""
         self.check_encoder(encoder)
         self._frozen["encoder"] = encoder
+
+    def attach_consumer(self, consumer: Any) -> None:
+        """Train against a frozen consumer of the output: ``consumer(conditioning, mask, batch) -> loss``.
+
+        ``conditioning`` is ``(B, L, H)`` (the sequence, or the contextual chunks with
+        ``consumer_output="chunks"``), ``mask`` ``(B, L)`` marks positions of real windows (``None`` for
+        the sequence) and ``batch`` is the training batch (``pixel_values`` ...). The loss, weighted by
+        ``image_weight``, joins the others for batches that carry ``pixel_values``. The consumer is held
+        outside the module tree (never saved, never trained by this model's optimiser); ``None``
+        detaches it. See :mod:`pentachora.recipes.memory_image` for the frozen text-to-image UNet.
+        """
+        if consumer is None:
+            self._frozen.pop("consumer", None)
+            return
+        if not callable(consumer):
+            raise TypeError(f"a consumer must be callable, got {type(consumer).__name__}")
+        self._frozen["consumer"] = consumer
+
+    def consumer_loss(self, out: MemoryOutput, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The attached consumer's loss on ``out`` (see :meth:`attach_consumer`).
+
+        Raises:
+            ConfigError: No consumer is attached.
+        """
+        consumer = self._frozen.get("consumer")
+        if consumer is None:
+            raise ConfigError(
+                "this batch carries pixel_values and image_weight > 0, but no consumer is attached "
+                "(GeometricMemory.attach_consumer; pentachora.recipes.memory_image.UNetConsumer)"
+            )
+        if self.config.consumer_output == "chunks":
+            return consumer(out.chunks, out.chunk_mask, batch)
+        return consumer(out.sequence, None, batch)
 
     def check_encoder(self, encoder: FrozenTextEncoder) -> None:
         """Raise ``ValueError`` if ``encoder`` does not fit this model (width, window, layers)."""

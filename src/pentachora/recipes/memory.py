@@ -749,6 +749,7 @@ def loss_gradient_norms(
         "procrustes": "procrustes_weight",
         "chunk_loss": "chunk_weight",
         "chunk_ctx": "chunk_ctx_weight",
+        "image_loss": "image_weight",
     }
     params = [
         p

@@ -383,12 +383,30 @@ class MiniT2I(PentachoraModel):
         states = torch.where(
             drop[:, None, None], self.null_embedding.to(states.dtype).expand_as(states), states
         )
+        loss, mse = self.denoising_loss(x0, states)
+        return T2IOutput(loss=loss, mse=mse.detach(), dropped_fraction=float(drop.float().mean()))
+
+    def denoising_loss(
+        self, x0: torch.Tensor, states: torch.Tensor, ema: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, mse)`` of one denoising step: the training objective without caption dropout.
+
+        Noise and timesteps (uniform over the training schedule) come from torch's global generator.
+        Differentiable in ``states`` as well as in the UNet, so a frozen model can train what
+        conditions it (see :mod:`pentachora.recipes.memory_image`).
+
+        Args:
+            x0: ``(B, 3f², h, w)`` clean latents (:meth:`to_latent`).
+            states: ``(B, L, H)`` conditioning.
+            ema: Denoise with the averaged weights (when the model keeps them).
+        """
+        b = x0.shape[0]
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.config.num_train_timesteps, (b,), device=x0.device)
         sched = self.noise_scheduler
         xt = sched.add_noise(x0, noise, t)
         target = sched.get_velocity(x0, noise, t) if self.config.prediction_type == "v_prediction" else noise
-        pred = self.denoise(xt, t, states)
+        pred = self.denoise(xt, t, states, ema=ema)
         per_sample = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
         mse = per_sample.mean()
         if self.config.snr_gamma > 0:
@@ -397,10 +415,8 @@ class MiniT2I(PentachoraModel):
             weight = snr.clamp(max=self.config.snr_gamma) / (
                 snr + 1 if self.config.prediction_type == "v_prediction" else snr
             )
-            loss = (weight * per_sample).mean()
-        else:
-            loss = mse
-        return T2IOutput(loss=loss, mse=mse.detach(), dropped_fraction=float(drop.float().mean()))
+            return (weight * per_sample).mean(), mse.detach()
+        return mse, mse.detach()
 
     # ------------------------------------------------------------------ sampling
     def _predict(

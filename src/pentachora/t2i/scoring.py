@@ -13,8 +13,11 @@ objects — is resampled together, since they are not independent), of the ratio
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,11 +25,15 @@ import torch
 from pentachora.errors import DataError
 
 __all__ = [
+    "OFFSET_BINS",
     "ObjectHits",
     "bootstrap_ratio",
     "chance_object_recall",
+    "long_caption_regions",
     "object_hits",
     "paired_recall_difference",
+    "score_long_captions",
+    "shuffled_tail_chance",
     "summarise_hits",
 ]
 
@@ -180,3 +187,62 @@ def _cluster_sums(
         return np.bincount(inv, weights=np.asarray(values, dtype=np.float64), minlength=len(ids))
 
     return mask, per_cluster
+
+
+# ============================================================================ long captions
+OFFSET_BINS = (0, 25, 50, 75, 100, 125, 150, 200, 300)
+"""Token offsets (start of an object's sentence) for the recall curve."""
+
+
+def long_caption_regions(captions: list, n_seeds: int, window: int) -> dict[str, np.ndarray]:
+    """Per scored object (image-major, objects in cell order): its region and token start."""
+    regions, starts = [], []
+    for scene, cap in captions:
+        by_cell = sorted(range(len(scene.objects)), key=lambda j: scene.objects[j].cell)
+        rows_r = [cap.object_region(j, window) for j in by_cell]
+        rows_s = [cap.spans[j][0] for j in by_cell]
+        for _ in range(n_seeds):
+            regions += rows_r
+            starts += rows_s
+    return {"region": np.array(regions), "start": np.array(starts)}
+
+
+def score_long_captions(scores: dict[str, Any], captions: list, n_seeds: int, window: int) -> dict[str, Any]:
+    """Recall by region, over token offset, false objects, binding; with bootstrap intervals."""
+    hits, clusters = scores["hits"], scores["clusters"]
+    meta = long_caption_regions(captions, n_seeds, window)
+    assert len(meta["region"]) == len(hits.object), "objects and hits out of step"
+    out: dict[str, Any] = {"all": summarise_hits(hits, clusters)}
+    for region in ("head", "seam", "tail"):
+        mask = meta["region"] == region
+        out[region] = summarise_hits(hits, clusters, mask) if mask.any() else {"n_objects": 0.0}
+    curve = []
+    for lo, hi in itertools.pairwise(OFFSET_BINS):
+        mask = (meta["start"] >= lo) & (meta["start"] < hi)
+        if mask.any():
+            s = summarise_hits(hits, clusters, mask, n_boot=500)
+            curve.append({"lo": lo, "hi": hi, "n": s["n_objects"], "recall": s["object_recall"],
+                          "recall_lo": s["object_recall_lo"], "recall_hi": s["object_recall_hi"]})  # fmt: skip
+    out["curve"] = curve
+    per_image = hits.false_objects.astype(float)
+    img_clusters = np.asarray(clusters)
+    ids = np.unique(img_clusters)
+    num = np.array([per_image[img_clusters == c].sum() for c in ids])
+    den = np.array([(img_clusters == c).sum() for c in ids], dtype=float)
+    est, lo, hi = bootstrap_ratio(num, den)
+    out["false_objects_per_image"] = {"mean": est, "lo": lo, "hi": hi}
+    return out
+
+
+def shuffled_tail_chance(scores: dict[str, Any], layouts: np.ndarray, captions: list, n_seeds: int, window: int,
+                    n_shapes: int, seed: int = 0) -> float:  # fmt: skip
+    """Tail recall of the same images scored against *another* caption's layout (a derangement):
+    what an image that knows nothing of a prompt's tail scores on it."""
+    rng = np.random.default_rng(seed)
+    n = len(captions)
+    perm = (np.arange(n) + 1 + rng.integers(0, n - 1)) % n if n > 1 else np.arange(n)
+    truth = np.repeat(layouts[perm], n_seeds, axis=0)
+    hits = object_hits(scores["reading"], truth, n_shapes)
+    meta = long_caption_regions([captions[i] for i in perm], n_seeds, window)
+    mask = meta["region"] == "tail"
+    return float(hits.object[mask].mean()) if mask.any() else math.nan
