@@ -242,3 +242,38 @@ def test_memory_benchmark_smoke(trained_memory, tmp_path, monkeypatch):
     assert (tmp_path / "tm.png").is_file()
     with pytest.raises(SystemExit):
         bench.parse_args(["--model", "x"])  # no variant
+
+
+def test_cli_train_memory_image_and_its_errors(trained_memory, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pentachora.cli import app
+
+    monkeypatch.setenv("PENTACHORA_CACHE", str(tmp_path / "cache"))
+    run, t2i_dir = trained_memory
+    runner = CliRunner()
+    out = tmp_path / "mi"
+    args = ["train", "memory-image", "--model", str(t2i_dir), "--init", str(run.out_dir), "--out", str(out),
+            "--steps", "2", "--batch-size", "2", "--captions", "4", "--val-captions", "2", "--no-text-losses",
+            "--eval-every", "0", "--save-every", "0"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "validation denoising loss" in res.output and "image_loss" in res.output
+    trained = GeometricMemory.from_pretrained(out / "final")
+    assert trained.config.infonce_weight == 0.0 and trained.config.image_weight == 1.0  # --no-text-losses
+    loud = json.loads((out / "loudness.json").read_text())
+    assert set(loud["end"]["weighted"]) == {"image_loss"} and "infonce" in loud["end"]["unit"]
+    cases = {
+        "family": (["--model", str(run.out_dir)], "not a mini-t2i model"),
+        "weight": (["--model", str(t2i_dir), "--set", "image_weight=0"], "image_weight > 0"),
+        "shape": (
+            ["--model", str(t2i_dir), "--init", str(run.out_dir), "--set", "dim=96"],
+            "change the model",
+        ),
+        "output": (["--model", str(t2i_dir), "--set", "consumer_output=latents"], "consumer_output"),
+    }
+    for name, (extra, message) in cases.items():
+        res = runner.invoke(app, ["train", "memory-image", *extra, "--out", str(tmp_path / name), "--steps", "1",
+                                  "--captions", "4", "--val-captions", "2"])  # fmt: skip
+        assert res.exit_code == 2, (name, res.output)
+        assert message in res.output and "Traceback" not in res.output, (name, res.output)

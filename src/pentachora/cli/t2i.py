@@ -292,6 +292,8 @@ def train_memory_image_cmd(
         memory = memory_from_run(init, overrides, preset=preset, reinit=reinit or (), seed=train.seed)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"MemoryConfig: {exc}") from exc
+    if memory.config.image_weight <= 0:
+        raise ConfigError("consumer-in-the-loop training needs image_weight > 0 (it weighs the UNet's loss)")
     typer.echo(f"memory: {memory.num_parameters():,} parameters ({'from ' + str(init) if init else preset}); "
                f"consumer: the frozen UNet of {model} reading its {memory.config.consumer_output}")  # fmt: skip
     if train.steps == 0:

@@ -42,6 +42,12 @@ The loss is ``w_nce·InfoNCE(pooled, teacher) + w_pc·(1 − cos(pooled, teacher
   window (the format), and ``w_chunk_ctx·[InfoNCE + (1 − cos)]`` between each window's chunk mean
   and the teacher embedding of the *whole* text (what makes a chunk carry the other windows).
 
+* with a *consumer* attached (:meth:`GeometricMemory.attach_consumer`) and batches that carry
+  ``pixel_values``: ``w_img·L_consumer`` — e.g. a frozen text-to-image UNet's denoising loss on the
+  image the text describes, conditioned on the output sequence (or the chunks, ``consumer_output``).
+  The seed's cure for "memory format is shaped by the loudest gradient" (§6.3, §6.5): train the
+  per-position consumer's reader *through* the consumer (:mod:`pentachora.recipes.memory_image`).
+
 Two sequence modes (``sequence_mode``):
 
 * ``reconstruct`` (the seed): the reconstructor's queries write the 77 positions from the memory.

@@ -143,7 +143,7 @@ class SceneCaptionData:
 
 
 def _native_windows(cache: FeatureCache, texts: Sequence[str], encoder: FrozenTextEncoder,
-                    segmenter: Segmenter) -> torch.Tensor:  # fmt: skip
+                    segmenter: Segmenter, progress: bool = True) -> torch.Tensor:  # fmt: skip
     """Every window of every text encoded alone, ``(n_segments, W, H)`` float16, cached beside ``cache``."""
     path = cache.path / NATIVE_FILE
     if path.is_file():
@@ -155,8 +155,11 @@ def _native_windows(cache: FeatureCache, texts: Sequence[str], encoder: FrozenTe
                 return t["native"]
         except (CheckpointError, KeyError) as exc:
             logger.warning("ignoring unreadable %s (%s)", path, exc)
+    from tqdm.auto import tqdm
+
     parts = []
-    for start in range(0, len(texts), 64):
+    starts = range(0, len(texts), 64)
+    for start in tqdm(starts, desc="native windows", unit="batch", disable=not progress):
         part = segmenter(list(texts[start : start + 64]))
         seqs = native_window_sequences(encoder, part)  # (b, S, W, H)
         for row in range(seqs.shape[0]):
@@ -194,7 +197,7 @@ def prepare_scene_caption_data(
     segmenter = Segmenter(encoder, config.max_tokens, config.overlap)
     cache = build_feature_cache(texts, encoder, teacher, segmenter, root=cache_root, split=f"scenes-{split}",
                                 teacher_max_length=config.teacher_max_length, progress=progress)  # fmt: skip
-    native = _native_windows(cache, texts, encoder, segmenter)
+    native = _native_windows(cache, texts, encoder, segmenter, progress)
     images = torch.from_numpy(np.round(world.render_batch(scenes) * 255).astype(np.uint8))
     return SceneCaptionData(cache=cache, native=native, images=images, captions=texts, split=split)
 
