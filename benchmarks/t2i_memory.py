@@ -93,6 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="Prompt lengths (tokens) of the seam curve.")  # fmt: skip
     p.add_argument("--seam-captions", type=int, default=40, help="Captions of the seam curve (1 seed).")
     p.add_argument("--top-positions", type=int, default=8, help="Positions of the residual ablation.")
+    p.add_argument(
+        "--val-captions", type=int, default=128, help="Validation scenes of the denoising-loss table."
+    )
     p.add_argument("--quick", action="store_true", help="Smoke run: 6 captions, 1 seed, short grids.")
     p.add_argument("--out", type=Path, default=RESULTS / "t2i_memory", help="Output stem.")
     args = p.parse_args(argv)
@@ -107,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.variants = variants
     if args.quick:
         args.captions, args.seeds, args.alphas = 6, [0], [0.5]
-        args.seam_lengths, args.seam_captions = [74, 76], 4
+        args.seam_lengths, args.seam_captions, args.val_captions = [74, 76], 4, 4
     return args
 
 
@@ -133,6 +136,40 @@ def run_info(run: str) -> dict[str, Any]:
             "spec": ("chunks:" if c.consumer_output == "chunks" else "memory:") + run,
             "image_val": ev.get("image_val"), "image_val_native": ev.get("image_val_native"),
             "image_val_gain": ev.get("image_val_gain"), "loudness": loud}  # fmt: skip
+
+
+def validation_losses(model: Any, world: SceneWorld, encoder: Any, infos: dict[str, list[dict[str, Any]]],
+                      n: int) -> dict[str, dict[str, float]]:  # fmt: skip
+    """The frozen UNet's denoising loss on ``n`` validation scenes conditioned on each variant's output
+    (first run), on the native windows, and on the same scenes told tersely in one window (the ceiling),
+    all with the same noise; ``gap_closed`` = (native − variant) / (native − ceiling)."""
+    from pentachora.recipes.memory import load_encoders
+    from pentachora.recipes.memory_image import (
+        UNetConsumer,
+        image_validation_loss,
+        prepare_scene_caption_data,
+    )
+    from pentachora.recipes.t2i import encode_prompts
+
+    consumer = UNetConsumer(model)
+    ceiling = encode_prompts(
+        encoder, [cap.text for _, cap in caption_set(world, "val", n, "ceiling", token_counter(encoder))]
+    )
+    out: dict[str, dict[str, float]] = {}
+    data = None
+    for label, runs in infos.items():
+        memory = GeometricMemory.from_pretrained(resolve_model_dir(runs[0]["run"])).eval()
+        if data is None:
+            data = prepare_scene_caption_data(world, memory.config, n, "val", encoders=load_encoders(memory.config),
+                                              progress=False)  # fmt: skip
+        memory.attach_consumer(consumer)
+        res = image_validation_loss(memory, consumer, data, references={"ceiling": ceiling})
+        span = res["image_val_native"] - res["image_val_ceiling"]
+        res["gap_closed"] = res["image_val_gain"] / span if span > 0 else math.nan
+        out[label] = res
+        logger.info("validation denoising loss, %s: %.4f (native %.4f, ceiling %.4f)", label, res["image_val"],
+                    res["image_val_native"], res["image_val_ceiling"])  # fmt: skip
+    return out
 
 
 def cut_captions(encoder: Any, captions: list, length: int) -> list[str]:
@@ -178,6 +215,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if all(i["image_val"] is not None for i in runs)}  # fmt: skip
     winner = min(val_loss, key=val_loss.get) if val_loss else next(iter(infos))
     logger.info("validation denoising loss per variant: %s → winner %r", val_loss, winner)
+
+    # ------------------------------------------------------------------ the UNet's loss on validation scenes
+    val_losses = validation_losses(model, world, encoder, infos, args.val_captions)
 
     # ------------------------------------------------------------------ contenders on the test split
     results: dict[str, Any] = {}
@@ -315,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "winner": winner,
         },
         "variants": variants_out,
+        "validation_losses": val_losses,
         "results": results,
         "paired_differences": differences,
         "alpha_blend": alpha_blend,
@@ -414,6 +455,13 @@ def render_markdown(out: dict[str, Any]) -> str:
         lines.append(f"| {label} | {x['consumer_output']} | {len(x['labels'])} | {x['tail_mean']:.3f} [{x['tail_min']:.3f}, "
                      f"{x['tail_max']:.3f}] | {x['head_mean']:.3f} | {val} | {gain} | {img:.3g} | {nce:.3g} | "
                      f"{img / nce if nce else math.nan:.2g} |")  # fmt: skip
+    lines += ["", "## The UNet's denoising loss on validation scenes (same noise for every row)", "",
+              "Gap closed: (native − variant) / (native − ceiling), where the ceiling is the same scenes told tersely "
+              "in one window.", "",
+              "| variant | its output | native windows | ceiling | gap closed |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for label, x in out["validation_losses"].items():
+        lines.append(f"| {label} | {x['image_val']:.4f} | {x['image_val_native']:.4f} | {x['image_val_ceiling']:.4f} | "
+                     f"{x['gap_closed']:.2f} |")  # fmt: skip
     lines += ["", "## Paired differences (same captions, seeds and objects; 95 % paired bootstrap over captions)", "",
               "| a | b | tail recall a − b | head recall a − b |", "|---|---|---|---|"]  # fmt: skip
     by = {(d["a"], d["b"], d["region"]): d for d in out["paired_differences"]}

@@ -217,6 +217,7 @@ def test_memory_benchmark_smoke(trained_memory, tmp_path, monkeypatch):
     import importlib.util
 
     run, t2i_dir = trained_memory
+    monkeypatch.setenv("PENTACHORA_CACHE", str(tmp_path / "cache"))
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "t2i_memory.py"
     spec = importlib.util.spec_from_file_location("bench_t2i_memory", path)
     bench = importlib.util.module_from_spec(spec)
@@ -237,6 +238,8 @@ def test_memory_benchmark_smoke(trained_memory, tmp_path, monkeypatch):
     assert [a["alpha"] for a in out["alpha_blend"]] == [0.0, 0.5, 1.0]
     assert out["positions"] is not None and len(out["positions"]["energy_share"]) == 77
     assert out["positions"]["energy_share"] and abs(sum(out["positions"]["energy_share"]) - 1) < 1e-4
+    val = out["validation_losses"]["tiny"]
+    assert {"image_val", "image_val_native", "image_val_ceiling", "gap_closed"} <= set(val)
     md = (tmp_path / "tm.md").read_text()
     assert "Made by `python benchmarks/t2i_memory.py" in md and "Goals (computed" in md
     assert (tmp_path / "tm.png").is_file()

@@ -263,18 +263,27 @@ def image_validation_loss(
     repeats: int = 4,
     batch_size: int = 32,
     seed: int = 0,
+    references: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """The consumer's denoising loss on ``data`` for the memory's output (``image_val``) and for the
     native windows it starts from (``image_val_native``: the first window for a sequence consumer,
     every window concatenated for a chunk consumer), with the same noise and timesteps (``seed``), and
     the gain ``native − memory`` (> 0: the memory's conditioning explains the images better).
 
+    Args:
+        references: Other conditionings ``name → (N, L, H)`` aligned with ``data`` (e.g. the same scenes
+            told tersely in one window), scored with the same noise as ``image_val_<name>``.
+
     The global torch RNG is restored afterwards.
     """
     was = model.training
     model.eval()
     chunks = model.config.consumer_output == "chunks"
-    sums = {"image_val": 0.0, "image_val_native": 0.0}
+    references = references or {}
+    for name, ref in references.items():
+        if ref.shape[0] != len(data):
+            raise ValueError(f"reference {name!r} has {ref.shape[0]} rows for {len(data)} scenes")
+    sums = {"image_val": 0.0, "image_val_native": 0.0, **{f"image_val_{k}": 0.0 for k in references}}
     count = 0
     rng = torch.get_rng_state()
     try:
@@ -289,6 +298,8 @@ def image_validation_loss(
                     pairs = ((out.chunks, mask), (batch["native"].reshape(b, s * w, h), mask))
                 else:
                     pairs = ((out.sequence, None), (batch["native"][:, 0], None))
+                rows = slice(start, start + b)
+                pairs = (*pairs, *((ref[rows].float(), None) for ref in references.values()))
                 for name, (cond, mask) in zip(sums, pairs, strict=True):
                     torch.manual_seed(seed + 1000 * rep + start)  # same noise and timesteps for both
                     sums[name] += float(consumer(cond, mask, batch)) * b
