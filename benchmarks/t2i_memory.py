@@ -172,6 +172,24 @@ def validation_losses(model: Any, world: SceneWorld, encoder: Any, infos: dict[s
     return out
 
 
+def attention_probe(
+    encoder: Any, texts: list[str], sequences: dict[str, torch.Tensor], window: int
+) -> dict[str, float]:
+    """R@1 of a sharp attention read (τ = 0.05, :func:`~pentachora.memory.metrics.attention_probe_recall`): can the
+    mean-pooled embedding of a caption's *tail* (its text past token ``window``) find its own 77-position
+    sequence among all of them? 1/N is chance; the native window holds no tail."""
+    from pentachora.memory.metrics import attention_probe_recall
+
+    ids = encoder.tokenize(texts)
+    queries = encoder.embed([encoder.tokenizer.decode(t[window:]) for t in ids])
+    out = {}
+    for label, seq in sequences.items():
+        mask = torch.ones(seq.shape[:2], dtype=torch.bool)
+        out[label] = float(attention_probe_recall(seq.float(), mask, queries.float(), temperature=0.05))
+    out["chance"] = 1.0 / len(texts)
+    return out
+
+
 def cut_captions(encoder: Any, captions: list, length: int) -> list[str]:
     """Each caption cut to its first ``length`` content tokens (decoded back to text)."""
     ids = encoder.tokenize([cap.text for _, cap in captions])
@@ -317,6 +335,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         seam_jump = {"difference": est, "lo": lo, "hi": hi}
 
+    # ------------------------------------------------------------------ the attention probe: can a query find the tail?
+    probe_specs = {TRUNC: "native", shift_label: f"shift:{lam:g}"}
+    probe_specs.update(
+        {label: runs[0]["spec"] for label, runs in infos.items() if runs[0]["consumer_output"] == "sequence"}
+    )
+    probe = attention_probe(
+        encoder, texts, {k: embeds(v, texts).prompt_embeds for k, v in probe_specs.items()}, window
+    )
+
     # ------------------------------------------------------------------ where the residual sits
     positions = None
     if w_info["consumer_output"] == "sequence":
@@ -366,6 +393,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "objects": int(kept.sum()),
         },
         "positions": positions,
+        "attention_probe": probe,
     }
     verdicts = _verdicts(out)
     write_results(args.out, out, render_markdown(out), verdicts)
@@ -485,6 +513,14 @@ def render_markdown(out: dict[str, Any]) -> str:
     if seam["jump_75_76"]:
         j = seam["jump_75_76"]
         lines += ["", f"{winner}, 76 − 75 tokens (paired): {fmt_ci(j['difference'], j['lo'], j['hi'])}."]
+    pr = out["attention_probe"]
+    lines += ["", "## The attention probe: does a query for the tail find its own sequence? (text-level, no image)", "",
+              f"R@1 over {m['n_test_captions']} test captions of a sharp read (τ = 0.05) with the mean-pooled embedding of each "
+              f"caption's tail as the query; chance {pr['chance']:.3f}.", "",
+              "| sequence | probe R@1 |", "|---|---:|"]  # fmt: skip
+    for label, value in pr.items():
+        if label != "chance":
+            lines.append(f"| {label} | {value:.3f} |")
     pos = out["positions"]
     if pos:
         lines += ["", f"## Where {winner}'s residual sits (77 positions)", "",
@@ -506,7 +542,7 @@ def render_png(out: dict[str, Any], path: Path) -> None:
 
     r = out["results"]
     labels = list(r)
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    fig, axes = plt.subplots(1, 4, figsize=(22, 5))
     x = np.arange(len(labels))
     for k, (region, colour) in enumerate((("head", "tab:blue"), ("tail", "tab:red"))):
         est = [r[lbl][region].get("object_recall", math.nan) for lbl in labels]
@@ -535,6 +571,17 @@ def render_png(out: dict[str, Any], path: Path) -> None:
     axes[2].set_ylabel("recall of objects present at every length")
     axes[2].set_title("the seam (window boundary at 75)")
     axes[2].legend(fontsize=7)
+    pos = out["positions"]
+    if pos:
+        share = pos["energy_share"]
+        axes[3].bar(np.arange(len(share)), share, color="tab:purple")
+        axes[3].axhline(1 / len(share), color="gray", ls=":", label="uniform")
+        axes[3].set_xlabel("position of the 77-position sequence")
+        axes[3].set_ylabel("share of ‖memory − native‖²")
+        axes[3].set_title(f"where {out['selection']['winner']}'s residual sits")
+        axes[3].legend(fontsize=7)
+    else:
+        axes[3].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -237,6 +237,7 @@ def test_memory_benchmark_smoke(trained_memory, tmp_path, monkeypatch):
     ] == 77
     assert [a["alpha"] for a in out["alpha_blend"]] == [0.0, 0.5, 1.0]
     assert out["positions"] is not None and len(out["positions"]["energy_share"]) == 77
+    assert set(out["attention_probe"]) >= {"truncation (native 77)", "tiny", "chance"}
     assert out["positions"]["energy_share"] and abs(sum(out["positions"]["energy_share"]) - 1) < 1e-4
     val = out["validation_losses"]["tiny"]
     assert {"image_val", "image_val_native", "image_val_ceiling", "gap_closed"} <= set(val)
