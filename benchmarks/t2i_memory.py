@@ -30,7 +30,8 @@ Usage::
     python benchmarks/t2i_memory.py --model runs/t2i --variant x=RUN --quick     # smoke run
 
 A variant given several runs (``LABEL=RUN,RUN,RUN``) is one configuration trained with several seeds.
-Writes ``benchmarks/results/t2i_memory.{json,md,png}``.
+Writes ``benchmarks/results/t2i_memory.{json,md,png}`` and ``t2i_memory_examples.png`` (long prompts through
+truncation, concatenation, the winner and the ceiling, the reader's detections marked).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from pentachora.io import read_json
 from pentachora.memory.model import GeometricMemory
 from pentachora.recipes.loading import resolve_model_dir
 from pentachora.recipes.reporting import fmt_ci, run_meta, verdict, write_results
+from pentachora.recipes.scene_pictures import save_contender_sheet
 from pentachora.recipes.t2i import caption_set, default_reader, evaluate_prompts, token_counter
 from pentachora.t2i.scoring import (
     long_caption_regions,
@@ -96,6 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--val-captions", type=int, default=128, help="Validation scenes of the denoising-loss table."
     )
+    p.add_argument("--examples", type=int, default=6, help="Long prompts in the example picture.")
     p.add_argument("--quick", action="store_true", help="Smoke run: 6 captions, 1 seed, short grids.")
     p.add_argument("--out", type=Path, default=RESULTS / "t2i_memory", help="Output stem.")
     args = p.parse_args(argv)
@@ -240,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ------------------------------------------------------------------ contenders on the test split
     results: dict[str, Any] = {}
     hits: dict[str, Any] = {}
+    examples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     clusters = None
 
     def contender(label: str, spec: str, prompt_embeds: Any = None) -> dict[str, Any]:
@@ -250,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res = {"spec": spec, "positions": int(e.prompt_embeds.shape[1]),
                **score_long_captions(scores, test_long, len(seeds), window), "seconds": time.perf_counter() - t}  # fmt: skip
         results[label], hits[label], clusters = res, scores["hits"], scores["clusters"]
+        rows = np.arange(min(args.examples, len(test_long))) * len(seeds)  # seed 0 of the first captions
+        examples[label] = (scores["images"][rows].numpy(), scores["reading"][rows].numpy())
         logger.info("%s: head %.3f, tail %.3f, false objects %.2f (%.0f s)", label, res["head"]["object_recall"],
                     res["tail"].get("object_recall", math.nan), res["false_objects_per_image"]["mean"],
                     res["seconds"])  # fmt: skip
@@ -270,6 +276,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     assert all(a[0] == b[0] for a, b in zip(test_long, ceiling_caps, strict=True)), "ceiling scenes differ"
     ce = embeds("native", [cap.text for _, cap in ceiling_caps])
     c_scores = evaluate(ce.prompt_embeds, ce.negative_prompt_embeds, layouts, seeds)
+    rows = np.arange(min(args.examples, len(test_long))) * len(seeds)
+    examples["ceiling"] = (c_scores["images"][rows].numpy(), c_scores["reading"][rows].numpy())
     results[CEILING] = {"spec": "native on terse captions", "positions": 77,
                         **score_long_captions(c_scores, test_long, len(seeds), window)}  # fmt: skip
 
@@ -398,6 +406,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     verdicts = _verdicts(out)
     write_results(args.out, out, render_markdown(out), verdicts)
     render_png(out, args.out.with_suffix(".png"))
+    n_ex = min(args.examples, len(test_long))
+    if n_ex:
+        shown = [TRUNC, CONCAT, *run_labels[winner][:1], "ceiling"]
+        save_contender_sheet(world, test_long[:n_ex], {k: examples[k][0] for k in shown},
+                             {k: examples[k][1] for k in shown}, args.out.parent / f"{args.out.name}_examples.png")  # fmt: skip
     logger.info("wrote %s.{json,md,png} in %.0f s", args.out, out["meta"]["wall_s"])
     return out
 

@@ -243,7 +243,7 @@ def test_memory_benchmark_smoke(trained_memory, tmp_path, monkeypatch):
     assert {"image_val", "image_val_native", "image_val_ceiling", "gap_closed"} <= set(val)
     md = (tmp_path / "tm.md").read_text()
     assert "Made by `python benchmarks/t2i_memory.py" in md and "Goals (computed" in md
-    assert (tmp_path / "tm.png").is_file()
+    assert (tmp_path / "tm.png").is_file() and (tmp_path / "tm_examples.png").is_file()
     with pytest.raises(SystemExit):
         bench.parse_args(["--model", "x"])  # no variant
 
