@@ -166,11 +166,17 @@ def test_train_svae_nosvd_with_the_reference_clip_rule(tmp_path):
 def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
     result = invoke(
         "demo", "--steps", "2", "--batch-size", "2", "--image-size", "32", "--eval-tiles", "3",
-        "--noise-per-type", "2", "--out", str(tmp_path),
+        "--noise-per-type", "2", "--out", str(tmp_path), "--results", str(tmp_path / "demo"),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["models"] and all("psnr_heldout" in m for m in summary["models"].values())
+    # the results pair quotes the printed figures and records the command that made them
+    md = (tmp_path / "demo.md").read_text()
+    assert "Made by `pentachora demo --steps 2 " in md and "--results" in md
+    for label, m in summary["models"].items():
+        assert label in md and f"{m['psnr_heldout']:.2f} dB / {m['ssim_heldout']:.3f}" in md
+    assert json.loads((tmp_path / "demo.json").read_text())["models"].keys() == summary["models"].keys()
     assert (tmp_path / "reconstructions.png").is_file() and (tmp_path / "curves.png").is_file()
 
 

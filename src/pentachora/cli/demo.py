@@ -67,6 +67,11 @@ def demo(
     ),
     eval_tiles: int = typer.Option(0, min=0, help="Cap on evaluation tiles per held-out photo (0 = all)."),
     noise_per_type: int = typer.Option(16, min=1, help="Evaluation images per noise type."),
+    results_stem: Path = typer.Option(
+        None,
+        "--results",
+        help="Also write the printed comparison as a results file pair STEM.json + STEM.md (with this command).",
+    ),
 ) -> None:
     """Train and compare the autoencoders on the embedded photos (CPU, a few minutes, no downloads).
 
@@ -156,6 +161,49 @@ def demo(
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    if results_stem is not None:
+        from pentachora.recipes.reporting import run_meta, write_results
+
+        meta = run_meta("pentachora demo", [])
+        meta["command"] = (
+            f"pentachora demo --steps {steps} --models {models} --out {out} --batch-size {batch_size} "
+            f"--image-size {image_size} --lr {lr:g} --seed {seed} --eval-tiles {eval_tiles} "
+            f"--noise-per-type {noise_per_type} --results {results_stem}"
+        )
+        meta["wall_s"] = summary["wall_time_s"]
+        write_results(results_stem, {"meta": meta, **summary}, demo_markdown(summary))
+        console.print(f"results: {results_stem.with_suffix('.md')}")
     for kind, path in pictures.items():
         console.print(f"{kind}: {path}")
     console.print(f"summary: {out / 'summary.json'}   ({summary['wall_time_s']:.0f} s in total)")
+
+
+def demo_markdown(summary: dict) -> str:
+    """The demo's comparison as a markdown table (what the README quotes)."""
+    models = summary["models"]
+
+    def floats(r: dict) -> str:
+        ratio = r["compression_ratio"]
+        kind = f"{ratio:.0f}:1" if ratio >= 1 else f"a {1 / ratio:.1f}× expansion"
+        return f"{r['latent_floats_per_patch']:,} ({kind})"
+
+    first = next(iter(models.values()))
+    p = first["patch"]
+    rows = [
+        ("held-out PSNR / SSIM", lambda r: f"{r['psnr_heldout']:.2f} dB / {r['ssim_heldout']:.3f}"),
+        (
+            f"floats the decoder consumes per {p}×{p}×3 patch ({first['pixel_floats_per_patch']} pixel floats)",
+            floats,
+        ),
+        ("mean MSE over the 16 noise types", lambda r: f"{r['mse_noise_mean']:.3f}"),
+        ("parameters", lambda r: f"{r['parameters'] / 1e6:.2f}M"),
+        ("NaN/inf steps", lambda r: f"{r.get('nonfinite_steps', 0):.0f}"),
+    ]
+    lines = [
+        f"# pentachora demo: {summary['steps']} steps each, seed {summary['seed']}, {summary['wall_time_s']:.0f} s in total",
+        "",
+        "| | " + " | ".join(models) + " |",
+        "|---|" + "---:|" * len(models),
+    ]
+    lines += [f"| {label} | " + " | ".join(fn(r) for r in models.values()) + " |" for label, fn in rows]
+    return "\n".join(lines) + "\n"
