@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -158,7 +159,8 @@ def trained_memory(scene_data, tmp_path_factory):
     t2i = tiny_t2i()
     t2i_dir = out.parent / "t2i"
     t2i.save_pretrained(t2i_dir / "final")
-    run = train_memory_through_unet(tiny_memory(), t2i, train, val, tc, encoder=encoders[0])
+    memory = tiny_memory(infonce_weight=1.0, seq_weight=1.0)  # the image loss mixed with two text terms
+    run = train_memory_through_unet(memory, t2i, train, val, tc, encoder=encoders[0])
     return run, t2i_dir
 
 
@@ -166,7 +168,7 @@ def test_recipe_writes_a_memory_run_with_loudness_and_validation(trained_memory)
     run, _ = trained_memory
     loud = json.loads((run.out_dir / "loudness.json").read_text())
     assert set(loud) == {"start", "end"} and loud["end"]["unit"]["image_loss"] > 0
-    assert {"infonce", "image_loss"} <= set(loud["end"]["weighted"])  # the preset keeps the text losses
+    assert set(loud["end"]["weighted"]) == {"infonce", "seq_loss", "image_loss"}  # the terms trained on
     ev = json.loads((run.out_dir / "eval.json").read_text())
     assert ev["train_steps"] == 3
     assert ev["image_val_gain"] == pytest.approx(ev["image_val_native"] - ev["image_val"])
@@ -281,3 +283,18 @@ def test_cli_train_memory_image_and_its_errors(trained_memory, tmp_path, monkeyp
                                   "--captions", "4", "--val-captions", "2"])  # fmt: skip
         assert res.exit_code == 2, (name, res.output)
         assert message in res.output and "Traceback" not in res.output, (name, res.output)
+
+
+def test_the_image_preset_is_the_long_preset_trained_on_the_image_loss_alone():
+    """``minilm-tiny-image`` is what `--init <minilm-tiny-long run> --no-text-losses` trains: the same model,
+    every text objective at 0, the UNet's loss at 1."""
+    from pentachora.memory.model import LOSS_WEIGHTS
+
+    image, long = MemoryConfig.preset("minilm-tiny-image"), MemoryConfig.preset("minilm-tiny-long")
+    text = [k for k in LOSS_WEIGHTS if k != "image_weight"]
+    assert image.image_weight == 1.0 and all(getattr(image, k) == 0.0 for k in text)
+    rest = {f.name for f in dataclasses.fields(MemoryConfig)} - set(LOSS_WEIGHTS)
+    assert {k: getattr(image, k) for k in rest} == {k: getattr(long, k) for k in rest}
+    # the same parameters, so a text-trained long run initialises it
+    a, b = GeometricMemory(image).state_dict(), GeometricMemory(long).state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}

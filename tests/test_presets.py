@@ -24,7 +24,7 @@ FAMILIES = {
     "patch_svae": (ae.PatchSVAEConfig, "tiny", {"fresnel", "freckles", "tiny"}),
     "geovae": (ae.GeoVAEConfig, "tiny-48", {"48:1", "12:1", "tiny-48", "tiny-12"}),
     "autoencoder_kl": (ae.AutoencoderKLAdapterConfig, "tiny-f8c4", {"tiny-f8c4", "tiny-f8c16", "small-f8c4", "small-f8c16"}),
-    "geometric_memory": (memory.MemoryConfig, "minilm-tiny", {"minilm-tiny", "minilm-tiny-long", "minilm", "clip-l", "sdxl-bigg"}),
+    "geometric_memory": (memory.MemoryConfig, "minilm-tiny", {"minilm-tiny", "minilm-tiny-long", "minilm-tiny-image", "minilm", "clip-l", "sdxl-bigg"}),
 }  # fmt: skip
 
 

@@ -308,8 +308,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seq_pool_weight": 1.0,
         "mean_shift": 0.75,
     },
-    # minilm-tiny-long trained through the frozen miniature T2I UNet (pentachora train memory-image):
-    # the UNet's denoising loss on the scene a long caption describes joins the text objectives
+    # minilm-tiny-long trained through the frozen miniature T2I UNet on the UNet's denoising loss alone
+    # (the text objectives at 0) — the configuration that won on validation in
+    # benchmarks/results/t2i_memory.md; measured as: the bank of a minilm-tiny-long run, the sequence head
+    # re-initialised (pentachora train memory-image --init RUN --no-text-losses --reinit reconstructor.)
     "minilm-tiny-image": {
         "dim": 192,
         "n_heads": 4,
@@ -317,9 +319,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "native_state_index": -1,
         "sequence_mode": "residual",
         "contextual_chunks": True,
-        "seq_pool_weight": 1.0,
         "mean_shift": 0.75,
         "image_weight": 1.0,
+        **{k: 0.0 for k in LOSS_WEIGHTS if k != "image_weight"},
     },
     # MiniLM at full width (d = H = 384), the seed's shape at MiniLM scale
     "minilm": {"dim": 384, "n_heads": 6, "ffn_mult": 4, "native_state_index": -1},
