@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ------------------------------------------------------------------ paired differences
     w_first = run_labels[winner][0]
     pairs = [(w_first, CONCAT), (w_first, shift_label), (w_first, TRUNC), (shift_label, CONCAT)]
-    pairs += [(names[0], TRUNC) for label, names in run_labels.items() if label != winner]
+    others = [names[0] for label, names in run_labels.items() if label != winner]
+    pairs += [(name, peer) for name in others for peer in (TRUNC, CONCAT)]
     differences = []
     for a, b in pairs:
         for region in ("tail", "head"):
