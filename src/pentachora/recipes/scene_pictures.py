@@ -124,7 +124,7 @@ def save_contender_sheet(
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(name, fontsize=7)
+                ax.set_title("\n".join(textwrap.wrap(name, 24)), fontsize=7)
             for cell in range(g * g):
                 t, p = int(truth[cell]), int(read[cell])
                 if c == 0:
@@ -155,8 +155,8 @@ def save_contender_sheet(
             fontsize=6,
         )
     fig.suptitle(
-        "long prompts through each encoder (boxes: green = described object read exactly, orange = wrong "
-        "object in a described cell, red = object in an empty cell; ground truth: red boxes = objects "
+        "long prompts through each encoder\n(boxes: green = described object read exactly, orange = wrong "
+        "object in a described cell, red = object in an empty cell;\nground truth: red boxes = objects "
         "described only past token 75)",
         fontsize=7,
     )
