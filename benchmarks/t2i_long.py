@@ -45,7 +45,7 @@ import numpy as np
 
 from pentachora.data.scenes import SceneWorld
 from pentachora.diffusion.mini import MiniT2IPipeline, parse_encoder_spec, prompt_conditioning
-from pentachora.recipes.reporting import fmt_ci, run_meta, verdict, write_results
+from pentachora.recipes.reporting import fmt_ci, fmt_recall, run_meta, verdict, write_results
 from pentachora.recipes.scene_pictures import save_contender_sheet
 from pentachora.recipes.t2i import caption_set, default_reader, evaluate_prompts, token_counter
 from pentachora.t2i.scoring import (
@@ -286,10 +286,7 @@ def render_markdown(out: dict[str, Any]) -> str:
     ]
 
     def cell(v: dict[str, Any], region: str) -> str:
-        s = v.get(region, {})
-        if not s.get("n_objects"):
-            return "—"
-        return fmt_ci(s["object_recall"], s["object_recall_lo"], s["object_recall_hi"])
+        return fmt_recall(v.get(region, {}))
 
     for label, v in r.items():
         fo = v["false_objects_per_image"]

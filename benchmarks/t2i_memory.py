@@ -54,7 +54,7 @@ from pentachora.errors import ConfigError
 from pentachora.io import read_json
 from pentachora.memory.model import GeometricMemory
 from pentachora.recipes.loading import resolve_model_dir
-from pentachora.recipes.reporting import fmt_ci, run_meta, verdict, write_results
+from pentachora.recipes.reporting import fmt_ci, fmt_recall, run_meta, verdict, write_results
 from pentachora.recipes.scene_pictures import save_contender_sheet
 from pentachora.recipes.t2i import caption_set, default_reader, evaluate_prompts, token_counter
 from pentachora.t2i.scoring import (
@@ -477,10 +477,7 @@ def render_markdown(out: dict[str, Any]) -> str:
     ]
 
     def cell(x: dict[str, Any], region: str) -> str:
-        s = x.get(region, {})
-        if not s.get("n_objects"):
-            return "—"
-        return fmt_ci(s["object_recall"], s["object_recall_lo"], s["object_recall_hi"])
+        return fmt_recall(x.get(region, {}))
 
     for label, x in r.items():
         fo = x["false_objects_per_image"]

@@ -312,17 +312,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (the text objectives at 0) — the configuration that won on validation in
     # benchmarks/results/t2i_memory.md; measured as: the bank of a minilm-tiny-long run, the sequence head
     # re-initialised (pentachora train memory-image --init RUN --no-text-losses --reinit reconstructor.)
-    "minilm-tiny-image": {
-        "dim": 192,
-        "n_heads": 4,
-        "ffn_mult": 2,
-        "native_state_index": -1,
-        "sequence_mode": "residual",
-        "contextual_chunks": True,
-        "mean_shift": 0.75,
-        "image_weight": 1.0,
-        **{k: 0.0 for k in LOSS_WEIGHTS if k != "image_weight"},
-    },
+    "minilm-tiny-image": {},  # filled below from minilm-tiny-long
     # MiniLM at full width (d = H = 384), the seed's shape at MiniLM scale
     "minilm": {"dim": 384, "n_heads": 6, "ffn_mult": 4, "native_state_index": -1},
     # SD 1.5: CLIP-L text tower (half of its 12 layers), ModernBERT-large teacher, d = H = 768
@@ -350,6 +340,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dim": 1280,
         "n_heads": 16,
     },
+}
+PRESETS["minilm-tiny-image"] = {
+    **{k: v for k, v in PRESETS["minilm-tiny-long"].items() if k not in LOSS_WEIGHTS},
+    **{k: 0.0 for k in LOSS_WEIGHTS},
+    "image_weight": 1.0,
 }
 MemoryConfig.presets = PRESETS
 

@@ -24,7 +24,7 @@ import torch
 
 from pentachora.io import atomic_write_json, atomic_write_text
 
-__all__ = ["Verdict", "fmt_ci", "run_meta", "verdict", "write_results"]
+__all__ = ["Verdict", "fmt_ci", "fmt_recall", "run_meta", "verdict", "write_results"]
 
 
 def run_meta(script: str, argv: Sequence[str] | None = None, **extra: Any) -> dict[str, Any]:
@@ -84,6 +84,14 @@ def fmt_ci(est: float, lo: float, hi: float, digits: int = 3) -> str:
     if not math.isfinite(est):
         return "—"
     return f"{est:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def fmt_recall(summary: dict[str, Any]) -> str:
+    """A region's object recall with its interval (``—`` when the region scored no objects), from a
+    :func:`~pentachora.t2i.scoring.summarise_hits` dict."""
+    if not summary.get("n_objects"):
+        return "—"
+    return fmt_ci(summary["object_recall"], summary["object_recall_lo"], summary["object_recall_hi"])
 
 
 def write_results(
