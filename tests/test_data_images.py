@@ -73,6 +73,15 @@ def test_train_and_heldout_are_disjoint_whole_images(photos):
     assert ("motorcycle_left.png" in names_train) == ("motorcycle_right.png" in names_train)
 
 
+def test_validation_photos_are_outside_every_other_split():
+    val = images_mod.sample_photo_names("validation")
+    assert val == images_mod.VALIDATION_PHOTOS and len(val) >= 2
+    trained = set(images_mod.sample_photo_names("train", include_grayscale=True))
+    assert not set(val) & (trained | set(HELDOUT_PHOTOS) | set(images_mod.sample_photo_names("all", True)))
+    for im in load_sample_photos("validation"):
+        assert im.shape[0] == 3 and min(im.shape[1:]) >= 256 and im.std() > 0.05
+
+
 def test_loaded_photos_are_copies(photos):
     a = load_sample_photos("heldout")
     a[0].zero_()

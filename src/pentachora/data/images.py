@@ -13,7 +13,7 @@ Pixel convention (used everywhere in pentachora):
 
 The embedded default is the set of natural RGB photographs bundled inside scikit-image's package
 data folder (read straight from disk; nothing is downloaded). The held-out split is of **whole
-images** (:data:`HELDOUT_PHOTOS`: chelsea and coffee); the stereo pair ``motorcycle_left`` /
+images** (:data:`HELDOUT_PHOTOS`: chelsea and coffee; options are chosen on :data:`VALIDATION_PHOTOS`); the stereo pair ``motorcycle_left`` /
 ``motorcycle_right`` stays together on the training side.
 """
 
@@ -54,6 +54,11 @@ SAMPLE_PHOTOS: tuple[str, ...] = (
 
 HELDOUT_PHOTOS: tuple[str, ...] = ("chelsea.png", "coffee.png")
 """Whole photographs held out for evaluation (a cat and a coffee cup: 300×451 and 400×600)."""
+
+VALIDATION_PHOTOS: tuple[str, ...] = ("cell.png", "clock_motion.png")
+"""Bundled grayscale photographs that no split trains on: the validation split, where benchmarks
+choose their options (learning rates, designs) so the held-out photos stay untouched until the
+report. A microscope image (550×660) and a photo of a clock (300×400), replicated to 3 channels."""
 
 GRAYSCALE_PHOTOS: tuple[str, ...] = (
     "camera.png",
@@ -234,21 +239,25 @@ def _load_bundled(name: str) -> torch.Tensor:
     return load_image_file(path)
 
 
-def sample_photo_names(
-    split: Literal["train", "heldout", "all"] = "train", include_grayscale: bool = False
-) -> tuple[str, ...]:
+PhotoSplit = Literal["train", "validation", "heldout", "all"]
+
+
+def sample_photo_names(split: PhotoSplit = "train", include_grayscale: bool = False) -> tuple[str, ...]:
     """File names of the embedded photographs in a split.
 
     Args:
-        split: ``"train"``, ``"heldout"`` (:data:`HELDOUT_PHOTOS`) or ``"all"``.
+        split: ``"train"``, ``"validation"`` (:data:`VALIDATION_PHOTOS`, for choosing options),
+            ``"heldout"`` (:data:`HELDOUT_PHOTOS`, for reporting) or ``"all"`` (train + held-out).
         include_grayscale: Add :data:`GRAYSCALE_PHOTOS` (training side only).
 
     Returns:
         The file names, in :data:`SAMPLE_PHOTOS` order (grayscale ones last).
     """
-    if split not in ("train", "heldout", "all"):
-        raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+    if split not in ("train", "validation", "heldout", "all"):
+        raise ValueError(f"split must be 'train', 'validation', 'heldout' or 'all', got {split!r}")
     extra = GRAYSCALE_PHOTOS if include_grayscale else ()
+    if split == "validation":
+        return VALIDATION_PHOTOS
     if split == "heldout":
         return tuple(n for n in SAMPLE_PHOTOS if n in HELDOUT_PHOTOS)
     if split == "train":
@@ -256,13 +265,12 @@ def sample_photo_names(
     return SAMPLE_PHOTOS + extra
 
 
-def load_sample_photos(
-    split: Literal["train", "heldout", "all"] = "train", include_grayscale: bool = False
-) -> list[torch.Tensor]:
+def load_sample_photos(split: PhotoSplit = "train", include_grayscale: bool = False) -> list[torch.Tensor]:
     """The natural photographs bundled with scikit-image, read from disk (no download).
 
     Args:
-        split: ``"train"`` (7 photos), ``"heldout"`` (chelsea, coffee) or ``"all"``.
+        split: ``"train"`` (7 photos), ``"validation"`` (cell, clock_motion: grayscale, never trained
+            on), ``"heldout"`` (chelsea, coffee) or ``"all"`` (train + held-out).
         include_grayscale: Also return the grayscale naturals (camera, brick, grass, gravel, moon,
             coins) replicated to 3 channels, on the training side. Off by default so the colour
             statistics stay those of real RGB photographs.
