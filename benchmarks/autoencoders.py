@@ -76,7 +76,7 @@ from pentachora.autoencoders.kl_baseline import AutoencoderKLAdapter, Autoencode
 from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig
 from pentachora.data import (
     NOISE_TYPES,
-    ImageCropSource,
+    VALIDATION_PHOTOS,
     NoiseSource,
     load_sample_photos,
     noise_eval_sets,
@@ -87,6 +87,7 @@ from pentachora.data import (
 )
 from pentachora.modeling import PentachoraModel
 from pentachora.recipes import GEOVAE_ALIGN_WEIGHTS, GEOVAE_HANDOFF_WEIGHTS, geovae_schedule
+from pentachora.recipes.benchmarking import MixedSource
 from pentachora.training import Callback, TrainConfig, Trainer, TrainingDiverged
 
 RESULTS = Path(__file__).parent / "results"
@@ -94,38 +95,11 @@ logger = logging.getLogger("benchmarks.autoencoders")
 
 
 # ---------------------------------------------------------------------------------------- data
-class MixedSource:
-    """Photo crops and noise in one batch, a pure function of ``(seed, step)``.
-
-    ``batch(step)`` = ``n_photo`` crops of the training photos (model space) followed by
-    ``n_noise`` images of the 16 noise types (uniformly mixed), concatenated.
-    """
-
-    def __init__(
-        self, batch_size: int, image_size: int, noise_fraction: float, heavy_tails: str, seed: int
-    ) -> None:
-        self.n_noise = round(batch_size * noise_fraction)
-        self.n_photo = batch_size - self.n_noise
-        self.photos = (
-            ImageCropSource(load_sample_photos("train"), image_size, self.n_photo, seed=seed)
-            if self.n_photo
-            else None
-        )
-        self.noise = (
-            NoiseSource(NOISE_TYPES, self.n_noise, image_size, seed=seed + 1, heavy_tails=heavy_tails)
-            if self.n_noise
-            else None
-        )
-
-    def batch(self, step: int) -> torch.Tensor:
-        parts = [s.batch(step) for s in (self.photos, self.noise) if s is not None]
-        return torch.cat(parts)
-
-
-def heldout_images(multiple: int = 16) -> list[torch.Tensor]:
-    """The held-out photos in [0, 1], centre-cropped to sides that are multiples of ``multiple``."""
+def heldout_images(multiple: int = 16, split: str = "heldout") -> list[torch.Tensor]:
+    """The photos of ``split`` (held-out by default; ``"validation"`` for choosing options) in [0, 1],
+    centre-cropped to sides that are multiples of ``multiple``."""
     out = []
-    for im in load_sample_photos("heldout"):
+    for im in load_sample_photos(split):
         h, w = im.shape[-2:]
         hh, ww = h - h % multiple, w - w % multiple
         top, left = (h - hh) // 2, (w - ww) // 2
@@ -777,6 +751,8 @@ def folded_factory(ratio: int, args: argparse.Namespace) -> Callable[[], torch.n
     return build
 
 
+LR_GRID_SWEEP = [1e-3, 3e-3, 1e-2]
+
 SWEEP_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "GeoVAE": lambda: GeoVAE(GeoVAEConfig.preset("tiny-48")),
     "GeoVAE (unbounded heads)": lambda: GeoVAE(GeoVAEConfig.preset("tiny-48", bounded_heads=False)),
@@ -1004,6 +980,92 @@ def run_lr_sweep(args: argparse.Namespace, device: torch.device) -> dict[str, An
     return {"runs": runs, "baselines": {k: statistics.mean(v) for k, v in base.items()}}
 
 
+def run_lr_select(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Every fair contender × ``--lrs`` at ``--budget`` on the first seed, scored on the **validation**
+    photos (never the held-out ones); the chosen lr per contender and ratio is the best finite one."""
+    val = heldout_images(split="validation")
+    res: dict[str, Any] = {"ratios": {}, "validation_photos": list(VALIDATION_PHOTOS)}
+    seed = args.seeds[0]
+    for ratio in args.ratios:
+        factories = {
+            k: v for k, v in budget_contenders(ratio, args).items() if not args.only or k in args.only
+        }
+        rows: dict[str, Any] = {k: {"by_lr": {}} for k in factories}
+        for lr in args.lrs:
+            runners = train_interleaved(
+                factories, dict.fromkeys(factories, lr), lambda: fair_source(args, seed), args, device, seed,
+                args.budget, val,
+            )  # fmt: skip
+            for name, r in runners.items():
+                ps = photo_psnr(r.model, val, device)
+                rows[name]["by_lr"][f"{lr:g}"] = {
+                    "lr": lr, "psnr_validation": statistics.mean(ps), "steps": r.step,
+                    "nonfinite_steps": r.nonfinite,
+                }  # fmt: skip
+                logger.info("%d:1 lr %g %s: %.2f dB validation", ratio, lr, name, statistics.mean(ps))
+            del runners
+        for row in rows.values():
+            usable = [
+                v
+                for v in row["by_lr"].values()
+                if v["nonfinite_steps"] == 0 and math.isfinite(v["psnr_validation"])
+            ]
+            row["chosen_lr"] = max(usable, key=lambda v: v["psnr_validation"])["lr"] if usable else None  # fmt: skip
+        res["ratios"][str(ratio)] = rows
+    return res
+
+
+def chosen_lrs(paths: list[Path]) -> dict[str, dict[str, float]]:
+    """``{ratio: {contender: lr}}`` from ``--mode lr-select`` results files (later files win)."""
+    out: dict[str, dict[str, float]] = {}
+    for path in paths:
+        res = json.loads(Path(path).read_text())
+        if res.get("mode") != "lr-select":
+            raise SystemExit(f"--lr-from {path}: not a --mode lr-select results file")
+        for ratio, rows in res["ratios"].items():
+            for name, row in rows.items():
+                if row.get("chosen_lr") is not None:
+                    out.setdefault(ratio, {})[name] = float(row["chosen_lr"])
+    return out
+
+
+def select_markdown(res: dict[str, Any], command: str) -> str:
+    s = res["settings"]
+    lines = [
+        "# Learning rates chosen on validation photos (fair-mode contenders)",
+        "",
+        f"Each fair-mode contender trained at every lr of {s['lrs']} for {s['budget']:g} {s['budget_kind']} "
+        f"(seed {s['seeds'][0]}; the fair mode's crops and batch), then scored on the validation photos "
+        f"({', '.join(res['validation_photos'])}: bundled grayscale photographs that no split trains on). "
+        "The chosen lr is the one with the highest validation PSNR among runs without a non-finite step; "
+        "`--mode fair --lr-from` reads it. The held-out photos (chelsea, coffee) play no part here.",
+        "",
+        f"Command: `{command}`",
+        "",
+    ]
+    for ratio, rows in res["ratios"].items():
+        lrs = sorted({float(k) for r in rows.values() for k in r["by_lr"]})
+        lines += [
+            f"## {ratio}:1",
+            "",
+            "| model | "
+            + " | ".join(f"lr {lr:g}: validation PSNR dB (steps)" for lr in lrs)
+            + " | chosen lr |",
+            "|---|" + "---:|" * (len(lrs) + 1),
+        ]
+        for name, r in rows.items():
+            cells = []
+            for lr in lrs:
+                v = r["by_lr"].get(f"{lr:g}")
+                cells.append(
+                    "—" if v is None else f"{v['psnr_validation']:.2f} ({v['steps']})" + (" non-finite" if v["nonfinite_steps"] else "")
+                )  # fmt: skip
+            chosen = "—" if r["chosen_lr"] is None else f"{r['chosen_lr']:g}"
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | **{chosen}** |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def codec_curves(images01: list[torch.Tensor], qualities: list[int]) -> dict[str, list[dict[str, float]]]:
     """JPEG and WebP (Pillow) on the whole photos: mean bpp and mean PSNR per quality."""
     import io
@@ -1056,6 +1118,14 @@ def model_rate(
     return rows
 
 
+def fair_source(args: argparse.Namespace, seed: int) -> Any:
+    """The fair mode's batches: augmented crops of the training photos (grayscale ones too by default)."""
+    from pentachora.data.images import AugmentedCropSource
+
+    photos = load_sample_photos("train", include_grayscale=args.grayscale)
+    return AugmentedCropSource(photos, args.image_size, args.batch_size, seed=seed, scales=args.scales)
+
+
 def run_fair(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Equal budget (CPU s, wall s or steps), same data and seeds, interleaved, at each ratio."""
     held = heldout_images()
@@ -1065,21 +1135,24 @@ def run_fair(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     res: dict[str, Any] = {"ratios": {}, "baselines": {k: statistics.mean(v) for k, v in base.items()}}
     res["codecs"] = codec_curves(held, args.codec_qualities)
 
-    def source(seed: int) -> Any:
-        from pentachora.data.images import AugmentedCropSource
-
-        photos = load_sample_photos("train", include_grayscale=args.grayscale)
-        return AugmentedCropSource(photos, args.image_size, args.batch_size, seed=seed, scales=args.scales)
-
+    chosen = chosen_lrs(args.lr_from) if args.lr_from else {}
+    res["lr_from"] = [str(p) for p in args.lr_from or []]
     for ratio in args.ratios:
         factories = {
             k: v for k, v in budget_contenders(ratio, args).items() if not args.only or k in args.only
         }
-        lrs = {k: args.lr_of.get(k, args.lr) for k in factories}
+        lrs = {k: args.lr_of.get(k, chosen.get(str(ratio), {}).get(k, args.lr)) for k in factories}
         rows: dict[str, Any] = {k: {"seeds": []} for k in factories}
         for seed in args.seeds:
             runners = train_interleaved(
-                factories, lrs, lambda seed=seed: source(seed), args, device, seed, args.budget, held
+                factories,
+                lrs,
+                lambda seed=seed: fair_source(args, seed),
+                args,
+                device,
+                seed,
+                args.budget,
+                held,
             )
             for name, r in runners.items():
                 ps = photo_psnr(r.model, held, device)
@@ -1188,7 +1261,12 @@ def fair_markdown(res: dict[str, Any], command: str) -> str:
         "'train photos': the 7 colour training photos, whole, "
         f"downscaled to ≤ {s['train_eval_side']} px; gap = train − held-out. Predictors that learn nothing: "
         + ", ".join(f"{k} {v:.2f} dB" for k, v in res["baselines"].items())
-        + ".",
+        + ". Learning rates: "
+        + (
+            f"each contender's own, chosen on the validation photos by `--mode lr-select` ({', '.join(res['lr_from'])})."
+            if res.get("lr_from")
+            else "one untuned lr for every contender (no `--lr-from`)."
+        ),
         "",
         f"Command: `{command}`",
         "",
@@ -1298,7 +1376,7 @@ def plot_fair(res: dict[str, Any], path_curves: Path, path_rate: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mode", choices=("bench", "stability", "lr-sweep", "fair"), default="bench")
+    p.add_argument("--mode", choices=("bench", "stability", "lr-sweep", "lr-select", "fair"), default="bench")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)
@@ -1335,8 +1413,15 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--chunk-steps", type=int, default=10, help="Round-robin chunk of steps per contender.")
     g.add_argument("--curve-points", type=int, default=8)
     g.add_argument("--seeds", type=int, nargs="+", default=None)
-    g.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    g.add_argument("--lrs", type=float, nargs="+", default=LR_GRID_SWEEP)
     g.add_argument("--lr-of", nargs="+", default=None, help="Per-contender lr, e.g. AutoencoderKL=3e-4.")
+    g.add_argument(
+        "--lr-from",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="--mode fair: take each contender's lr from these --mode lr-select results (chosen on validation).",
+    )
     g.add_argument("--warmup-fraction", type=float, default=0.05)
     g.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
     g.add_argument("--grad-clip", type=float, default=1.0, help="0 disables (the sweep's harsh protocol).")
@@ -1362,7 +1447,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     args.lr_of = {k: float(v) for k, v in (item.split("=", 1) for item in (args.lr_of or []))}
-    if args.mode in ("lr-sweep", "fair"):
+    if args.mode in ("lr-sweep", "lr-select", "fair"):
         return run_budget_mode(args, p)
     defaults = (
         dict(steps=500, batch_size=16, image_size=32)
@@ -1382,7 +1467,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/autoencoders.py " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings = {k: _jsonable(v) for k, v in vars(args).items()}
     if args.mode == "stability":
         res = run_stability(args, device)
         res.update(
@@ -1412,10 +1497,23 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("wrote %s (%.0f s)", args.out / "autoencoders.md", res["total_wall_s"])
 
 
+def _jsonable(v: Any) -> Any:
+    """Settings as JSON: paths (also inside lists) as strings."""
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
 def run_budget_mode(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
     """``--mode lr-sweep`` / ``--mode fair`` (defaults per mode and size; see the module docstring)."""
     if args.mode == "lr-sweep":
         defaults = dict(steps=300, batch_size=16, image_size=32, seeds=[0, 1], budget_kind="steps")
+    elif args.mode == "lr-select":  # half the fair budget, one seed, three lrs per contender
+        defaults = dict(
+            budget=75.0, budget_kind="cpu", batch_size=16, image_size=64, seeds=[0], curve_points=0
+        )
     elif args.gpu:
         defaults = dict(budget=120.0, budget_kind="wall", batch_size=32, image_size=128, seeds=[0, 1, 2])
     elif args.quick:
@@ -1435,7 +1533,7 @@ def run_budget_mode(args: argparse.Namespace, p: argparse.ArgumentParser) -> Non
     command = "python benchmarks/autoencoders.py " + " ".join(sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings = {k: _jsonable(v) for k, v in vars(args).items()}
     tag = f"_{args.tag}" if getattr(args, "tag", None) else ""
     if args.mode == "lr-sweep":
         res = run_lr_sweep(args, device)
@@ -1445,6 +1543,16 @@ def run_budget_mode(args: argparse.Namespace, p: argparse.ArgumentParser) -> Non
             json.dumps(res, indent=1, default=float) + "\n"
         )
         (args.out / f"autoencoders_lr_sweep{tag}.md").write_text(sweep_markdown(res, command))
+        return
+    if args.mode == "lr-select":
+        res = run_lr_select(args, device)
+        res.update(mode="lr-select", settings=settings, machine=machine_info(device), command=command)
+        res["total_wall_s"] = time.perf_counter() - t0
+        (args.out / f"autoencoders_lr_select{tag}.json").write_text(
+            json.dumps(res, indent=1, default=float) + "\n"
+        )
+        (args.out / f"autoencoders_lr_select{tag}.md").write_text(select_markdown(res, command))
+        logger.info("wrote %s (%.0f s)", args.out / f"autoencoders_lr_select{tag}.md", res["total_wall_s"])
         return
     res = run_fair(args, device)
     res.update(settings=settings, machine=machine_info(device), command=command)

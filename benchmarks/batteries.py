@@ -29,9 +29,6 @@ import argparse
 import json
 import logging
 import math
-import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,151 +36,34 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from autoencoders import MixedSource
 from pentachora.autoencoders.battery import BatteryBank, BatteryConfig
 from pentachora.autoencoders.container import BatteryContainer
 from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
 from pentachora.data import (
-    CURRICULUM_TIERS,
-    NOISE_TYPES,
-    heldout_tiles,
-    load_sample_photos,
-    noise_eval_sets,
-    psnr,
     to_model_space,
-    to_pixel_space,
 )
 from pentachora.data.regimes import RegimeSource, parse_regimes
-from pentachora.modeling import PentachoraModel
 from pentachora.recipes.batteries import (
     build_container,
-    container_phases,
     export_report,
     time_batched_vs_loop,
     train_battery_bank,
 )
-from pentachora.training import Callback, TrainConfig, Trainer
+from pentachora.recipes.benchmarking import (
+    PhotoEvalSet,
+    TrainEvalSettings,
+    machine_info,
+    reach,
+    strip_models,
+    train_eval,
+)
 
 RESULTS = Path(__file__).parent / "results"
 logger = logging.getLogger("benchmarks.batteries")
 
 
 # ---------------------------------------------------------------------------------------- evaluation
-class EvalSet:
-    """Fixed held-out photo tiles (pixel space) and noise batches per type (model space)."""
-
-    def __init__(self, image_size: int, tiles_per_image: int, noise_per_type: int, seed: int) -> None:
-        self.tiles01 = heldout_tiles(load_sample_photos("heldout"), image_size, max_per_image=tiles_per_image)
-        self.noise = noise_eval_sets(
-            NOISE_TYPES, noise_per_type, image_size, seed=seed + 7, heavy_tails="clamp"
-        )
-
-    @torch.no_grad()
-    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
-        model.eval()
-        rec = torch.cat([model.reconstruct(to_model_space(t)) for t in self.tiles01.split(64)])
-        rec01 = to_pixel_space(rec.float())
-        out = {
-            "psnr": float(psnr(rec01, self.tiles01).clamp_max(100).mean()),
-            "mse": float((rec01 - self.tiles01).square().mean()),
-        }
-        per_type = {
-            k: float((model.reconstruct(x).float() - x).square().mean()) for k, x in self.noise.items()
-        }
-        for tier, types in CURRICULUM_TIERS.items():
-            out[f"tier{tier}_mse"] = statistics.mean(per_type[t] for t in types)
-        out["noise_mse"] = statistics.mean(per_type.values())
-        return out
-
-
-class Recorder(Callback):
-    """Accumulates pure training time (batch + step) and evaluates at the steps of ``schedule``.
-
-    Evaluation runs outside the timed part, in eval mode without gradients (train mode restored).
-    """
-
-    def __init__(self, evaluator: EvalSet, schedule: set[int]) -> None:
-        self.evaluator = evaluator
-        self.schedule = schedule
-        self.train_s = 0.0
-        self._t0 = 0.0
-        self.curve: list[dict[str, float]] = []
-
-    def on_step_start(self, trainer: Trainer, step: int) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_step_end(self, trainer: Trainer, step: int, output_scalars: dict[str, float]) -> None:
-        self.train_s += time.perf_counter() - self._t0
-        if step in self.schedule:
-            model = trainer.unwrapped_model
-            was = model.training
-            with torch.no_grad():
-                metrics = self.evaluator(model)
-            model.train(was)
-            self.curve.append({"step": step, "train_s": self.train_s, **metrics})
-
-
-def eval_schedule(steps: int, early: int, every: int) -> set[int]:
-    """Every ``early`` steps up to 50 (the transfer happens early), then every ``every``, and the end."""
-    return set(range(early, min(50, steps) + 1, early)) | set(range(every, steps + 1, every)) | {steps}
-
-
-def train_eval(
-    model: PentachoraModel,
-    args: argparse.Namespace,
-    steps: int,
-    evaluator: EvalSet,
-    geo: bool,
-    align_fraction: float = 0.1,
-) -> dict[str, Any]:
-    """Train with the one Trainer on the mixed source; evaluate on the schedule.
-
-    ``geo``: GeoVAE's CV schedule (alignment phase for ``align_fraction`` of the steps, then hand-off)."""
-    rec = Recorder(evaluator, eval_schedule(steps, args.eval_early, args.eval_every))
-    source = MixedSource(args.batch_size, args.image_size, args.noise_fraction, "clamp", args.seed)
-    cfg = TrainConfig(
-        steps=steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=max(1, steps // 20),
-        grad_clip=1.0,
-        seed=args.seed,
-        eval_every=0,
-        log_every=max(1, steps // 10),
-        out_dir=None,
-        progress=args.progress,
-        tensorboard=False,
-    )
-    callbacks: list[Callback] = [container_phases(steps, align_fraction)] if geo else []
-    trainer = Trainer(model, cfg, source, callbacks=[*callbacks, rec])
-    res = trainer.fit(resume=False)
-    final = rec.curve[-1]
-    last = trainer.last_metrics
-    keep = ("route_entropy", "route_active", "route_scale", "cv_anchor", "cv_enc", "kl", "recon_loss")
-    return {
-        "params": model.num_parameters(),
-        "steps": res.steps,
-        "nonfinite_steps": res.nonfinite_steps,
-        "train_s": rec.train_s,
-        "s_per_step": rec.train_s / max(res.steps, 1),
-        "final": {k: v for k, v in final.items() if k not in ("step", "train_s")},
-        "curve": rec.curve,
-        "last_scalars": {k: float(last[k]) for k in keep if k in last},
-    }
-
-
 METRICS = ("psnr", "mse", "tier0_mse", "tier1_mse", "tier2_mse", "tier3_mse", "tier4_mse")
-
-
-def reach(curve: list[dict[str, float]], metric: str, target: float) -> tuple[int | None, float | None]:
-    """First evaluation step (and training seconds) at which ``metric`` reaches ``target``."""
-    higher = metric == "psnr"
-    for row in curve:
-        v = row[metric]
-        if (v >= target) if higher else (v <= target):
-            return int(row["step"]), float(row["train_s"])
-    return None, None
 
 
 def transfer_table(runs: dict[str, dict[str, Any]], reference: str) -> dict[str, dict[str, Any]]:
@@ -224,7 +104,7 @@ def pair(
     args: argparse.Namespace,
     bank: BatteryBank,
     steps: int,
-    evaluator: EvalSet,
+    evaluator: PhotoEvalSet,
     sectors: tuple[str, ...] = ("encoder", "decoder", "anchors"),
     with_b: bool = True,
     **overrides: Any,
@@ -236,7 +116,9 @@ def pair(
             bank, implant=implant, seed=args.seed, sectors=sectors, latent_dim=args.latent_dim, **overrides
         )
         logger.info("training %s (K=%d, %s)", name, model.config.n_batteries, overrides or "")
-        out[name] = train_eval(model, args, steps, evaluator, geo=True)
+        out[name] = train_eval(
+            model, TrainEvalSettings.from_namespace(args), steps, evaluator, align_fraction=0.1
+        )
         out[name]["model"] = model
     return out
 
@@ -244,27 +126,6 @@ def pair(
 def plain_geovae(args: argparse.Namespace) -> GeoVAE:
     torch.manual_seed(args.seed)
     return GeoVAE(GeoVAEConfig.preset("tiny-12", patch_size=args.patch_size, latent_dim=args.latent_dim))
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if hasattr(os, "getloadavg"):
-        info["loadavg_at_start"] = os.getloadavg()
-    return info
-
-
-def strip_models(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: strip_models(v) for k, v in obj.items() if k not in ("model", "module")}
-    if isinstance(obj, list):
-        return [strip_models(v) for v in obj]
-    return obj
 
 
 # ---------------------------------------------------------------------------------------- markdown
@@ -516,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
     res: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     res["machine"] = machine_info()
-    evaluator = EvalSet(args.image_size, args.eval_tiles, args.eval_noise, args.seed)
+    evaluator = PhotoEvalSet(args.image_size, args.eval_tiles, args.eval_noise, args.seed)
 
     sections = {x for x in args.sections.split(",") if x}
     unknown = sections - {"bank", "transfer", "export", "ablations"}
@@ -553,7 +414,13 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("section 2: transfer at K=%d", args.K)
         runs = pair(args, bank, args.steps, evaluator)
         torch.manual_seed(args.seed)
-        runs["c_geovae"] = train_eval(plain_geovae(args), args, args.steps, evaluator, geo=True)
+        runs["c_geovae"] = train_eval(
+            plain_geovae(args),
+            TrainEvalSettings.from_namespace(args),
+            args.steps,
+            evaluator,
+            align_fraction=0.1,
+        )
         table = transfer_table(runs, "b_random")
         st_a, st_b = table["psnr"]["a_implanted"]["steps"], table["psnr"]["b_random"]["steps"]
         speed = (

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import statistics
 import sys
 import time
@@ -42,12 +43,19 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from autoencoders import MixedSource
-from batteries import EvalSet, machine_info, reach, strip_models, train_eval
 from pentachora.autoencoders.battery import BatteryConfig
 from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
 from pentachora.recipes.batteries import FOLDED_ALIGN_FRACTION, build_folded_container, train_battery_bank
+from pentachora.recipes.benchmarking import (
+    MixedSource,
+    PhotoEvalSet,
+    TrainEvalSettings,
+    choose_on_validation,
+    machine_info,
+    reach,
+    strip_models,
+    train_eval,
+)
 
 RESULTS = Path(__file__).parent / "results"
 logger = logging.getLogger("benchmarks.folded_container")
@@ -90,29 +98,32 @@ def build(name: str, bank: Any, args: argparse.Namespace, seed: int) -> tuple[Ge
     return model, time.perf_counter() - t0 if calib is not None else report["build_s"]
 
 
-def run_seed(bank: Any, args: argparse.Namespace, seed: int, evaluator: EvalSet) -> dict[str, Any]:
+def run_seed(bank: Any, args: argparse.Namespace, seed: int, evaluator: PhotoEvalSet) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     train_args = argparse.Namespace(**{**vars(args), "seed": seed})
     for name in args.contenders:
         model, build_s = build(name, bank, args, seed)
         logger.info("seed %d: training %s (%s parameters)", seed, name, f"{model.num_parameters():,}")
         align = FOLDED_ALIGN_FRACTION if name in NO_ALIGNMENT else 0.1
-        out = train_eval(model, train_args, args.steps, evaluator, geo=True, align_fraction=align)
+        out = train_eval(
+            model, TrainEvalSettings.from_namespace(train_args), args.steps, evaluator, align_fraction=align
+        )
         out["build_s"] = build_s
         for point in out["curve"]:
             point["train_s"] += build_s
         out["train_s"] += build_s
         runs[name] = out
     target = runs[REFERENCE]["final"]["psnr"]
+    target_val = runs[REFERENCE]["final"]["psnr_val"]
     total = runs[REFERENCE]["train_s"]
     for out in runs.values():
-        step, secs = reach(out["curve"], "psnr", target)
-        out["to_target"] = {
-            "steps": step,
-            "train_s": secs,
-            "fraction": None if secs is None else secs / total,
-        }
-    return {"seed": seed, "target_psnr": target, "reference_train_s": total, "runs": runs}
+        for key, metric, goal in (("to_target", "psnr", target), ("to_target_val", "psnr_val", target_val)):
+            step, secs = reach(out["curve"], metric, goal)
+            out[key] = {"steps": step, "train_s": secs, "fraction": None if secs is None else secs / total}
+    return {
+        "seed": seed, "target_psnr": target, "target_psnr_val": target_val, "reference_train_s": total,
+        "runs": runs,
+    }  # fmt: skip
 
 
 def summarise(seeds: list[dict[str, Any]], bank_s: float, contenders: list[str]) -> dict[str, Any]:
@@ -121,6 +132,7 @@ def summarise(seeds: list[dict[str, Any]], bank_s: float, contenders: list[str])
         runs = [s["runs"][name] for s in seeds]
         fr = [r["to_target"]["fraction"] for r in runs]
         reached = [f for f in fr if f is not None]
+        fr_val = [r["to_target_val"]["fraction"] for r in runs]
         ref_s = statistics.mean(s["reference_train_s"] for s in seeds)
         secs = [r["to_target"]["train_s"] for r in runs if r["to_target"]["train_s"] is not None]
         rows[name] = {
@@ -132,6 +144,8 @@ def summarise(seeds: list[dict[str, Any]], bank_s: float, contenders: list[str])
             "reached": len(reached),
             "fraction_mean": statistics.mean(reached) if len(reached) == len(fr) else None,
             "fraction_max": max(reached) if len(reached) == len(fr) else None,
+            "fraction_mean_val": statistics.mean(fr_val) if None not in fr_val else None,
+            "final_psnr_val": statistics.mean(r["final"]["psnr_val"] for r in runs),
             "nonfinite_steps": sum(r["nonfinite_steps"] for r in runs),
             "amortised": (
                 {str(n): (statistics.mean(secs) + bank_s / n) / ref_s for n in AMORTISE_OVER}
@@ -167,11 +181,13 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['args']['image_size']}² (noise fraction {res['args']['noise_fraction']}), lr {res['args']['lr']}, "
         f"seeds {res['args']['seeds']}; 16 latent floats per 8×8 patch (12:1) for every contender. Target = the "
         "plain GeoVAE's final held-out PSNR of the same seed; fraction = seconds to reach it / the plain "
-        "GeoVAE's whole training seconds (goal ≤ 0.5).",
+        "GeoVAE's whole training seconds (goal ≤ 0.5). The *validation* columns measure the same on tiles of "
+        "the validation photos (cell, clock_motion; never trained on): the reading picks the implanted variant "
+        "there and reports it on the held-out photos (chelsea, coffee).",
         "",
         "| contender | params | s / step | final PSNR dB (spread) | seeds reaching target | time to target, mean (worst) "
-        "| + bank once | + bank / 4 | + bank / 16 | non-finite |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| + bank once | + bank / 4 | + bank / 16 | non-finite | validation: final PSNR dB | validation: time to target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in res["summary"].items():
         am = r["amortised"] or {}
@@ -179,7 +195,8 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {r['params']:,} | {r['s_per_step']:.3f} | {r['final_psnr']:.2f} ({r['final_psnr_spread']:.2f}) "
             f"| {r['reached']}/{len(res['seeds'])} | {_f(r['fraction_mean'])} ({_f(r['fraction_max'])}) "
-            f"| {' | '.join(amortised)} | {r['nonfinite_steps']} |"
+            f"| {' | '.join(amortised)} | {r['nonfinite_steps']} | {r['final_psnr_val']:.2f} "
+            f"| {_f(r['fraction_mean_val'])} |"
         )
     lines += ["", "Per seed (steps and seconds to the target):", ""]
     names = list(res["summary"])
@@ -201,17 +218,30 @@ def markdown(res: dict[str, Any]) -> str:
 def reading(res: dict[str, Any]) -> list[str]:
     """Generated from the numbers: the goal, met or missed, and what the bank costs."""
     s = res["summary"]
-    best = min(
-        (n for n in s if n.startswith("folded, implanted") and s[n]["fraction_mean"] is not None),
-        key=lambda n: s[n]["fraction_mean"],
-        default=None,
-    )
+    # The implanted variant is *chosen* on the validation photos (time to the plain GeoVAE's final
+    # validation PSNR), then *reported* on the held-out photos.
+    implanted = [n for n in s if n.startswith("folded, implanted")]
+    to_target = {n: s[n]["fraction_mean_val"] for n in implanted}
+    best = choose_on_validation(
+        {n: v if v is not None else math.inf for n, v in to_target.items()}, higher_is_better=False
+    ) or choose_on_validation({n: s[n]["final_psnr_val"] for n in implanted})
     out = ["**Reading (generated from the numbers above).**", ""]
     ref = s[REFERENCE]
     if best is None:
-        out.append("* No implanted variant reached the plain GeoVAE's final PSNR on every seed.")
+        out.append("* No implanted variant was run.")
         return out
     b = s[best]
+    out.append(
+        f"* Chosen on the validation photos: **{best}** (time to the plain GeoVAE's final validation PSNR: "
+        + "; ".join(f"{n} {_f(v)}{'×' if v is not None else ''}" for n, v in to_target.items())
+        + "; final validation PSNR: "
+        + "; ".join(f"{n} {s[n]['final_psnr_val']:.2f} dB" for n in implanted)
+        + "; the faster to the target wins, the higher final PSNR if none reaches it on every seed). The "
+        "held-out numbers below are that variant's."
+    )
+    if b["fraction_mean"] is None:
+        out.append("* On the held-out photos it does not reach the plain GeoVAE's final PSNR on every seed.")
+        return out
     if b["fraction_max"] <= 0.5:
         verdict = "met on every seed"
     elif b["fraction_mean"] <= 0.5:
@@ -219,7 +249,7 @@ def reading(res: dict[str, Any]) -> list[str]:
     else:
         verdict = "missed"
     out.append(
-        f"* Best implanted variant: **{best}**, time to the plain GeoVAE's final PSNR {b['fraction_mean']:.2f}× "
+        f"* On the held-out photos, **{best}** reaches the plain GeoVAE's final PSNR in {b['fraction_mean']:.2f}× "
         f"(worst seed {b['fraction_max']:.2f}×) of the plain GeoVAE's training time: the goal (≤ 0.5×) is "
         f"{verdict}. It ends {b['final_psnr'] - ref['final_psnr']:+.2f} dB against the plain GeoVAE at "
         f"{b['s_per_step'] / ref['s_per_step']:.2f}× its cost per step."
@@ -351,7 +381,9 @@ def main(argv: list[str] | None = None) -> None:
     logger.info(
         "bank: %d batteries in %.0f s (MSE %.4f)", bank.n_batteries, res["bank_s"], report["final_mse_mean"]
     )
-    evaluator = EvalSet(args.image_size, args.eval_tiles, args.eval_noise, args.seeds[0])
+    evaluator = PhotoEvalSet(
+        args.image_size, args.eval_tiles, args.eval_noise, args.seeds[0], validation=True
+    )
     res["seeds"] = [run_seed(bank, args, seed, evaluator) for seed in args.seeds]
     res["summary"] = summarise(res["seeds"], res["bank_s"], list(args.contenders))
     res["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

@@ -26,21 +26,19 @@ from typing import Any
 
 import torch
 
+from pentachora.recipes.hub_baselines import expert_pairs, training_free_baselines, validation_split
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "hub_tuning"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hub import EXPERTS, _pairs, _title_split, select_and_run_training_free  # noqa: E402  (reused)
+EXPERTS = ("minilm", "lsa", "w2v")  # as benchmarks/hub.py
 
 
 def _split(args):
     from pentachora.recipes.hub import HubData, prepare_hub_data
 
     data = prepare_hub_data(EXPERTS, cache_dir=args.cache_dir, max_train_items=args.max_train_items)
-    fit, val = _title_split(data.train.titles, 0.15, seed=0)
-    if len(val) < 10:  # tiny smoke runs: a random tenth
-        perm = torch.randperm(data.train.n, generator=torch.Generator().manual_seed(0)).tolist()
-        val, fit = sorted(perm[: max(5, data.train.n // 10)]), sorted(perm[max(5, data.train.n // 10) :])
+    fit, val = validation_split(data.train)
+    fit, val = sorted(fit), sorted(val)
     return data, fit, val, HubData
 
 
@@ -50,7 +48,7 @@ def baselines(args) -> dict[str, Any]:
     Their options are chosen exactly as in ``benchmarks/hub.py``: on an inner split of the fit rows.
     """
     data, fit, val, _ = _split(args)
-    tf = select_and_run_training_free(data.train.subset(fit), data.train.subset(val), args.d_hub, quick=False)
+    tf = training_free_baselines(data.train.subset(fit), data.train.subset(val), args.d_hub, quick=False)
     labels = {"procrustes": "whitened Procrustes", "cca": "CCA", "relrep": "relative representations"}
     return {label: tf[m] for m, label in labels.items()}
 
@@ -99,7 +97,7 @@ def variant(args, argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def render(store: dict[str, Any]) -> str:
-    pairs = [f"{a}|{b}" for a, b in _pairs(EXPERTS)]
+    pairs = [f"{a}|{b}" for a, b in expert_pairs(EXPERTS)]
     lines = [
         "# Conduit hub: how the defaults were chosen (validation split of the training articles)",
         "",
