@@ -87,7 +87,8 @@ from pentachora.data import (
 )
 from pentachora.modeling import PentachoraModel
 from pentachora.recipes import GEOVAE_ALIGN_WEIGHTS, GEOVAE_HANDOFF_WEIGHTS, geovae_schedule
-from pentachora.recipes.benchmarking import MixedSource
+from pentachora.recipes.benchmarking import BudgetRunner, BudgetSettings, MixedSource
+from pentachora.recipes.benchmarking import train_interleaved as harness_train_interleaved
 from pentachora.training import Callback, TrainConfig, Trainer, TrainingDiverged
 
 RESULTS = Path(__file__).parent / "results"
@@ -761,99 +762,6 @@ SWEEP_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
 }
 
 
-class Runner:
-    """One contender in an interleaved budget run: model, optimiser, step count, charged time, curve."""
-
-    def __init__(
-        self, name: str, model: torch.nn.Module, lr: float, args: argparse.Namespace, budget: float
-    ) -> None:
-        from pentachora.training.loop import default_param_groups
-
-        self.name, self.model, self.lr, self.args, self.budget = name, model, lr, args, budget
-        self.opt = torch.optim.AdamW(default_param_groups(model, 0.01), lr=lr)
-        self.step = 0
-        self.cpu_s = 0.0
-        self.wall_s = 0.0
-        self.nonfinite = 0
-        self.curve: list[dict[str, float]] = []
-        self.max_z_std = 0.0
-        self.max_kl = 0.0
-        self.phase = None
-        self.align_fraction = ALIGN_OF.get(name, args.align_fraction)
-
-    @property
-    def used(self) -> float:
-        """Budget used: CPU seconds or wall seconds (per ``--budget-kind``), or steps."""
-        kind = self.args.budget_kind
-        return {"cpu": self.cpu_s, "wall": self.wall_s, "steps": float(self.step)}[kind]
-
-    @property
-    def done(self) -> bool:
-        return self.used >= self.budget
-
-    def _lr_factor(self) -> float:
-        frac = min(1.0, self.used / self.budget)
-        warm = self.args.warmup_fraction
-        if warm > 0 and frac < warm:
-            return max(frac / warm, 0.02)
-        if self.args.schedule == "constant":
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * (frac - warm) / max(1e-9, 1 - warm)))
-
-    def _geo_phase(self) -> None:
-        if not isinstance(self.model, GeoVAE):
-            return
-        phase = "align" if self.used < self.align_fraction * self.budget else "handoff"
-        if phase != self.phase:
-            self.model.set_loss_weights(
-                **(GEOVAE_ALIGN_WEIGHTS if phase == "align" else GEOVAE_HANDOFF_WEIGHTS)
-            )
-            self.phase = phase
-
-    def run_chunk(self, source: Any, n: int, device: torch.device) -> None:
-        self.model.train()
-        for _ in range(n):
-            if self.done:
-                return
-            self._geo_phase()
-            batch = source.batch(self.step + 1).to(device)
-            c0, w0 = time.process_time(), time.perf_counter()
-            for g in self.opt.param_groups:
-                g["lr"] = self.lr * self._lr_factor()
-            out = self.model(batch)
-            loss = out.loss
-            self.opt.zero_grad(set_to_none=True)
-            ok = bool(torch.isfinite(loss))
-            if ok:
-                loss.backward()
-                if self.args.grad_clip > 0:
-                    gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
-                else:
-                    gn = torch.sqrt(
-                        sum(
-                            p.grad.float().square().sum()
-                            for p in self.model.parameters()
-                            if p.grad is not None
-                        )
-                    )
-                ok = bool(torch.isfinite(gn))
-            if ok:
-                self.opt.step()
-            else:
-                self.nonfinite += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            self.cpu_s += time.process_time() - c0
-            self.wall_s += time.perf_counter() - w0
-            self.step += 1
-            z = getattr(out, "z_std", None)
-            if z is not None and torch.isfinite(z):
-                self.max_z_std = max(self.max_z_std, float(z.detach()))
-            kl = getattr(out, "kl", None)
-            if kl is not None and torch.isfinite(kl):
-                self.max_kl = max(self.max_kl, float(kl.detach()))
-
-
 @torch.no_grad()
 def photo_psnr(model: torch.nn.Module, images01: list[torch.Tensor], device: torch.device) -> list[float]:
     """PSNR (dB, pixel space) of the model's reconstruction of each whole photo."""
@@ -900,36 +808,27 @@ def train_interleaved(
     seed: int,
     budget: float,
     eval_images: list[torch.Tensor],
-) -> dict[str, Runner]:
-    """Build every contender (seed ``seed``), then train them round-robin until each used ``budget``.
-
-    Held-out PSNR is recorded ``--curve-points`` times per contender (at equal fractions of the budget).
-    """
-    runners = {}
-    for name, factory in factories.items():
-        torch.manual_seed(seed)
-        runners[name] = Runner(name, factory().to(device), lrs[name], args, budget)
-    source = source_fn()
+) -> dict[str, BudgetRunner]:
+    """The harness's :func:`~pentachora.recipes.benchmarking.train_interleaved` with this script's options;
+    the curve is the mean PSNR of ``eval_images`` (downscaled to ``--curve-side``)."""
     curve_images = heldout_like(eval_images, args.curve_side) if args.curve_side else eval_images
-    marks = [budget * (i + 1) / args.curve_points for i in range(args.curve_points)]
-    next_mark = dict.fromkeys(runners, 0)
-    while not all(r.done for r in runners.values()):
-        for name, r in runners.items():
-            if r.done:
-                continue
-            r.run_chunk(source, args.chunk_steps, device)
-            while next_mark[name] < len(marks) and (r.used >= marks[next_mark[name]] or r.done):
-                ps = photo_psnr(r.model, curve_images, device)
-                r.curve.append(
-                    {"step": r.step, "cpu_s": r.cpu_s, "wall_s": r.wall_s, "psnr": statistics.mean(ps)}
-                )
-                next_mark[name] += 1
+    settings = BudgetSettings(
+        budget=budget, kind=args.budget_kind, warmup_fraction=args.warmup_fraction, schedule=args.schedule,
+        grad_clip=args.grad_clip, align_fraction=args.align_fraction, align_of=tuple(ALIGN_OF.items()),
+        chunk_steps=args.chunk_steps, curve_points=args.curve_points,
+    )  # fmt: skip
+
+    def log(runners: dict[str, BudgetRunner]) -> None:
         logger.info(
             "seed %d: %s",
             seed,
             ", ".join(f"{n} {r.step} steps {r.used:.0f}/{budget:.0f}" for n, r in runners.items()),
         )
-    return runners
+
+    return harness_train_interleaved(
+        factories, lrs, source_fn, settings, device, seed,
+        curve_metric=lambda m: statistics.mean(photo_psnr(m, curve_images, device)), progress=log,
+    )  # fmt: skip
 
 
 def run_lr_sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

@@ -95,3 +95,25 @@ def test_lr_sweep_mode_runs_end_to_end_at_a_toy_size(tmp_path):
     sweep = json.loads((tmp_path / "autoencoders_lr_sweep.json").read_text())
     assert sweep["runs"][0]["nonfinite_steps"] == 0 and sweep["runs"][0]["steps"] == 2
     assert "| GeoVAE | 0.01 |" in (tmp_path / "autoencoders_lr_sweep.md").read_text()
+
+
+def test_lr_select_scores_on_validation_photos_and_fair_mode_reads_the_choice(tmp_path):
+    bench = load()
+    bench.main([
+        "--mode", "lr-select", "--budget", "3", "--budget-kind", "steps", "--batch-size", "2", "--image-size", "16",
+        "--ratios", "48", "--only", "NoSVD", "--lrs", "1e-3", "1e-1", "--chunk-steps", "3", "--scales", "1",
+        "--tag", "toy", "--out", str(tmp_path),
+    ])  # fmt: skip
+    res = json.loads((tmp_path / "autoencoders_lr_select_toy.json").read_text())
+    assert res["mode"] == "lr-select" and res["validation_photos"] == list(bench.VALIDATION_PHOTOS)
+    row = res["ratios"]["48"]["NoSVD"]
+    scores = {float(k): v["psnr_validation"] for k, v in row["by_lr"].items()}
+    assert set(scores) == {1e-3, 1e-1} and all(math.isfinite(v) for v in scores.values())
+    assert row["chosen_lr"] == max(scores, key=scores.get)  # the best validation PSNR, nothing else
+    assert bench.chosen_lrs([tmp_path / "autoencoders_lr_select_toy.json"]) == {"48": {"NoSVD": row["chosen_lr"]}}
+    md = (tmp_path / "autoencoders_lr_select_toy.md").read_text()
+    assert "validation photos" in md and f"**{row['chosen_lr']:g}**" in md
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"ratios": {}}))
+    with pytest.raises(SystemExit, match="not a --mode lr-select"):
+        bench.chosen_lrs([other])

@@ -10,6 +10,9 @@ computed verdicts), so no benchmark imports another.
 * :func:`train_eval` — train one model with the one :class:`~pentachora.training.Trainer` on the mix,
   evaluating on a schedule (:class:`TimedEvaluation`) outside the timed part.
 * :func:`reach`, :func:`eval_schedule`, :func:`machine_info`, :func:`strip_models` — curve and record helpers.
+* :class:`BudgetSettings`, :class:`BudgetRunner`, :func:`train_interleaved` — equal budgets (process
+  CPU seconds, wall seconds or steps), contenders trained round-robin in chunks so that they share the
+  machine's load, each charged only its own chunks.
 * :func:`choose_on_validation` — the one rule for picking an option from validation scores.
 """
 
@@ -42,6 +45,8 @@ from pentachora.modeling import PentachoraModel
 from pentachora.training import Callback, TrainConfig, Trainer
 
 __all__ = [
+    "BudgetRunner",
+    "BudgetSettings",
     "MixedSource",
     "PhotoEvalSet",
     "TimedEvaluation",
@@ -52,6 +57,7 @@ __all__ = [
     "reach",
     "strip_models",
     "train_eval",
+    "train_interleaved",
 ]
 
 K = TypeVar("K", bound=Hashable)
@@ -297,3 +303,179 @@ def strip_models(obj: Any) -> Any:
     if isinstance(obj, list):
         return [strip_models(v) for v in obj]
     return obj
+
+
+# ----------------------------------------------------------------------------------- equal budgets
+@dataclass(frozen=True)
+class BudgetSettings:
+    """How contenders share an equal budget.
+
+    Attributes:
+        budget: Per contender (and seed): CPU seconds, wall seconds or optimiser steps (``kind``).
+        kind: ``"cpu"`` (``time.process_time``: barely changed by other processes' load when the
+            process runs one torch thread), ``"wall"`` or ``"steps"``.
+        warmup_fraction: Linear warm-up over this fraction of the budget used.
+        schedule: ``"cosine"`` (to 0 at the budget's end) or ``"constant"`` after warm-up.
+        grad_clip: Global norm clip (0 disables it and only measures the norm).
+        align_fraction: GeoVAE-family models use the alignment CV weights for this fraction of their
+            budget, then the hand-off weights (the recipe's schedule); ``align_of`` overrides it per name.
+        chunk_steps: Steps a contender takes before the next one's turn.
+        curve_points: Evaluations per contender at equal fractions of the budget (0: none).
+    """
+
+    budget: float
+    kind: str = "cpu"
+    warmup_fraction: float = 0.05
+    schedule: str = "cosine"
+    grad_clip: float = 1.0
+    align_fraction: float = 0.1
+    align_of: tuple[tuple[str, float], ...] = ()
+    chunk_steps: int = 10
+    curve_points: int = 8
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("cpu", "wall", "steps"):
+            raise ValueError(f"kind must be 'cpu', 'wall' or 'steps', got {self.kind!r}")
+        if not (self.budget > 0 and math.isfinite(self.budget)):
+            raise ValueError(f"budget must be a positive number, got {self.budget}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+
+
+class BudgetRunner:
+    """One contender in an interleaved budget run: model, AdamW, step count, charged time, curve."""
+
+    def __init__(self, name: str, model: torch.nn.Module, lr: float, settings: BudgetSettings) -> None:
+        from pentachora.training.loop import default_param_groups
+
+        self.name, self.model, self.lr, self.settings = name, model, lr, settings
+        self.opt = torch.optim.AdamW(default_param_groups(model, 0.01), lr=lr)
+        self.step = 0
+        self.cpu_s = 0.0
+        self.wall_s = 0.0
+        self.nonfinite = 0
+        self.curve: list[dict[str, float]] = []
+        self.max_z_std = 0.0
+        self.max_kl = 0.0
+        self.phase: str | None = None
+        self.align_fraction = dict(settings.align_of).get(name, settings.align_fraction)
+
+    @property
+    def used(self) -> float:
+        """Budget used: CPU seconds, wall seconds or steps (per ``settings.kind``)."""
+        return {"cpu": self.cpu_s, "wall": self.wall_s, "steps": float(self.step)}[self.settings.kind]
+
+    @property
+    def done(self) -> bool:
+        return self.used >= self.settings.budget
+
+    def _lr_factor(self) -> float:
+        frac = min(1.0, self.used / self.settings.budget)
+        warm = self.settings.warmup_fraction
+        if warm > 0 and frac < warm:
+            return max(frac / warm, 0.02)
+        if self.settings.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (frac - warm) / max(1e-9, 1 - warm)))
+
+    def _geo_phase(self) -> None:
+        from pentachora.autoencoders.geovae import GeoVAE
+        from pentachora.recipes.autoencoders import GEOVAE_ALIGN_WEIGHTS, GEOVAE_HANDOFF_WEIGHTS
+
+        if not isinstance(self.model, GeoVAE):
+            return
+        phase = "align" if self.used < self.align_fraction * self.settings.budget else "handoff"
+        if phase != self.phase:
+            self.model.set_loss_weights(
+                **(GEOVAE_ALIGN_WEIGHTS if phase == "align" else GEOVAE_HANDOFF_WEIGHTS)
+            )
+            self.phase = phase
+
+    def run_chunk(self, source: Any, n: int, device: torch.device) -> None:
+        """Up to ``n`` steps on ``source.batch(step)`` (fewer when the budget runs out)."""
+        self.model.train()
+        for _ in range(n):
+            if self.done:
+                return
+            self._geo_phase()
+            batch = source.batch(self.step + 1).to(device)
+            c0, w0 = time.process_time(), time.perf_counter()
+            for g in self.opt.param_groups:
+                g["lr"] = self.lr * self._lr_factor()
+            out = self.model(batch)
+            loss = out.loss
+            self.opt.zero_grad(set_to_none=True)
+            ok = bool(torch.isfinite(loss))
+            if ok:
+                loss.backward()
+                params = [p for p in self.model.parameters() if p.grad is not None]
+                if self.settings.grad_clip > 0:
+                    gn = torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip)
+                else:
+                    gn = torch.sqrt(sum(p.grad.float().square().sum() for p in params))
+                ok = bool(torch.isfinite(gn))
+            if ok:
+                self.opt.step()
+            else:
+                self.nonfinite += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            self.cpu_s += time.process_time() - c0
+            self.wall_s += time.perf_counter() - w0
+            self.step += 1
+            z = getattr(out, "z_std", None)
+            if z is not None and torch.isfinite(z):
+                self.max_z_std = max(self.max_z_std, float(z.detach()))
+            kl = getattr(out, "kl", None)
+            if kl is not None and torch.isfinite(kl):
+                self.max_kl = max(self.max_kl, float(kl.detach()))
+
+
+def train_interleaved(
+    factories: Mapping[str, Callable[[], torch.nn.Module]],
+    lrs: Mapping[str, float],
+    source_fn: Callable[[], Any],
+    settings: BudgetSettings,
+    device: torch.device,
+    seed: int,
+    curve_metric: Callable[[torch.nn.Module], float] | None = None,
+    progress: Callable[[dict[str, BudgetRunner]], None] | None = None,
+) -> dict[str, BudgetRunner]:
+    """Build every contender (``torch.manual_seed(seed)`` before each), then train them round-robin until
+    each has used ``settings.budget``.
+
+    Args:
+        factories: ``name -> () -> model`` (a model's ``forward(batch)`` returns ``.loss``).
+        lrs: Peak learning rate per name.
+        source_fn: Builds the batch source (``batch(step)``), shared by every contender.
+        settings: The budget and schedule.
+        device: Where to train.
+        seed: Seeds each model's initial weights.
+        curve_metric: ``model -> value`` recorded ``settings.curve_points`` times per contender (at equal
+            fractions of the budget) as ``curve[i]["psnr"]`` with the step and the charged seconds.
+        progress: Called after every round (e.g. to log).
+    """
+    runners = {}
+    for name, factory in factories.items():
+        torch.manual_seed(seed)
+        runners[name] = BudgetRunner(name, factory().to(device), lrs[name], settings)
+    source = source_fn()
+    marks = [settings.budget * (i + 1) / settings.curve_points for i in range(settings.curve_points)]
+    next_mark = dict.fromkeys(runners, 0)
+    while not all(r.done for r in runners.values()):
+        for name, r in runners.items():
+            if r.done:
+                continue
+            r.run_chunk(source, settings.chunk_steps, device)
+            while (
+                curve_metric is not None
+                and next_mark[name] < len(marks)
+                and (r.used >= marks[next_mark[name]] or r.done)
+            ):
+                r.curve.append(
+                    {"step": r.step, "cpu_s": r.cpu_s, "wall_s": r.wall_s, "psnr": curve_metric(r.model)}
+                )
+                next_mark[name] += 1
+        if progress is not None:
+            progress(runners)
+    return runners
