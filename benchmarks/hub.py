@@ -50,6 +50,7 @@ from pentachora.recipes.hub_baselines import (
     expert_pairs,
     shrinkage_grid,
     title_split,
+    train_pair_heads,
     training_free_baselines,
     validation_split,
 )
@@ -160,20 +161,7 @@ def _with(args: argparse.Namespace, **changes: Any) -> argparse.Namespace:
 
 
 def _train_heads(train, heldout, a: str, b: str, args, seed: int):
-    from pentachora.data.paired import PairedBatchSource
-    from pentachora.hub.baselines import LinearPairHeads, PairHeadsConfig
-    from pentachora.recipes.hub import pair_retrieval
-    from pentachora.training import Trainer
-
-    torch.manual_seed(seed)
-    model = LinearPairHeads(PairHeadsConfig(train.dim(a), train.dim(b), args.d_hub, a_name=a, b_name=b))
-    model.standardise_from(train.pooled(a), train.pooled(b))
-    src = PairedBatchSource(train.pooled_only(), args.batch_size, seed, experts=[a, b])  # item means
-    res = Trainer(model, make_train_config(args, seed), src).fit(resume=False)
-    model.eval()
-    with torch.no_grad():
-        za, zb = model.embed_a(heldout.pooled(a)), model.embed_b(heldout.pooled(b))
-    return model, res, pair_retrieval(za, zb)
+    return train_pair_heads(train, heldout, a, b, args.d_hub, make_train_config(args, seed))
 
 
 def select_heads_lr(train, args) -> dict[str, float]:

@@ -15,7 +15,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["expert_pairs", "shrinkage_grid", "title_split", "training_free_baselines", "validation_split"]
+__all__ = [
+    "expert_pairs",
+    "shrinkage_grid",
+    "title_split",
+    "train_pair_heads",
+    "training_free_baselines",
+    "validation_split",
+]
 
 
 def expert_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
@@ -123,3 +130,28 @@ def training_free_baselines(train, heldout, d_hub: int, quick: bool) -> dict[str
         out[m]["mean_r1"] = statistics.mean(p["r1"] for p in out[m]["pairs"].values())
         out[m]["parameters"] = 0
     return out
+
+
+def train_pair_heads(
+    train, heldout, a: str, b: str, d_hub: int, train_config: Any
+) -> tuple[Any, Any, dict[str, float]]:
+    """(d) per-pair linear contrastive heads for experts ``a`` and ``b``, trained with the one Trainer on
+    item means (``train_config``: steps, batch, lr, seed …), then scored on ``heldout``.
+
+    Returns:
+        ``(heads, TrainResult, pair_retrieval metrics on heldout)``.
+    """
+    from pentachora.data.paired import PairedBatchSource
+    from pentachora.hub.baselines import LinearPairHeads, PairHeadsConfig
+    from pentachora.recipes.hub import pair_retrieval
+    from pentachora.training import Trainer
+
+    torch.manual_seed(train_config.seed)
+    model = LinearPairHeads(PairHeadsConfig(train.dim(a), train.dim(b), d_hub, a_name=a, b_name=b))
+    model.standardise_from(train.pooled(a), train.pooled(b))
+    src = PairedBatchSource(train.pooled_only(), train_config.batch_size, train_config.seed, experts=[a, b])
+    res = Trainer(model, train_config, src).fit(resume=False)
+    model.eval()
+    with torch.no_grad():
+        za, zb = model.embed_a(heldout.pooled(a)), model.embed_b(heldout.pooled(b))
+    return model, res, pair_retrieval(za, zb)
