@@ -152,8 +152,13 @@ def test_folded_container_benchmark_quick(tmp_path):
     spec.loader.exec_module(bench)
     bench.main(["--quick", "--no-progress", "--out", str(tmp_path)])
     res = json.loads((tmp_path / "folded_container_quick.json").read_text())
-    assert list(res["summary"]) == list(bench.CONTENDERS)
+    alt = bench.ALT_BANK.format(steps=res["args"]["alt_bank_steps"])
+    assert list(res["summary"]) == [*bench.CONTENDERS, alt]  # the bank size is a validation choice too
+    assert res["alt_bank"]["steps"] == res["args"]["alt_bank_steps"] < res["bank"]["steps"]
     (seed,) = res["seeds"]
+    # every run is scored on the validation photos as well as the held-out ones
+    assert all("psnr_val" in run["final"] for run in seed["runs"].values())
+    assert seed["target_psnr_val"] == seed["runs"][bench.REFERENCE]["final"]["psnr_val"]
     ref = seed["runs"][bench.REFERENCE]
     # the reference reaches its own final PSNR by its last evaluation, within its own time
     assert ref["to_target"]["steps"] is not None and 0 < ref["to_target"]["fraction"] <= 1
@@ -164,5 +169,5 @@ def test_folded_container_benchmark_quick(tmp_path):
     assert seed["runs"]["folded, implanted + spectral"]["build_s"] > 0
     assert res["bank_s"] > 0 and res["bank"]["n_batteries"] == 4
     md = (tmp_path / "folded_container_quick.md").read_text()
-    assert "goal" in md and "folded_container_quick.png" in md
+    assert "goal" in md and "folded_container_quick.png" in md and "Chosen on the validation photos" in md
     assert (tmp_path / "folded_container_quick.png").stat().st_size > 1000
