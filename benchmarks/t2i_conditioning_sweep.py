@@ -92,15 +92,25 @@ def build_pool(path: Path, n: int, n_val: int) -> None:
     encoder.model.float().to(_device())
     pool = scene_pool(world, encoder, n, use_cache=False, progress=False)
     val = caption_set(world, "val", n_val, "prose", token_counter(encoder))
-    torch.save(
-        {
-            "images": pool.images, "states": pool.states, "layouts": pool.layouts, "captions": pool.captions,
-            "val_states": encode_prompts(encoder, [c.text for _, c in val]),
-            "val_layouts": torch.from_numpy(world.layouts([s for s, _ in val])),
-            "null": encoder.native_sequence([""])[0][0],
-        },
-        path,
-    )  # fmt: skip
+    from safetensors.torch import save_file
+
+    tensors = {
+        "images": pool.images, "states": pool.states, "layouts": pool.layouts,
+        "val_states": encode_prompts(encoder, [c.text for _, c in val]),
+        "val_layouts": torch.from_numpy(world.layouts([s for s, _ in val])),
+        "null": encoder.native_sequence([""])[0][0],
+    }  # fmt: skip
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)  # no pickle
+    path.with_suffix(".captions.json").write_text(json.dumps(list(pool.captions)))
+
+
+def load_pool(path: Path) -> dict[str, Any]:
+    """The tensors of :func:`build_pool` (safetensors) and its captions (JSON)."""
+    from safetensors.torch import load_file
+
+    data: dict[str, Any] = load_file(path)
+    data["captions"] = json.loads(path.with_suffix(".captions.json").read_text())
+    return data
 
 
 def train_variant(name: str, pool_path: Path, log_path: Path, steps: int, every: int) -> None:
@@ -112,7 +122,7 @@ def train_variant(name: str, pool_path: Path, log_path: Path, steps: int, every:
     from pentachora.training.callbacks import Callback
 
     torch.set_num_threads(3)
-    data = torch.load(pool_path)
+    data = load_pool(pool_path)
     pool = ScenePool(data["images"], data["states"], data["layouts"], data["captions"])
     reader = default_reader(SceneWorld().config)
     overrides = dict(VARIANTS[name])
@@ -183,14 +193,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logs = args.logs or Path(tempfile.mkdtemp(prefix="t2i-sweep-"))
     if args.child:
-        train_variant(args.child, logs / "pool.pt", logs / f"{args.child}.jsonl", args.steps, args.every)
+        train_variant(args.child, logs / "pool.safetensors", logs / f"{args.child}.jsonl", args.steps, args.every)
         return {}
     from pentachora.recipes.reporting import run_meta, write_results
 
     if args.collect is None:
         logs.mkdir(parents=True, exist_ok=True)
-        if not (logs / "pool.pt").is_file():
-            build_pool(logs / "pool.pt", args.pool, args.val)
+        if not (logs / "pool.safetensors").is_file():
+            build_pool(logs / "pool.safetensors", args.pool, args.val)
         base = [
             sys.executable,
             __file__,
