@@ -193,7 +193,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logs = args.logs or Path(tempfile.mkdtemp(prefix="t2i-sweep-"))
     if args.child:
-        train_variant(args.child, logs / "pool.safetensors", logs / f"{args.child}.jsonl", args.steps, args.every)
+        train_variant(
+            args.child, logs / "pool.safetensors", logs / f"{args.child}.jsonl", args.steps, args.every
+        )
         return {}
     from pentachora.recipes.reporting import run_meta, write_results
 

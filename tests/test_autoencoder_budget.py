@@ -110,7 +110,9 @@ def test_lr_select_scores_on_validation_photos_and_fair_mode_reads_the_choice(tm
     scores = {float(k): v["psnr_validation"] for k, v in row["by_lr"].items()}
     assert set(scores) == {1e-3, 1e-1} and all(math.isfinite(v) for v in scores.values())
     assert row["chosen_lr"] == max(scores, key=scores.get)  # the best validation PSNR, nothing else
-    assert bench.chosen_lrs([tmp_path / "autoencoders_lr_select_toy.json"]) == {"48": {"NoSVD": row["chosen_lr"]}}
+    assert bench.chosen_lrs([tmp_path / "autoencoders_lr_select_toy.json"]) == {
+        "48": {"NoSVD": row["chosen_lr"]}
+    }
     md = (tmp_path / "autoencoders_lr_select_toy.md").read_text()
     assert "validation photos" in md and f"**{row['chosen_lr']:g}**" in md
     other = tmp_path / "other.json"
