@@ -87,9 +87,9 @@ from pentachora.data import (
 )
 from pentachora.modeling import PentachoraModel
 from pentachora.recipes import GEOVAE_ALIGN_WEIGHTS, GEOVAE_HANDOFF_WEIGHTS, geovae_schedule
-from pentachora.recipes.benchmarking import BudgetRunner, BudgetSettings, MixedSource
+from pentachora.recipes.benchmarking import BudgetRunner, BudgetSettings, MixedSource, train_steps
 from pentachora.recipes.benchmarking import train_interleaved as harness_train_interleaved
-from pentachora.training import Callback, TrainConfig, Trainer, TrainingDiverged
+from pentachora.training import Callback, TrainConfig, Trainer
 
 RESULTS = Path(__file__).parent / "results"
 logger = logging.getLogger("benchmarks.autoencoders")
@@ -330,22 +330,11 @@ def train_one(
         progress=False,
         tensorboard=False,
     )
-    trainer = Trainer(model, cfg, source, callbacks=[*callbacks_for(name, args), *extra])
-    t0 = time.perf_counter()
-    diverged = None
-    try:
-        result = trainer.fit(resume=False)
-        steps, nonfinite = result.steps, result.nonfinite_steps
-    except TrainingDiverged as exc:
-        diverged = str(exc).splitlines()[0]
-        steps, nonfinite = trainer.step, trainer.nonfinite_steps
-    return {
-        "steps": steps,
-        "nonfinite_steps": nonfinite,
-        "diverged": diverged,
-        "train_wall_s": time.perf_counter() - t0,
-        "last": {k: v for k, v in trainer.last_metrics.items() if isinstance(v, float)},
-    }
+    out = train_steps(model, cfg, source, (*callbacks_for(name, args), *extra))
+    out.pop("trainer")
+    if out["diverged"]:
+        out["diverged"] = out["diverged"].splitlines()[0]
+    return out
 
 
 # ---------------------------------------------------------------------------------------- modes

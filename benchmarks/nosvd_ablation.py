@@ -118,7 +118,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from pentachora.data.noise import NoiseSource, noise_eval_sets
-    from pentachora.training import Callback, TrainConfig, Trainer, TrainingDiverged
+    from pentachora.recipes.benchmarking import train_steps
+    from pentachora.training import Callback, TrainConfig
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(spec["seed"])
@@ -162,15 +163,9 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         progress=False,
         tensorboard=False,
     )
-    t0 = time.perf_counter()
-    diverged = None
-    try:
-        result = Trainer(model, cfg, source, callbacks=[*callbacks, Record()]).fit(resume=False)
-        nonfinite = result.nonfinite_steps
-    except TrainingDiverged as exc:
-        diverged = str(exc)
-        nonfinite = skipped[0]
-    wall = time.perf_counter() - t0
+    out = train_steps(model, cfg, source, (*callbacks, Record()))
+    diverged, wall = out["diverged"], out["train_wall_s"]
+    nonfinite = skipped[0] if diverged else out["nonfinite_steps"]  # as logged up to the divergence
 
     model.eval()
     eval_sets = noise_eval_sets(

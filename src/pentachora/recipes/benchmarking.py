@@ -42,7 +42,7 @@ from pentachora.data import (
     to_pixel_space,
 )
 from pentachora.modeling import PentachoraModel
-from pentachora.training import Callback, TrainConfig, Trainer
+from pentachora.training import Callback, TrainConfig, Trainer, TrainingDiverged
 
 __all__ = [
     "BudgetRunner",
@@ -58,6 +58,7 @@ __all__ = [
     "strip_models",
     "train_eval",
     "train_interleaved",
+    "train_steps",
 ]
 
 K = TypeVar("K", bound=Hashable)
@@ -251,6 +252,34 @@ def train_eval(
         "final": {k: v for k, v in rec.curve[-1].items() if k not in ("step", "train_s")},
         "curve": rec.curve,
         "last_scalars": {k: float(last[k]) for k in KEEP_SCALARS if k in last},
+    }
+
+
+def train_steps(
+    model: torch.nn.Module, config: TrainConfig, source: Any, callbacks: tuple[Callback, ...] = ()
+) -> dict[str, Any]:
+    """Train for ``config.steps`` with the one Trainer (no resume); a divergence is recorded, not raised.
+
+    Returns:
+        ``steps`` and ``nonfinite_steps`` done, ``diverged`` (the :class:`TrainingDiverged` message or
+        ``None``), ``train_wall_s``, ``last`` (the last logged float scalars) and ``trainer``.
+    """
+    trainer = Trainer(model, config, source, callbacks=list(callbacks))
+    t0 = time.perf_counter()
+    diverged = None
+    try:
+        result = trainer.fit(resume=False)
+        steps, nonfinite = result.steps, result.nonfinite_steps
+    except TrainingDiverged as exc:
+        diverged = str(exc)
+        steps, nonfinite = trainer.step, trainer.nonfinite_steps
+    return {
+        "steps": steps,
+        "nonfinite_steps": nonfinite,
+        "diverged": diverged,
+        "train_wall_s": time.perf_counter() - t0,
+        "last": {k: v for k, v in trainer.last_metrics.items() if isinstance(v, float)},
+        "trainer": trainer,
     }
 
 
