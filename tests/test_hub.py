@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pentachora.errors import ConfigError, DataError
-from pentachora.geometry import orthogonal_procrustes
+from pentachora.geometry import orthogonal_procrustes, procrustes_alignment_loss
 from pentachora.hub import (
     AlignerConfig,
     CallableExpert,
@@ -19,7 +19,6 @@ from pentachora.hub import (
     alignment_report,
 )
 from pentachora.hub.loss import midpoint_variance
-from pentachora.memory.metrics import procrustes_alignment_loss
 
 
 def _orth(d: int, seed: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pentachora.diagnostics.convergence import convergence_order
+from pentachora.geometry import procrustes_alignment_loss
 from pentachora.io import CheckpointError
 from pentachora.memory import FrozenTextEncoder, GeometricMemory, MemoryConfig, Segmenter
 from pentachora.memory.cache import (
@@ -26,7 +27,6 @@ from pentachora.memory.metrics import (
     attention_probe_recall,
     in_batch_accuracy,
     masked_sequence_cosine,
-    procrustes_alignment_loss,
     recall_at_1,
 )
 

@@ -24,7 +24,7 @@ from pentachora.geometry.cv import (
     target_cv_stats,
     volume_scale,
 )
-from pentachora.geometry.procrustes import ProcrustesMap, orthogonal_procrustes
+from pentachora.geometry.procrustes import ProcrustesMap, orthogonal_procrustes, procrustes_alignment_loss
 from pentachora.geometry.simplex import cayley_menger_vol2, gram_vol2, pentachoron_volumes, random_subsets
 from pentachora.geometry.spectral import effective_rank, gram_eigh_svd, rankme
 from pentachora.geometry.whiten import inv_sqrt_psd, newton_schulz_inv_sqrt
@@ -46,6 +46,7 @@ __all__ = [
     "newton_schulz_inv_sqrt",
     "orthogonal_procrustes",
     "pentachoron_volumes",
+    "procrustes_alignment_loss",
     "random_subsets",
     "rankme",
     "soft_hand_weights",

@@ -37,7 +37,7 @@ import torch
 
 from pentachora.geometry.whiten import inv_sqrt_psd, shrink_covariance
 
-__all__ = ["ProcrustesMap", "orthogonal_procrustes"]
+__all__ = ["ProcrustesMap", "orthogonal_procrustes", "procrustes_alignment_loss"]
 
 _TENSOR_FIELDS = ("rotation", "source_mean", "target_mean", "source_whitener", "target_colourer", "scale")
 
@@ -218,3 +218,33 @@ def orthogonal_procrustes(
         target_colourer=k_t,
         scale=s,
     )
+
+
+def procrustes_alignment_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Scale-free orthogonal-Procrustes residual of two paired batches, differentiable.
+
+    With rows L2-normalised and centred, ``min_R ‖AR − B‖² = ‖A‖² + ‖B‖² − 2‖AᵀB‖_*`` over
+    orthogonal R; this returns ``1 − ‖AᵀB‖_* / (‖A‖_F ‖B‖_F)`` ∈ [0, 1], which is 0 exactly when B
+    is a rotation (times a scale) of A. ``‖AᵀB‖_*`` is computed without forming the D×D matrix:
+    with thin QRs ``Aᵀ = Q_a R_a`` and ``Bᵀ = Q_b R_b``, ``AᵀB = Q_a (R_a R_bᵀ) Q_bᵀ`` has the
+    singular values of the small N×N matrix ``R_a R_bᵀ`` (docs/findings.md, the N < D path). float64.
+
+    Args:
+        a: ``(N, D_a)``, N ≥ 2.
+        b: ``(N, D_b)`` paired rows.
+
+    Returns:
+        0-d tensor in ``a.dtype``.
+    """
+    x = torch.nn.functional.normalize(a.to(torch.float64), dim=-1)
+    y = torch.nn.functional.normalize(b.to(torch.float64), dim=-1)
+    x = x - x.mean(0, keepdim=True)
+    y = y - y.mean(0, keepdim=True)
+    if x.shape[0] < min(x.shape[1], y.shape[1]):
+        _, r_a = torch.linalg.qr(x.T)
+        _, r_b = torch.linalg.qr(y.T)
+        nuc = torch.linalg.svdvals(r_a @ r_b.T).sum()
+    else:
+        nuc = torch.linalg.svdvals(x.T @ y).sum()
+    denom = (x.norm() * y.norm()).clamp_min(1e-12)
+    return (1.0 - nuc / denom).to(a.dtype)

@@ -12,7 +12,7 @@ For every trained pair (a, b) with unit read-outs ``z_a, z_b`` of a batch (B, d)
   reported next to ``target_cv(d_hub)``;
 * **running Procrustes** — the orthogonal-Procrustes residual of the batch pair
   ``1 − ‖Z_aᵀZ_b‖_* / (‖Z_a‖‖Z_b‖)`` on centred rows, differentiable, measured on every batch (the
-  N < D path through thin QRs when B < d; :func:`pentachora.memory.metrics.procrustes_alignment_loss`).
+  N < D path through thin QRs when B < d; :func:`pentachora.geometry.procrustes_alignment_loss`).
 
 ``loss = Σ_pairs (w_nce·nce + w_midpoint·midpoint + w_procrustes·procrustes) / n_pairs``; every term is
 returned (averaged over pairs, and per pair in ``parts``).
@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pentachora.errors import ConfigError
-from pentachora.geometry import cv_from_volumes, pentachoron_volumes
-from pentachora.memory.metrics import procrustes_alignment_loss
+from pentachora.geometry import cv_from_volumes, pentachoron_volumes, procrustes_alignment_loss
 
 __all__ = ["GeometricHubLoss", "HubLossOutput", "midpoint_variance", "symmetric_infonce"]
 

@@ -6,7 +6,6 @@
   teacher — retrieved from a model's output among every held-out document).
 * :func:`masked_sequence_cosine` — **s_cos**: mean per-position cosine to the native sequence.
 * :func:`paired_cosine` — mean cosine of paired rows (pooled ↔ teacher).
-* :func:`procrustes_alignment_loss` — differentiable Procrustes residual between two batches.
 
 All functions are pure torch; none imports the trainer. The convergence-order analysis lives in
 :mod:`pentachora.diagnostics.convergence` (it is not specific to this model).
@@ -24,7 +23,6 @@ __all__ = [
     "in_batch_accuracy",
     "masked_sequence_cosine",
     "paired_cosine",
-    "procrustes_alignment_loss",
     "recall_at_1",
 ]
 
@@ -138,33 +136,3 @@ def masked_sequence_cosine(pred: torch.Tensor, target: torch.Tensor, mask: torch
     m = mask.to(cos.dtype)
     per_seq = (cos * m).sum(-1) / m.sum(-1).clamp_min(1.0)
     return per_seq.mean()
-
-
-def procrustes_alignment_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Scale-free orthogonal-Procrustes residual of two paired batches, differentiable.
-
-    With rows L2-normalised and centred, ``min_R ‖AR − B‖² = ‖A‖² + ‖B‖² − 2‖AᵀB‖_*`` over
-    orthogonal R; this returns ``1 − ‖AᵀB‖_* / (‖A‖_F ‖B‖_F)`` ∈ [0, 1], which is 0 exactly when B
-    is a rotation (times a scale) of A. ``‖AᵀB‖_*`` is computed without forming the D×D matrix:
-    with thin QRs ``Aᵀ = Q_a R_a`` and ``Bᵀ = Q_b R_b``, ``AᵀB = Q_a (R_a R_bᵀ) Q_bᵀ`` has the
-    singular values of the small N×N matrix ``R_a R_bᵀ`` (docs/findings.md, the N < D path). float64.
-
-    Args:
-        a: ``(N, D_a)``, N ≥ 2.
-        b: ``(N, D_b)`` paired rows.
-
-    Returns:
-        0-d tensor in ``a.dtype``.
-    """
-    x = F.normalize(a.to(torch.float64), dim=-1)
-    y = F.normalize(b.to(torch.float64), dim=-1)
-    x = x - x.mean(0, keepdim=True)
-    y = y - y.mean(0, keepdim=True)
-    if x.shape[0] < min(x.shape[1], y.shape[1]):
-        _, r_a = torch.linalg.qr(x.T)
-        _, r_b = torch.linalg.qr(y.T)
-        nuc = torch.linalg.svdvals(r_a @ r_b.T).sum()
-    else:
-        nuc = torch.linalg.svdvals(x.T @ y).sum()
-    denom = (x.norm() * y.norm()).clamp_min(1e-12)
-    return (1.0 - nuc / denom).to(a.dtype)

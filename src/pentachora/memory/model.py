@@ -37,7 +37,7 @@ The loss is ``w_nce·InfoNCE(pooled, teacher) + w_pc·(1 − cos(pooled, teacher
 * the differentiable pentachoron CV loss on the bank anchors, aimed at ``target_cv(d)`` of the
   anchors' dimension (never a hard-coded 0.2 — docs/findings.md);
 * the Procrustes residual of the batch (pooled vs teacher), see
-  :func:`~pentachora.memory.metrics.procrustes_alignment_loss`;
+  :func:`~pentachora.geometry.procrustes_alignment_loss`;
 * with ``contextual_chunks``: ``w_chunk·[MSE + (1 − cos)]`` of every window's chunk to its native
   window (the format), and ``w_chunk_ctx·[InfoNCE + (1 − cos)]`` between each window's chunk mean
   and the teacher embedding of the *whole* text (what makes a chunk carry the other windows).
@@ -82,10 +82,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pentachora.errors import ConfigError
-from pentachora.geometry import cv_loss, cv_metric, target_cv
+from pentachora.geometry import cv_loss, cv_metric, procrustes_alignment_loss, target_cv
 from pentachora.memory.bank import BankState, DepthProfileFusion, MemoryBank
 from pentachora.memory.chunks import ContextualChunks, MeanShift, tail_ramp, window_mean_shift
-from pentachora.memory.metrics import masked_sequence_cosine, procrustes_alignment_loss
+from pentachora.memory.metrics import masked_sequence_cosine
 from pentachora.memory.reconstructor import SequenceReconstructor
 from pentachora.modeling import ModelOutput, PentachoraModel, Presets, register_model
 
