@@ -115,22 +115,22 @@ class PhotoEvalSet:
         )
 
     @staticmethod
-    def _psnr(model: torch.nn.Module, tiles01: torch.Tensor) -> float:
+    def _reconstruct01(model: torch.nn.Module, tiles01: torch.Tensor) -> torch.Tensor:
+        """The model's reconstruction of pixel-space tiles, back in pixel space (batches of 64)."""
         rec = torch.cat([model.reconstruct(to_model_space(t)) for t in tiles01.split(64)])
-        return float(psnr(to_pixel_space(rec.float()), tiles01).clamp_max(100).mean())
+        return to_pixel_space(rec.float())
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         model.eval()
-        rec01 = to_pixel_space(
-            torch.cat([model.reconstruct(to_model_space(t)) for t in self.tiles01.split(64)]).float()
-        )
+        rec01 = self._reconstruct01(model, self.tiles01)
         out = {
             "psnr": float(psnr(rec01, self.tiles01).clamp_max(100).mean()),
             "mse": float((rec01 - self.tiles01).square().mean()),
         }
         if self.val01 is not None:
-            out["psnr_val"] = self._psnr(model, self.val01)
+            val01 = self._reconstruct01(model, self.val01)
+            out["psnr_val"] = float(psnr(val01, self.val01).clamp_max(100).mean())
         per_type = {
             k: float((model.reconstruct(x).float() - x).square().mean()) for k, x in self.noise.items()
         }
