@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from pentachora.recipes.hub_baselines import (
+    TEXT_EXPERTS,
     expert_pairs,
     shrinkage_grid,
     title_split,
@@ -57,7 +58,7 @@ from pentachora.recipes.hub_baselines import (
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-EXPERTS = ("minilm", "lsa", "w2v")
+EXPERTS = TEXT_EXPERTS
 EMERGENT = ("lsa", "minilm", "w2v")  # A, B (pivot), C: train A–B and B–C, evaluate A–C
 METHODS = ("procrustes", "cca", "relrep", "heads", "hub")
 LABELS = {

@@ -26,11 +26,16 @@ from typing import Any
 
 import torch
 
-from pentachora.recipes.hub_baselines import expert_pairs, training_free_baselines, validation_split
+from pentachora.recipes.hub_baselines import (
+    TEXT_EXPERTS,
+    expert_pairs,
+    training_free_baselines,
+    validation_split,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "hub_tuning"
-EXPERTS = ("minilm", "lsa", "w2v")  # as benchmarks/hub.py
+EXPERTS = TEXT_EXPERTS
 
 
 def _split(args):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "TEXT_EXPERTS",
     "expert_pairs",
     "shrinkage_grid",
     "title_split",
@@ -23,6 +24,10 @@ __all__ = [
     "training_free_baselines",
     "validation_split",
 ]
+
+
+TEXT_EXPERTS: tuple[str, ...] = ("minilm", "lsa", "w2v")
+"""The text-only hub benchmark's experts (``benchmarks/hub.py``, ``benchmarks/hub_tuning.py``)."""
 
 
 def expert_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
