@@ -132,6 +132,9 @@ class FrozenTextEncoder(nn.Module):
             Default: every second layer ending at the last one (half the depth, the seed's CLIP-L
             coverage).
         target_layer: ``"last"`` (``last_hidden_state``) or ``"penultimate"`` (``hidden_states[-2]``).
+        clip_skip: Layers skipped from the end, as diffusers' ``clip_skip`` (CLIP towers only): with
+            ``"last"`` the target is ``final_layer_norm(hidden_states[-(1 + clip_skip)])`` (SD 1.5's
+            rule), with ``"penultimate"`` it is ``hidden_states[-(2 + clip_skip)]`` (SDXL's rule).
         pooling: ``"auto"`` (projection for ``*WithProjection``, EOS for CLIP, else mean), ``"mean"``,
             ``"cls"``, ``"eos"`` or ``"projection"``.
         name: Identifier recorded in configs and cache keys (default: the model's ``name_or_path``).
@@ -149,6 +152,7 @@ class FrozenTextEncoder(nn.Module):
         target_layer: str = "last",
         pooling: str = "auto",
         name: str | None = None,
+        clip_skip: int = 0,
     ) -> None:
         super().__init__()
         self.model = model.eval()
@@ -179,6 +183,13 @@ class FrozenTextEncoder(nn.Module):
         if target_layer not in TARGET_LAYERS:
             raise ValueError(f"target_layer must be one of {TARGET_LAYERS}, got {target_layer!r}")
         self.target_layer = target_layer
+        clip_skip = int(clip_skip)
+        depth = self.num_layers - (1 if target_layer == "penultimate" else 0)
+        if not 0 <= clip_skip <= depth:
+            raise ValueError(f"clip_skip must be in [0, {depth}] for this model, got {clip_skip}")
+        if clip_skip and not (self.is_clip and _final_layer_norm(model) is not None):
+            raise ValueError("clip_skip needs a CLIP text tower (it follows diffusers' rule for CLIP)")
+        self.clip_skip = clip_skip
         if pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
         if pooling == "auto":
@@ -353,6 +364,7 @@ class FrozenTextEncoder(nn.Module):
             "window": self.window,
             "layers": list(self.layers),
             "target_layer": self.target_layer,
+            **({"clip_skip": self.clip_skip} if self.clip_skip else {}),
             "pooling": self.pooling,
             "max_positions": self.max_positions,
         }
@@ -411,9 +423,20 @@ class FrozenTextEncoder(nn.Module):
         out = self._run(input_ids, attention_mask)
         hs = out.hidden_states
         layers = torch.stack([hs[i] for i in self.layers], dim=1).float()
-        target = (out.last_hidden_state if self.target_layer == "last" else hs[-2]).float()
+        target = self._target(out).float()
         pooled = self._pool(out, input_ids, attention_mask).float()
         return EncoderWindowOutput(layers=layers, target=target, pooled=pooled)
+
+    def _target(self, out: Any) -> torch.Tensor:
+        """The target layer of a forward pass (``clip_skip`` as diffusers applies it)."""
+        hs = out.hidden_states
+        if self.target_layer == "penultimate":
+            return hs[-(2 + self.clip_skip)]
+        if not self.clip_skip:
+            return out.last_hidden_state
+        norm = _final_layer_norm(self.model)
+        assert norm is not None  # checked in __init__
+        return norm(hs[-(1 + self.clip_skip)])
 
     @torch.no_grad()
     def embed(
@@ -492,6 +515,13 @@ class FrozenTextEncoder(nn.Module):
             ids[r, : len(w)] = torch.tensor(list(w), dtype=torch.long)
             mask[r, : len(w)] = 1
         return ids, mask
+
+
+def _final_layer_norm(model: nn.Module) -> nn.Module | None:
+    """A CLIP text tower's final LayerNorm (``model.text_model.final_layer_norm`` in transformers 4,
+    ``model.final_layer_norm`` in 5), or None."""
+    inner = getattr(model, "text_model", model)
+    return getattr(inner, "final_layer_norm", None)
 
 
 def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:

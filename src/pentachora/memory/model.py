@@ -841,6 +841,45 @@ class GeometricMemory(PentachoraModel):
         return Segmenter(encoder, self.config.max_tokens, self.config.overlap, on_overflow=on_overflow)
 
     @torch.no_grad()
+    def encode_segments(
+        self, part: SegmentBatch, encoder: FrozenTextEncoder, native: torch.Tensor | None = None
+    ) -> MemoryOutput:
+        """Read windows that are already cut (:class:`~pentachora.memory.segmenter.SegmentBatch`).
+
+        Args:
+            part: The windows ``(B, S, W)`` of a batch of texts.
+            encoder: The frozen student (checked against the config).
+            native: ``(B, S, W, H)`` native window sequences to read instead of encoding ``part``
+                again — e.g. prompt-weighted ones (:mod:`pentachora.diffusion.long_prompt`). Only
+                models that read native windows (``needs_native``) use it.
+
+        Returns:
+            The :class:`MemoryOutput` (no losses), on the model's device.
+        """
+        from pentachora.memory.cache import segment_features
+
+        self.check_encoder(encoder)
+        device = next(self.parameters()).device
+        feats = segment_features(encoder, part)
+        batch = {
+            "states": feats["states"].to(device),
+            "attention_mask": part.attention_mask.to(device),
+            "segment_mask": part.segment_mask.to(device),
+        }
+        if self.config.needs_native:
+            # every window run alone at full width: for masked encoders too the padded positions
+            # then hold the encoder's own states (what a pipeline reads), not the cache's zeros
+            if native is None:
+                native = native_window_sequences(encoder, part)
+            if native.shape[:3] != part.input_ids.shape or native.shape[-1] != encoder.hidden_size:
+                raise ValueError(
+                    f"native windows {tuple(native.shape)} do not match the windows "
+                    f"{tuple(part.input_ids.shape)} × {encoder.hidden_size}"
+                )
+            batch["native"] = native.to(device)
+        return self(batch)
+
+    @torch.no_grad()
     def encode(
         self,
         texts: str | Sequence[str],
@@ -863,8 +902,6 @@ class GeometricMemory(PentachoraModel):
         Raises:
             ValueError: An empty text, or an over-long one with ``on_overflow="error"``.
         """
-        from pentachora.memory.cache import segment_features
-
         encoder = encoder or self.load_encoder()
         self.check_encoder(encoder)
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -872,7 +909,6 @@ class GeometricMemory(PentachoraModel):
         ids, truncated = seg.prepare_ids(texts)  # validates every text before any work
         was_training = self.training
         self.eval()
-        device = next(self.parameters()).device
         pooled, seqs, n_seg, chunks, chunk_masks = [], [], [], [], []
         s_all = max(seg.segments_for(len(t)) for t in ids)  # chunks of every text share one length
         try:
@@ -880,17 +916,7 @@ class GeometricMemory(PentachoraModel):
                 part = seg.from_ids(
                     ids[start : start + batch_size], truncated[start : start + batch_size], n_segments=s_all
                 )
-                feats = segment_features(encoder, part)
-                batch = {
-                    "states": feats["states"].to(device),
-                    "attention_mask": part.attention_mask.to(device),
-                    "segment_mask": part.segment_mask.to(device),
-                }
-                if self.config.needs_native:
-                    # every window run alone at full width: for masked encoders too the padded positions
-                    # then hold the encoder's own states (what a pipeline reads), not the cache's zeros
-                    batch["native"] = native_window_sequences(encoder, part).to(device)
-                out = self(batch)
+                out = self.encode_segments(part, encoder)
                 pooled.append(out.pooled.float().cpu())
                 seqs.append(out.sequence.float().cpu())
                 n_seg.append(part.n_segments)

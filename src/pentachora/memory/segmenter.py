@@ -178,7 +178,28 @@ class Segmenter:
         n_segments: int | None = None,
     ) -> SegmentBatch:
         """Segment already tokenised (and truncated) content ids; see :meth:`__call__`."""
-        windows = [self.split_ids(t) for t in ids]
+        return self.from_windows(
+            [self.split_ids(t) for t in ids],
+            n_tokens=[len(t) for t in ids],
+            truncated=truncated,
+            n_segments=n_segments,
+        )
+
+    def from_windows(
+        self,
+        windows: Sequence[Sequence[Sequence[int]]],
+        n_tokens: Sequence[int] | None = None,
+        truncated: Sequence[bool] | None = None,
+        n_segments: int | None = None,
+    ) -> SegmentBatch:
+        """Batch windows cut elsewhere (e.g. at word boundaries): ``windows[i][k]`` holds the ids of
+        window k of text i *with* the special tokens (each at most W ids; every text at least one window).
+
+        Raises:
+            ValueError: A text without windows, a window longer than W, or ``n_segments`` too small.
+        """
+        if not windows or any(len(w) == 0 for w in windows):
+            raise ValueError("every text needs at least one window")
         s_max = max(len(w) for w in windows)
         s = s_max if n_segments is None else int(n_segments)
         if s < s_max:
@@ -189,14 +210,18 @@ class Segmenter:
         seg_mask = torch.zeros(b, s, dtype=torch.bool)
         for i, wins in enumerate(windows):
             for k, win in enumerate(wins):
-                input_ids[i, k, : len(win)] = torch.tensor(win, dtype=torch.long)
+                if len(win) > w:
+                    raise ValueError(f"window {k} of text {i} has {len(win)} ids > W={w}")
+                input_ids[i, k, : len(win)] = torch.tensor(list(win), dtype=torch.long)
                 attention[i, k, : len(win)] = 1
                 seg_mask[i, k] = True
+        if n_tokens is None:
+            n_tokens = [sum(len(win) - self.encoder.n_special for win in wins) for wins in windows]
         return SegmentBatch(
             input_ids=input_ids,
             attention_mask=attention,
             segment_mask=seg_mask,
-            n_tokens=torch.tensor([len(t) for t in ids], dtype=torch.long),
+            n_tokens=torch.tensor(list(n_tokens), dtype=torch.long),
             truncated=torch.tensor(
                 list(truncated) if truncated is not None else [False] * b, dtype=torch.bool
             ),
