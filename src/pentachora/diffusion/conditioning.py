@@ -35,9 +35,9 @@ one-window prompt this *is* the pipeline's pooled vector); ``"memory"`` uses the
 pooled output when its teacher space is that pooled space; ``"first_window"`` is what SDXL pipelines
 do today. Negative prompts keep the native first-window pooled vector.
 
-**Prompt weighting is not supported.** compel's ``(word:1.3)`` / ``word++`` and AUTOMATIC1111's
-``(word)`` / ``[word]`` syntax are read as plain text (the brackets and numbers become tokens); a
-warning says so when a prompt looks weighted. Weight by repeating or reordering words instead.
+**Prompt weighting is not read here**: these functions take plain text (brackets and numbers become
+tokens; a warning says so when a prompt looks weighted). :class:`~pentachora.diffusion.LongPrompt`
+parses A1111 / compel weighting and ``BREAK`` and builds itself from a pipeline.
 
 Nothing is downloaded: the memory model names its frozen encoder, which loads offline by default.
 """
@@ -130,8 +130,8 @@ def _negatives(negative_prompts: str | Sequence[str] | None, n: int) -> list[str
 def _warn_weighting(prompts: Sequence[str]) -> None:
     if any(_WEIGHTING.search(p) for p in prompts):
         logger.warning(
-            "prompt weighting syntax such as '(word:1.3)', 'word++' or '((word))' is not supported: it is "
-            "read as plain text"
+            "prompt weighting syntax such as '(word:1.3)', 'word++' or '((word))' is read as plain text by "
+            "this function; use pentachora.diffusion.LongPrompt, which parses it"
         )
 
 
