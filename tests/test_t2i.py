@@ -369,11 +369,22 @@ def test_cli_generate_and_its_errors(trained_run, tmp_path, monkeypatch):
                               "-o", str(out), "--steps", "1", "-n", "2"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert out.is_file() and "2 image(s)" in res.output
+    res = runner.invoke(app, ["generate", "a small (red:1.3) circle BREAK in the centre.", "--model",
+                              str(run.out_dir), "-o", str(out), "--steps", "1", "--weighting", "a1111",
+                              "--encoder", "concat"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "weighting a1111, positions 154" in res.output
     cases = {
         "empty": (["generate", "   ", "--model", str(run.out_dir), "-o", str(out)], "empty"),
         "weights": (["generate", "((:1.3))", "--model", str(run.out_dir), "-o", str(out)], "weighting"),
         "encoder": (["generate", "a red circle.", "--model", str(run.out_dir), "--encoder", "clip", "-o", str(out)],
                     "unknown encoder"),
+        "dialect": (["generate", "a red circle.", "--model", str(run.out_dir), "--weighting", "webui", "-o", str(out)],
+                    "weighting must be one of"),
+        "unbalanced": (["generate", "a (red circle.", "--model", str(run.out_dir), "--weighting", "a1111", "-o",
+                        str(out)], "unbalanced '('"),
+        "nan": (["generate", "a (red:nan) circle.", "--model", str(run.out_dir), "--weighting", "a1111", "-o",
+                 str(out)], "not finite"),
     }  # fmt: skip
     reader_dir = tmp_path / "reader"
     SceneReader(SceneReaderConfig(width=16)).save_pretrained(reader_dir)
@@ -448,3 +459,50 @@ def test_ceiling_benchmark_reads_a_finished_run(trained_run, tmp_path):
     assert "short-caption ceiling: held-out object recall ≥ 0.8" in md and (tmp_path / "c.png").is_file()
     with pytest.raises(SystemExit, match="not a finished T2I run"):
         bench.main(["--model", str(tmp_path), "--out", str(tmp_path / "d")])
+
+
+def test_long_prompt_from_the_miniature_pipeline_is_its_own_encoding(trained_run):
+    """``LongPrompt.from_pipeline`` on the miniature model: a short unweighted prompt is exactly the
+    pipeline's ``encode_prompt`` (and the same image); weights and BREAK change the conditioning."""
+    from pentachora.diffusion import LongPrompt, MiniT2IPipeline
+
+    run, _ = trained_run
+    pipe = MiniT2IPipeline.from_run(run.out_dir)
+    lp = LongPrompt.from_pipeline(pipe)
+    assert lp.encoders[0] is pipe.encoder  # the pipeline's own encoder object
+    prompt = "A big blue square sits in the centre."
+    embeds = lp(prompt)
+    torch.testing.assert_close(embeds.prompt_embeds, pipe.encode_prompt([prompt]), rtol=0, atol=0)
+    torch.testing.assert_close(embeds.negative_prompt_embeds, pipe.encode_prompt([""]), rtol=0, atol=0)
+    a = pipe(prompt, negative_prompt="", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+             output_type="pt").images  # fmt: skip
+    b = pipe(**embeds.pipeline_kwargs(), num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+             output_type="pt").images  # fmt: skip
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    weighted = lp("A big (blue:1.4) square sits in the centre.").prompt_embeds
+    assert weighted.shape == (1, 77, 384) and not torch.equal(weighted, embeds.prompt_embeds)
+    assert lp("A big blue square BREAK sits in the centre.").prompt_embeds.shape == (1, 154, 384)
+
+
+def test_weighting_benchmark_smoke(trained_run, tmp_path, monkeypatch):
+    """``benchmarks/t2i_weighting.py --quick`` on the tiny run (an untrained reader stands in)."""
+    import importlib.util
+
+    run, _ = trained_run
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "t2i_weighting.py"
+    spec = importlib.util.spec_from_file_location("bench_t2i_weighting", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(
+        bench, "default_reader", lambda world: SceneReader(SceneReaderConfig(world=world, width=16))
+    )
+    assert bench.weighted("a (b) c. d", (0, 8), 1.5, "a1111") == r"(a \(b\) c.:1.5) d"
+    assert bench.weighted("a b. c", (0, 4), 0.5, "compel") == "(a b.)0.5 c"
+    out = bench.main(["--model", str(run.out_dir), "--quick", "--out", str(tmp_path / "w")])
+    labels = [r["contender"] for r in out["short"]["rows"]]
+    assert labels == ["unweighted", "a1111 ×1.5", "compel ×1.5"]
+    for r in out["short"]["rows"] + out["long"]["rows"]:
+        assert 0 <= r["target_recall"] <= 1 and 0 <= r["other_recall"] <= 1
+    assert {d["encoder"] for d in out["long"]["paired"]} == {"truncation (77)", "concatenation (77·k)"}
+    md = (tmp_path / "w.md").read_text()
+    assert "Made by `python benchmarks/t2i_weighting.py" in md and "## Long captions" in md

@@ -333,6 +333,11 @@ def generate(
         Path("generated.png"), "-o", "--output", help="Image (or grid, with -n > 1) to write."
     ),
     encoder: str = typer.Option("native", help=_ENCODER_HELP),
+    weighting: str = typer.Option(
+        "none",
+        help="Prompt-weighting syntax: 'none' (plain text), 'a1111' ('(word:1.3)', '(word)', '[word]', BREAK) "
+        "or 'compel' ('word++', '(words)1.3', BREAK); with a dialect, windows end at word boundaries.",
+    ),
     n: int = typer.Option(1, "-n", "--num", min=1, max=64, help="Images (seeds seed .. seed+n−1)."),
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of the first image's noise."),
     steps: int = typer.Option(None, min=1, max=1000, help="Sampling steps (default: the model's)."),
@@ -357,7 +362,7 @@ def generate(
     if not prompt.strip():
         raise ConfigError("the prompt is empty; describe a scene, e.g. 'a small red circle in the centre.'")
     pipe = MiniT2IPipeline.from_run(model)
-    build = prompt_conditioning(encoder, pipe.model, pipe.encoder)
+    build = prompt_conditioning(encoder, pipe.model, pipe.encoder, weighting=weighting)
     embeds = build([prompt])
     n_tokens = int(embeds.n_tokens[0]) if embeds.n_tokens is not None else None
     gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
@@ -369,7 +374,9 @@ def generate(
     written = save_image_grid(big, output, nrow=None)
     length = f"{n_tokens} tokens, " if n_tokens is not None else ""
     typer.echo(
-        f"{n} image(s), {length}encoder {encoder}, positions {kwargs['prompt_embeds'].shape[1]} → {written}"
+        f"{n} image(s), {length}encoder {encoder}"
+        + (f", weighting {weighting}" if weighting != "none" else "")
+        + f", positions {kwargs['prompt_embeds'].shape[1]} → {written}"
     )
     if read:
         from pentachora.data.scenes import SceneWorld

@@ -279,42 +279,61 @@ def _check_memory(memory: GeometricMemory, model: MiniT2I, where: str) -> None:
 
 
 def prompt_conditioning(
-    spec: str | EncoderSpec, model: MiniT2I, encoder: FrozenTextEncoder | None = None
+    spec: str | EncoderSpec,
+    model: MiniT2I,
+    encoder: FrozenTextEncoder | None = None,
+    weighting: str = "none",
 ) -> Callable[[Sequence[str]], LongPromptEmbeds]:
     """A function ``prompts -> LongPromptEmbeds`` (positives and empty-prompt negatives) for a contender.
 
-    Every contender goes through :func:`pentachora.diffusion.long_prompt_embeds` — the one call a user
-    makes — with the frozen encoder (``native``, ``concat``), an untrained shift model (``shift``,
-    ``shift-chunks``) or a trained memory (``memory``, ``chunks``).
+    With ``weighting="none"`` (default) every contender goes through
+    :func:`pentachora.diffusion.long_prompt_embeds` with the frozen encoder (``native``, ``concat``),
+    an untrained shift model (``shift``, ``shift-chunks``) or a trained memory (``memory``, ``chunks``):
+    plain text, windows cut every 75 tokens. With ``weighting="a1111"`` or ``"compel"`` the same
+    contender goes through :class:`~pentachora.diffusion.LongPrompt` instead: weighting syntax and
+    ``BREAK`` are parsed and windows end at word or punctuation boundaries.
 
     Raises:
-        ConfigError: a malformed spec, or a memory over another encoder than the model's.
+        ConfigError: a malformed spec or dialect, or a memory over another encoder than the model's.
         CheckpointError: a memory run that cannot be loaded.
     """
+    from pentachora.diffusion.long_prompt import LongPrompt
+    from pentachora.diffusion.weighting import DIALECTS
+
+    if weighting not in DIALECTS:
+        raise ConfigError(f"weighting must be one of {DIALECTS}, got {weighting!r}")
     parsed = parse_encoder_spec(spec) if isinstance(spec, str) else spec
     c = model.config
     enc = encoder or FrozenTextEncoder.from_pretrained(c.encoder, window=c.encoder_window)
-    if parsed.kind in ("native", "concat"):
-        concat = parsed.kind == "concat"
-
-        def native(prompts: Sequence[str]) -> LongPromptEmbeds:
-            prompts = check_prompts(prompts)
-            return long_prompt_embeds(enc, prompts, [""] * len(prompts), chunks=concat)  # type: ignore[arg-type]
-
-        return native
+    memory: GeometricMemory | None = None
+    chunks = parsed.kind in ("concat", "shift-chunks", "chunks")
     if parsed.kind in ("shift", "shift-chunks"):
-        chunks = parsed.kind == "shift-chunks"
         memory = training_free_memory(enc, float(parsed.value or 0.0), chunks=chunks)
-    else:
+    elif parsed.kind in ("memory", "chunks"):
         assert parsed.run is not None
         memory = GeometricMemory.from_pretrained(resolve_model_dir(parsed.run)).eval()
-        chunks = parsed.kind == "chunks"
-    _check_memory(memory, model, parsed.label)
+    if memory is not None:
+        _check_memory(memory, model, parsed.label)
     alpha = parsed.alpha
+
+    if weighting != "none":
+        if memory is not None:
+            lp = LongPrompt([enc], memory, dialect=weighting, chunks=chunks, alpha=alpha)
+        else:
+            lp = LongPrompt([enc], dialect=weighting, chunks=None if chunks else False)
+
+        def weighted(prompts: Sequence[str]) -> LongPromptEmbeds:
+            prompts = list(prompts)
+            if not prompts:
+                raise DataError("no prompts given")
+            return lp(prompts, negative_prompt="")
+
+        return weighted
 
     def build(prompts: Sequence[str]) -> LongPromptEmbeds:
         prompts = check_prompts(prompts)
-        return long_prompt_embeds(memory, prompts, [""] * len(prompts), alpha=alpha, chunks=chunks)
+        source = memory if memory is not None else enc
+        return long_prompt_embeds(source, prompts, [""] * len(prompts), alpha=alpha, chunks=chunks)  # type: ignore[arg-type]
 
     return build
 
