@@ -390,3 +390,18 @@ def test_bad_input(sd15, sdxl):
     with pytest.raises(ConfigError, match="two text towers"):
         LongPrompt.from_pipeline(sdxl, memory=[None, None, None])
     assert lp("BREAK a red cube BREAK").prompt_embeds.shape == (1, 77, 32)  # BREAK at the edges: one window
+
+
+def test_sdxl_pooled_vector_takes_compel_down_weights_only_when_asked(sdxl):
+    from pentachora.diffusion import LongPrompt
+
+    prompt = "a red cube (on a wooden table)0.2"
+    kept = LongPrompt.from_pipeline(sdxl, dialect="compel")(prompt).pooled_prompt_embeds
+    moved = LongPrompt.from_pipeline(sdxl, dialect="compel", weight_pooled=True)(prompt).pooled_prompt_embeds
+    plain = LongPrompt.from_pipeline(sdxl, dialect="compel")(
+        "a red cube on a wooden table"
+    ).pooled_prompt_embeds
+    without = LongPrompt.from_pipeline(sdxl, dialect="compel")("a red cube ").pooled_prompt_embeds
+    torch.testing.assert_close(kept, plain)  # weights stay out of the pooled vector by default
+    # asked: the pooled vector moves most of the way toward the prompt without the fragment
+    assert (moved - without).norm() < 0.5 * (plain - without).norm()
