@@ -137,6 +137,11 @@ def test_sd15_chunks_and_clear_errors(towers, caplog):
         sdxl_long_prompt_embeds(mem_l, mem_g, [SHORT], pooled="eos")
     with pytest.raises(ConfigError, match="pooled='memory'"):
         sdxl_long_prompt_embeds(native_l, native_g, [SHORT], pooled="memory")
+    for alpha in (float("nan"), 1.5, -0.1, "0.5"):
+        with pytest.raises(ConfigError, match="alpha must be"):
+            long_prompt_embeds(mem_l, [SHORT], alpha=alpha)
+        with pytest.raises(ConfigError, match="alpha must be"):
+            sdxl_long_prompt_embeds(mem_l, mem_g, [SHORT], alpha=alpha)
     with pytest.raises(ConfigError, match="negative prompts"):
         long_prompt_embeds(mem_l, [SHORT, LONG], negative_prompts=["a", "b", "c"])
     plain = GeometricMemory(MemoryConfig(**{**vars(mem_l.config), "contextual_chunks": False}))

@@ -135,6 +135,12 @@ def _warn_weighting(prompts: Sequence[str]) -> None:
         )
 
 
+def _check_alpha(alpha: float) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0:
+        raise ConfigError(f"alpha must be a number in [0, 1], got {alpha!r}")  # NaN fails the range test
+    return float(alpha)
+
+
 def _native_encoder(source: GeometricMemory | FrozenTextEncoder) -> FrozenTextEncoder:
     return source if isinstance(source, FrozenTextEncoder) else source.load_encoder()
 
@@ -247,6 +253,7 @@ def long_prompt_embeds(
     Returns:
         :class:`LongPromptEmbeds` with ``prompt_embeds`` (and negatives).
     """
+    alpha = _check_alpha(alpha)
     prompts = _as_list(prompts)
     negatives = _negatives(negative_prompts, len(prompts))
     _warn_weighting(prompts)
@@ -324,6 +331,7 @@ def sdxl_long_prompt_embeds(
     """
     if pooled not in POOLED_MODES:
         raise ConfigError(f"pooled must be one of {POOLED_MODES}, got {pooled!r}")
+    alpha = _check_alpha(alpha)
     prompts = _as_list(prompts)
     negatives = _negatives(negative_prompts, len(prompts))
     _warn_weighting(prompts)

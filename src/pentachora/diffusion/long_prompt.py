@@ -55,7 +55,7 @@ from typing import Any
 
 import torch
 
-from pentachora.diffusion.conditioning import POOLED_MODES, LongPromptEmbeds
+from pentachora.diffusion.conditioning import POOLED_MODES, LongPromptEmbeds, _check_alpha
 from pentachora.diffusion.weighting import DIALECTS, Fragment, parse_negative, parse_prompt
 from pentachora.diffusion.windows import SPLIT_LOOKBACK, SPLIT_POLICIES, PromptWindows, prompt_windows
 from pentachora.errors import ConfigError
@@ -131,8 +131,7 @@ class LongPrompt:
             raise ConfigError(f"dialect must be one of {DIALECTS}, got {dialect!r}")
         if pooled not in POOLED_MODES:
             raise ConfigError(f"pooled must be one of {POOLED_MODES}, got {pooled!r}")
-        if not (isinstance(alpha, int | float) and math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
-            raise ConfigError(f"alpha must be a number in [0, 1], got {alpha!r}")
+        alpha = _check_alpha(alpha)
         if weight_pooled and dialect != "compel":
             raise ConfigError("weight_pooled needs dialect='compel' (A1111 never weights the pooled vector)")
         if split not in SPLIT_POLICIES:
