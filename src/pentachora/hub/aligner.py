@@ -237,7 +237,9 @@ class ProcrustesAligner(PentachoraModel):
             ``self`` (fitted; buffers in float32, computed in float64).
 
         Raises:
-            DataError: not 2-D, NaN/inf, a wrong dimension, fewer than 2 rows, or unequal row counts.
+            DataError: not 2-D, NaN/inf, a wrong dimension, fewer than 2 rows, unequal row counts, or
+                features that are the same for every row (nothing to align; the whitener would divide
+                by zero variance).
         """
         cfg = self.config
         check_features(source, "source features", cfg.d_in)
@@ -254,6 +256,11 @@ class ProcrustesAligner(PentachoraModel):
         x = source.to(torch.float64)
         mu = x.mean(0)
         xc = x - mu
+        if float(xc.abs().max()) <= 1e-12 * max(1.0, float(x.abs().max())):
+            raise DataError(
+                f"the source features are the same for all {n} rows (constant features): they carry nothing "
+                "to align; check the expert that produced them"
+            )
         r = cfg.r
         if cfg.mode == "pca" or cfg.rank:
             # top-r principal directions (the N < D case is fine: SVD of the centred data)

@@ -235,7 +235,13 @@ class ConduitHub(PentachoraModel):
             raise DataError(f"experts must be paired on the same items, but the row counts differ: {counts}")
         items = dict(items or {})
         ref = self.config.reference_expert
-        ref_aligner = self.experts[ref].aligner.fit(pooled[ref])
+        def fit(name: str, src: torch.Tensor, tgt: torch.Tensor | None):
+            try:
+                return self.experts[name].aligner.fit(src, tgt)
+            except DataError as exc:
+                raise DataError(f"expert {name!r}: {exc}") from exc
+
+        ref_aligner = fit(ref, pooled[ref], None)
         target = ref_aligner(pooled[ref])
         modes = {ref: f"reference ({ref_aligner.mode})"}
         for name in self.config.experts:
@@ -243,7 +249,7 @@ class ConduitHub(PentachoraModel):
                 continue
             idx = items.get(name)
             src, tgt = (pooled[name], target) if idx is None else (pooled[name][idx], target[idx])
-            modes[name] = self.experts[name].aligner.fit(src, tgt).mode
+            modes[name] = fit(name, src, tgt).mode
         modes["proj_init"] = self._init_projections(pooled, paired_on_all_items=not items)
         return modes
 
