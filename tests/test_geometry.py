@@ -279,6 +279,17 @@ def test_gram_eigh_svd_matches_torch_svd():
     torch.testing.assert_close(u.transpose(-1, -2) @ u, eye, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_gram_eigh_svd_of_a_zero_matrix_has_finite_gradients(dtype):
+    """An all-zero patch matrix (e.g. a constant image region after centring) gave NaN gradients:
+    the eigen-gap regulariser underflowed to 0 and the backward divided 0 by 0."""
+    a = torch.zeros(2, 6, 3, dtype=dtype, requires_grad=True)
+    u, s, vh = gram_eigh_svd(a)
+    assert torch.isfinite(s).all() and (s < 1e-20).all() and torch.equal(u, torch.zeros_like(u))
+    (s.sum() + u.sum() + (vh * torch.randn_like(vh)).sum()).backward()
+    assert torch.isfinite(a.grad).all()
+
+
 def test_gram_eigh_svd_rejects_wide():
     with pytest.raises(ValueError, match="M ≥ N"):
         gram_eigh_svd(torch.randn(4, 8))

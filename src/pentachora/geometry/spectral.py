@@ -22,6 +22,8 @@ __all__ = ["effective_rank", "gram_eigh_svd", "rankme"]
 GAP_EPS = 1e-12
 #: Relative floor of singular values when dividing to form U.
 S_FLOOR = 1e-10
+#: Smallest eigenvalue scale used for the floors (keeps a zero matrix's gradients finite).
+MIN_SCALE = 1e-30
 
 
 class _StableEigh(torch.autograd.Function):
@@ -40,7 +42,8 @@ class _StableEigh(torch.autograd.Function):
         inner = torch.zeros_like(evecs)
         if grad_evecs is not None:
             gap = evals.unsqueeze(-2) - evals.unsqueeze(-1)  # gap[i, j] = λj − λi
-            scale = evals.abs().amax(dim=-1, keepdim=True).unsqueeze(-1).clamp_min(1e-300)
+            # the scale is floored so that eps never underflows to 0 (a zero matrix: 0/0 otherwise)
+            scale = evals.abs().amax(dim=-1, keepdim=True).unsqueeze(-1).clamp_min(MIN_SCALE)
             eps = GAP_EPS * scale**2
             f = gap / (gap**2 + eps)
             inner = f * (vt @ grad_evecs)
@@ -82,7 +85,9 @@ def gram_eigh_svd(
     v = evecs.flip(-1)
     # Floor the eigenvalues at (1e-10·s_max)² so U = A V / S and the sqrt gradient stay finite for
     # rank-deficient input; singular values above the floor are exact.
-    floor = (S_FLOOR**2) * evals.amax(dim=-1, keepdim=True).clamp_min(1e-300)
+    # (an all-zero matrix is floored at S_FLOOR·√MIN_SCALE, so U = 0 and every gradient stays finite,
+    # also after the cast back to float32)
+    floor = (S_FLOOR**2) * evals.amax(dim=-1, keepdim=True).clamp_min(MIN_SCALE)
     s = torch.sqrt(evals.clamp_min(0.0).clamp_min(floor))
     u = (x @ v) / s.unsqueeze(-2)
     dtype = a.dtype
