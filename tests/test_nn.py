@@ -55,6 +55,7 @@ def test_check_image_batch_accepts_valid(gen):
         ((2, 3, 4, 16), "smaller than one 8×8 patch"),
         ((2, 3, 20, 16), r"height 20 → nearest valid 16 or 24.*pentachora reconstruct"),
         ((2, 3, 16, 30), r"width 30 → nearest valid 24 or 32"),
+        ((0, 3, 16, 16), "batch is empty"),  # an empty batch gave loss NaN in every patch model
     ],
 )
 def test_check_image_batch_errors(shape, match):

@@ -524,6 +524,23 @@ def test_soft_hand_callback_sets_the_weights_soft_hand_weights_gives() -> None:
         ).fit()
 
 
+def test_soft_hand_callback_passes_over_a_skipped_step_that_reports_no_cv() -> None:
+    """A diverged step may not define the CV; the NaN/inf guard skips it and the callback must not
+    turn that into a KeyError traceback (issue 25)."""
+
+    class Skipped:
+        last_step_skipped = True
+        unwrapped_model = make_model()
+
+    soft = SoftHandCallback(target_cv=0.2)
+    scalars = {"loss": math.nan}
+    soft.on_step_end(Skipped(), 5, scalars)  # type: ignore[arg-type]
+    assert soft.ema_cv is None and math.isnan(scalars["soft_hand/ema_cv"])
+    Skipped.last_step_skipped = False
+    with pytest.raises(KeyError, match="no scalar 'cv'"):
+        soft.on_step_end(Skipped(), 6, {"loss": 1.0})  # type: ignore[arg-type]
+
+
 def test_phase_callback_switches_weights_and_frozen_parameters_at_the_right_step() -> None:
     model = make_model()
     dec_before = model.dec.weight.detach().clone()

@@ -22,7 +22,7 @@ def _nearest_multiples(size: int, patch: int) -> str:
 def check_image_batch(x: torch.Tensor, channels: int, patch: int) -> None:
     """Validate an image batch for a patch model, raising a :class:`ValueError` that says what to fix.
 
-    Checks, in this order: a tensor; a floating dtype; 4 dims ``(B, C, H, W)``; ``C == channels``;
+    Checks, in this order: a tensor; a floating dtype; 4 dims ``(B, C, H, W)``; ``B ≥ 1``; ``C == channels``;
     ``H, W ≥ patch``; ``H`` and ``W`` divisible by ``patch``; every pixel finite.
 
     Args:
@@ -32,7 +32,7 @@ def check_image_batch(x: torch.Tensor, channels: int, patch: int) -> None:
 
     Raises:
         TypeError: ``x`` is not a floating-point tensor.
-        ValueError: wrong number of dims, wrong channel count, image smaller than a patch, a side
+        ValueError: wrong number of dims, an empty batch, wrong channel count, image smaller than a patch, a side
             not divisible by the patch size (the message names the nearest valid sizes), or NaN/inf
             pixels (the message counts them).
     """
@@ -46,7 +46,9 @@ def check_image_batch(x: torch.Tensor, channels: int, patch: int) -> None:
     if x.dim() != 4:
         hint = " (a single image? add a batch axis with x.unsqueeze(0))" if x.dim() == 3 else ""
         raise ValueError(f"expected an image batch of shape (B, C, H, W), got shape {tuple(x.shape)}{hint}")
-    _, c, h, w = x.shape
+    b, c, h, w = x.shape
+    if b == 0:
+        raise ValueError(f"the image batch is empty (shape {tuple(x.shape)}); give at least one image")
     if c != channels:
         raise ValueError(
             f"expected {channels} channel(s), got {c} (input shape {tuple(x.shape)}); "

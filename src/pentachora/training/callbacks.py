@@ -166,6 +166,10 @@ class SoftHandCallback(Callback):
         self._apply(trainer)
 
     def on_step_end(self, trainer: Trainer, step: int, output_scalars: dict[str, float]) -> None:
+        if self.metric not in output_scalars and getattr(trainer, "last_step_skipped", False):
+            # a diverged step may not define the CV at all: the NaN/inf guard skipped it, so do we
+            output_scalars["soft_hand/ema_cv"] = math.nan if self.ema_cv is None else self.ema_cv
+            return
         if self.metric not in output_scalars:
             raise KeyError(
                 f"SoftHandCallback: the model output reports no scalar {self.metric!r}; "
