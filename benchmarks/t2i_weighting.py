@@ -56,7 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--captions", type=int, default=120, help="Held-out short captions with >= 2 objects.")
     p.add_argument("--long-captions", type=int, default=64, help="Held-out long captions with a tail object.")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Sampling seeds per caption.")
-    p.add_argument("--weights", type=float, nargs="+", default=[0.5, 1.2, 1.5], help="Weights applied (grid).")
+    p.add_argument(
+        "--weights", type=float, nargs="+", default=[0.5, 1.2, 1.5], help="Weights applied (grid)."
+    )
     p.add_argument(
         "--long-weight", type=float, default=1.5, help="Weight of the tail object in long captions."
     )
@@ -83,13 +85,12 @@ def sentence_chars(encoder: FrozenTextEncoder, caption: Caption, obj: int) -> tu
 
 def weighted(text: str, span: tuple[int, int], weight: float, dialect: str) -> str:
     """``text`` with ``text[span]`` weighted in ``dialect``'s syntax (brackets in the text escaped)."""
-    esc = lambda s: (
-        s.replace("\\", "\\\\")
-        .replace("(", "\\(")
-        .replace(")", "\\)")
-        .replace("[", "\\[")
-        .replace("]", "\\]")
-    )  # noqa: E731
+
+    def esc(s: str) -> str:
+        for ch in "\\()[]":
+            s = s.replace(ch, "\\" + ch)
+        return s
+
     a, b = span
     inner = esc(text[a:b])
     mark = f"({inner}:{weight:g})" if dialect == "a1111" else f"({inner}){weight:g}"
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "weights": args.weights,
             "long_weight": args.long_weight,
             "split": "boundary",
-        },  # fmt: skip
+        },
         "tuning": tuning,
         "short": {"n_captions": len(short), "rows": short_rows, "paired": short_diffs},
         "long": {"n_captions": len(long), "rows": long_rows, "paired": long_diffs},

@@ -235,6 +235,7 @@ class ConduitHub(PentachoraModel):
             raise DataError(f"experts must be paired on the same items, but the row counts differ: {counts}")
         items = dict(items or {})
         ref = self.config.reference_expert
+
         def fit(name: str, src: torch.Tensor, tgt: torch.Tensor | None):
             try:
                 return self.experts[name].aligner.fit(src, tgt)
