@@ -160,11 +160,14 @@ def test_align_bad_input_is_a_clear_error_and_touches_nothing(tmp_path):
     inf = torch.randn(50, 8, generator=g)
     inf[0, 0] = float("inf")
     inff = _save(tmp_path / "inf.safetensors", inf)
+    # constant rows: once "R@1 100 %, lift nan" and a non-finite whitener on disk (issue 25)
+    const = _save(tmp_path / "const.safetensors", torch.ones(50, 8))
     out = tmp_path / "out"
     for other, msg in (
         (short, "has 49"),
         (nanf, "NaN/inf"),
         (inff, "NaN/inf"),
+        (const, "same for all"),
         (tmp_path / "missing.safetensors", "not found"),
     ):
         res = runner.invoke(app, ["align", str(a), str(other), "-o", str(out)])
