@@ -197,6 +197,24 @@ def test_bad_model_settings_are_one_line_errors(args, expect):
     assert expect in error_line(result)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "svae", "--steps", "1", "--out", ""],
+        ["train", "geovae", "--steps", "1", "--out", "."],
+        ["demo", "--steps", "1", "-o", ""],
+    ],
+)
+def test_an_empty_or_current_directory_run_folder_is_refused(argv, tmp_path, monkeypatch):
+    """``--out ''`` silently meant the current directory (demo would have trained and written there)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run(*argv)
+    assert result.exit_code == 2, result.output
+    assert "empty or the current directory" in error_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_an_int_given_for_a_float_field_is_accepted():
     assert parse_overrides(["cv_weight=1", "V=64", "readout=linear"]) == {
         "cv_weight": 1,

@@ -85,12 +85,13 @@ def demo(
 
     from pentachora.cli.autoencoders import describe_model, summary_table, write_pictures
     from pentachora.cli.core import set_resume_dir
-    from pentachora.cli.options import TrainOptions, parse_data
+    from pentachora.cli.options import TrainOptions, check_run_folder, parse_data
     from pentachora.data.noise import NOISE_TYPES
     from pentachora.errors import ConfigError
     from pentachora.recipes import build_eval_data, train_autoencoder
     from pentachora.recipes.evaluation import evaluate_autoencoder
 
+    check_run_folder(out)  # before anything is trained or deleted: never the current directory
     console = Console()
     names = [m.strip() for m in models.split(",") if m.strip()]
     unknown = [m for m in names if m not in DEMO_MODELS]

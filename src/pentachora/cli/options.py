@@ -559,6 +559,10 @@ def check_run_folder(path: Path | None, option: str = "--out") -> Path | None:
     if path is None:
         return None
     path = Path(path)
+    if str(path) in ("", ".") or path.resolve() == Path.cwd().resolve():
+        raise ConfigError(
+            f"{option} is empty or the current directory; give the run its own folder, e.g. {option} runs/NAME"
+        )
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {path} is a file, not a run folder; give a folder name")
     _check_writable_dir(path, option, start=path)
