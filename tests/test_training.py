@@ -406,6 +406,19 @@ def test_all_nan_without_checkpoint_says_so() -> None:
         Trainer(make_model(), cfg(None, max_nonfinite_in_row=3), ToySource(nan_steps=EverythingFrom(1))).fit()
 
 
+def test_a_run_whose_every_step_was_skipped_is_not_a_success(tmp_path: Path) -> None:
+    """Fewer steps than max_nonfinite_in_row, all non-finite: fit() used to return as if it had trained."""
+    trainer = Trainer(make_model(), cfg(tmp_path, steps=3, max_nonfinite_in_row=10),
+                      ToySource(nan_steps=EverythingFrom(1)))  # fmt: skip
+    with pytest.raises(TrainingDiverged, match=r"every one of the 3 steps of this run was non-finite"):
+        trainer.fit()
+    assert not (tmp_path / "final").exists()
+    # one good step is enough: a run that trained something still finishes
+    result = Trainer(make_model(), cfg(None, steps=3, max_nonfinite_in_row=10),
+                     ToySource(nan_steps=EverythingFrom(2))).fit()  # fmt: skip
+    assert result.steps == 3 and result.nonfinite_steps == 2
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def test_partial_and_stale_checkpoints_are_skipped_on_resume(
     tmp_path: Path, caplog: pytest.LogCaptureFixture

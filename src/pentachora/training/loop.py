@@ -117,16 +117,23 @@ class TrainingDiverged(RuntimeError):
         checkpoint: The last good checkpoint folder, or ``None`` if none was saved.
     """
 
-    def __init__(self, step: int, what: str, in_row: int, checkpoint: Path | None, limit: int) -> None:
+    def __init__(
+        self, step: int, what: str, in_row: int, checkpoint: Path | None, limit: int, every_step: bool = False
+    ) -> None:
         self.step, self.what, self.in_row, self.checkpoint = step, what, in_row, checkpoint
         where = (
             f"{checkpoint}"
             if checkpoint is not None
             else "none was saved (no out_dir, or before the first save)"
         )
+        head = (
+            f"training diverged: every one of the {in_row} steps of this run was non-finite, so nothing was "
+            "trained"
+            if every_step
+            else f"training diverged: {in_row} non-finite steps in a row (max_nonfinite_in_row={limit})"
+        )
         super().__init__(
-            f"training diverged: {in_row} non-finite steps in a row (max_nonfinite_in_row={limit}); "
-            f"the last was step {step} (non-finite: {what.replace(',', ', ')}). "
+            f"{head}; the last was step {step} (non-finite: {what.replace(',', ', ')}). "
             f"Last good checkpoint: {where}. Check the data for NaN/inf, lower the learning rate or "
             "tighten grad_clip (in grad_clip_mode='fixed'), then resume from that checkpoint."
         )
@@ -299,6 +306,7 @@ class Trainer:
         self.nonfinite_in_row = 0
         self._warned_clip_key = False
         self.last_step_skipped = False
+        self.last_nonfinite: tuple[str, ...] = ()
         self.should_stop = False
         self.last_checkpoint: Path | None = None
         self.last_metrics: dict[str, float] = {}
@@ -860,6 +868,7 @@ class Trainer:
             self._dispatch("on_train_start")
             for step in range(self.step + 1, cfg.steps + 1):
                 scalars, nonfinite = self._train_step(step)
+                self.last_nonfinite = tuple(nonfinite)
                 self.last_metrics = scalars
                 self._log_step(step, scalars, nonfinite, pbar)
                 if (
@@ -883,6 +892,17 @@ class Trainer:
                 if self.should_stop:
                     logger.info("stopping after step %d (requested by a callback)", step)
                     break
+            ran = self.step - self.start_step
+            if ran > 0 and cfg.max_nonfinite_in_row and self.nonfinite_in_row >= ran:
+                # every step was skipped: a run that trained nothing is not a success
+                raise TrainingDiverged(
+                    self.step,
+                    ",".join(self.last_nonfinite or ("loss",)),
+                    self.nonfinite_in_row,
+                    self.last_checkpoint,
+                    cfg.max_nonfinite_in_row,
+                    every_step=True,
+                )
             if self.step > self.start_step:
                 if self._last_eval_step != self.step:
                     self.evaluate()
