@@ -152,6 +152,24 @@ def test_a_second_training_on_a_locked_run_folder_fails_at_once(tmp_path: Path) 
     assert res.steps == 6
 
 
+def test_a_symlinked_or_directory_lock_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    """A symlinked ``OUT/.lock`` was opened read-write and truncated, wiping its target (issue 25);
+    a ``.lock`` directory gave a traceback."""
+    victim = tmp_path / "precious.txt"
+    victim.write_text("do not truncate me\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").symlink_to(victim)
+    with pytest.raises(RunFolderError, match="symbolic link"):
+        Trainer(model(), tcfg(out), Toy()).fit()
+    assert victim.read_text() == "do not truncate me\n"
+    assert not (out / "train_config.json").exists()
+    (out / ".lock").unlink()
+    (out / ".lock").mkdir()
+    with pytest.raises(RunFolderError, match="not a regular file"):
+        Trainer(model(), tcfg(out), Toy()).fit()
+
+
 def test_the_lock_is_held_during_training_and_names_this_process(tmp_path: Path) -> None:
     seen: list[str] = []
 
@@ -645,3 +663,23 @@ def test_a_keyboard_interrupt_between_steps_saves_the_last_finished_step(tmp_pat
     assert (tmp_path / "checkpoints" / "step-0000004").is_dir()
     res = Trainer(model(), tcfg(tmp_path, steps=8, eval_every=4), Toy(), eval_fn=lambda m: {"x": 1.0}).fit()
     assert res.resumed_from == 4
+
+
+def test_pictures_replace_a_symlink_instead_of_writing_through_it(tmp_path: Path) -> None:
+    """A symlinked ``curves.png`` / ``reconstructions.png`` in a run folder was written through to its
+    target (issue 25); pictures are now written atomically like the JSON files."""
+    from pentachora.diagnostics.plots import save_image_grid, save_training_curves
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "reconstructions.png").symlink_to(victim)
+    (run / "curves.png").symlink_to(victim)
+    save_image_grid(torch.rand(4, 3, 8, 8), run / "reconstructions.png")
+    records = [{"split": "train", "step": s, "recon_loss": 1.0 / s} for s in range(1, 6)]
+    save_training_curves({"run": records}, run / "curves.png")
+    assert victim.read_text() == "keep me\n"
+    for name in ("reconstructions.png", "curves.png"):
+        assert not (run / name).is_symlink() and (run / name).read_bytes()[:4] == b"\x89PNG"
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary file left behind

@@ -73,6 +73,27 @@ def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def atomic_save_figure(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Path:
+    """``fig.savefig`` to ``path`` atomically (format from the suffix). A symbolic link at ``path`` is
+    replaced by the new file, never written through, and a crash leaves the old picture whole."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    with _atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, **savefig_kwargs)
+    return path
+
+
+def atomic_save_image(image: Any, path: str | os.PathLike) -> Path:
+    """Save a PIL image to ``path`` atomically (format from the suffix; see :func:`atomic_save_figure`)."""
+    from PIL import Image
+
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    with _atomic_path(path) as tmp:
+        image.save(tmp, format=fmt)
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with _atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from pentachora.io import atomic_save_figure, atomic_save_image
+
 __all__ = ["save_image_grid", "save_reconstruction_grid", "save_training_curves"]
 
 
@@ -55,7 +57,7 @@ def save_image_grid(
         arr = arr[..., 0]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
+    atomic_save_image(Image.fromarray(arr), path)
     return path
 
 
@@ -90,7 +92,7 @@ def save_reconstruction_grid(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -130,6 +132,6 @@ def save_training_curves(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path

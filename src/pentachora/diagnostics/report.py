@@ -26,7 +26,7 @@ from typing import Any
 
 from pentachora.diagnostics.convergence import TAGS, analyse_convergence
 from pentachora.errors import RunFolderError
-from pentachora.io import atomic_write_text
+from pentachora.io import atomic_save_figure, atomic_write_text
 from pentachora.training.logging import METRICS_NAME, read_metrics
 
 __all__ = ["load_run_records", "write_report"]
@@ -85,7 +85,7 @@ def _loudness(records: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int,
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     _plt().close(fig)
     return path
 

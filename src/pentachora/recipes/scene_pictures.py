@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pentachora.data.scenes import Caption, Scene, SceneWorld
+from pentachora.io import atomic_save_figure
 
 __all__ = ["ceiling_curve", "save_ceiling_curve", "save_contender_sheet", "save_sample_sheet"]
 
@@ -80,7 +81,7 @@ def save_sample_sheet(
                      color="crimson")  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    atomic_save_figure(fig, path, dpi=130)
     plt.close(fig)
     return path
 
@@ -163,7 +164,7 @@ def save_contender_sheet(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=140)
+    atomic_save_figure(fig, path, dpi=140)
     plt.close(fig)
     return path
 
@@ -204,6 +205,6 @@ def save_ceiling_curve(rows: Sequence[Mapping], path: str | Path, title: str = "
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    atomic_save_figure(fig, path, dpi=130)
     plt.close(fig)
     return path

@@ -611,7 +611,16 @@ def run_folder_lock(out_dir: str | os.PathLike, enabled: bool = True) -> Iterato
             held[1] -= 1
         return
     lock_path = out_dir / LOCK_NAME
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, file_mode())
+    if lock_path.is_symlink() or (lock_path.exists() and not lock_path.is_file()):
+        kind = "a symbolic link" if lock_path.is_symlink() else "not a regular file"
+        raise RunFolderError(
+            f"{lock_path} is {kind}; a run folder's lock must be a plain file (it is truncated and "
+            "rewritten) — remove it and run again"
+        )
+    try:  # O_NOFOLLOW: a link swapped in after the check is refused too, never written through
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), file_mode())
+    except OSError as exc:
+        raise RunFolderError(f"cannot open the lock file {lock_path}: {exc.strerror or exc}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
