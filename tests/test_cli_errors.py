@@ -188,6 +188,8 @@ def test_unexpected_failure_in_a_command_is_reported_as_a_bug(tmp_path, monkeypa
         (["--set", "nope=1"], "nope"),
         (["--set", "novalue"], "KEY=VALUE"),
         (["--set", "cv_weight=NaN"], "finite"),
+        (["--set", "max_alpha=1e308"], "max_alpha must be in [0, 1]"),  # trained to NaN with exit 0
+        (["--set", "cv_readout_samples=20000000"], "cv_readout_samples must be ≤ 100,000"),
         (["--preset", "huge"], "huge"),
     ],
 )

@@ -377,7 +377,9 @@ def test_a_huge_depth_in_config_is_refused_before_building(tmp_path: Path) -> No
     from pentachora.recipes import load_model
 
     folder = _svae_checkpoint(tmp_path, depth=5000)
-    with pytest.raises(CheckpointError, match=r"more than \d+ tensors, but the file holds \d+"):
+    with pytest.raises(
+        CheckpointError, match=r"depth must be ≤ 64|more than \d+ tensors, but the file holds \d+"
+    ):
         load_model(folder)
 
 
@@ -386,7 +388,9 @@ def test_a_huge_width_in_config_is_refused_against_the_header(tmp_path: Path) ->
 
     for hidden in (100_000, 10**9):
         folder = _svae_checkpoint(tmp_path / str(hidden), hidden=hidden)
-        with pytest.raises(CheckpointError, match=r"does not match PatchSVAE: .*shape mismatch|more memory"):
+        with pytest.raises(
+            CheckpointError, match=r"hidden must be ≤|does not match PatchSVAE: .*shape mismatch|more memory"
+        ):
             load_model(folder)
 
 
@@ -406,7 +410,7 @@ def test_non_finite_and_out_of_range_settings_are_refused() -> None:
     from pentachora.autoencoders import PatchSVAE, PatchSVAEConfig
 
     for bad, match in (
-        ({"max_alpha": math.inf}, "max_alpha must be a finite number"),
+        ({"max_alpha": math.inf}, "max_alpha must be (a finite number|in)"),
         ({"cv_weight": math.nan}, "cv_weight must be a finite number"),
         ({"dropout": 2.0}, r"dropout must be in \[0, 1\)"),
         ({"V": 32.5}, "V must be an integer"),
@@ -683,3 +687,18 @@ def test_pictures_replace_a_symlink_instead_of_writing_through_it(tmp_path: Path
     for name in ("reconstructions.png", "curves.png"):
         assert not (run / name).is_symlink() and (run / name).read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_a_config_json_with_an_oversized_field_is_refused_before_allocating(tmp_path: Path) -> None:
+    """``"cv_readout_samples": 20000000`` passed validation and drove ``eval`` past 12 GB (issue 25)."""
+    from pentachora.autoencoders import PatchSVAE, PatchSVAEConfig
+
+    PatchSVAE(PatchSVAEConfig.preset("tiny")).save_pretrained(tmp_path / "m")
+    cfg_path = tmp_path / "m" / "config.json"
+    for key, value in (("cv_readout_samples", 20_000_000), ("max_alpha", 1e308), ("hidden", 10**9)):
+        original = json.loads(cfg_path.read_text())
+        cfg_path.write_text(json.dumps({**original, "config": {**original["config"], key: value}}))
+        with pytest.raises((CheckpointError, ConfigError), match=key):
+            PatchSVAE.from_pretrained(tmp_path / "m")
+        cfg_path.write_text(json.dumps(original))
+    PatchSVAE.from_pretrained(tmp_path / "m")

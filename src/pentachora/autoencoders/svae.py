@@ -52,6 +52,7 @@ from einops import rearrange
 from torch import nn
 
 from pentachora.autoencoders.base import AutoencoderOutput, PatchAutoencoder
+from pentachora.errors import ConfigError
 from pentachora.geometry import cv_loss, cv_metric, effective_rank, gram_eigh_svd, target_cv
 from pentachora.modeling import Presets, register_model
 from pentachora.nn import BoundarySmooth, ResidualMLP, SpectralCrossAttention, patchify, unpatchify
@@ -69,6 +70,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _SVD_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+#: Upper bounds of the size-like config fields (far above every preset; see ``__post_init__``).
+_SIZE_LIMITS = {
+    "patch_size": 256, "channels": 64, "V": 4096, "D": 1024, "hidden": 16_384, "depth": 64, "n_cross": 64,
+    "cv_loss_samples": 65_536, "cv_readout_patches": 65_536, "cv_readout_samples": 100_000,
+    "cv_loss_max_patches": 1_000_000,
+}  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -162,6 +170,15 @@ class PatchSVAEConfig(Presets):
         for name in ("cv_loss_samples", "cv_readout_patches", "cv_readout_samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        # size-like fields are bounded by what they allocate (a hostile config.json must not drive
+        # construction or evaluation into tens of GB), the gate bound by what keeps a mode's sign
+        for name, top in _SIZE_LIMITS.items():
+            if int(getattr(self, name)) > top:
+                raise ConfigError(f"{name} must be ≤ {top:,}, got {int(getattr(self, name)):,}")
+        if not (math.isfinite(self.max_alpha) and 0.0 <= self.max_alpha <= 1.0):
+            raise ConfigError(f"max_alpha must be in [0, 1] (reference 0.2), got {self.max_alpha}")
+        if not math.isfinite(self.alpha_init) or abs(self.alpha_init) > 50:
+            raise ConfigError(f"alpha_init must be a finite logit in [-50, 50], got {self.alpha_init}")
         if self.cv_loss_max_patches < 0:
             raise ValueError(f"cv_loss_max_patches must be ≥ 0, got {self.cv_loss_max_patches}")
 
