@@ -702,3 +702,20 @@ def test_a_config_json_with_an_oversized_field_is_refused_before_allocating(tmp_
             PatchSVAE.from_pretrained(tmp_path / "m")
         cfg_path.write_text(json.dumps(original))
     PatchSVAE.from_pretrained(tmp_path / "m")
+
+
+def test_deeply_nested_json_is_a_clear_error_not_a_recursion_error(tmp_path: Path) -> None:
+    """100,000 nested brackets in a config.json gave a RecursionError traceback (issue 25)."""
+    from pentachora.autoencoders import PatchSVAE, PatchSVAEConfig
+    from pentachora.io import loads_json, read_json
+
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(ValueError, match="nested too deeply"):
+        loads_json(deep)
+    (tmp_path / "deep.json").write_text(deep)
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        read_json(tmp_path / "deep.json")
+    PatchSVAE(PatchSVAEConfig.preset("tiny")).save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "patch_svae", "config": ' + deep + "}")
+    with pytest.raises(CheckpointError):
+        PatchSVAE.from_pretrained(tmp_path / "m")

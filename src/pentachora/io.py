@@ -183,12 +183,21 @@ def read_tensor_header(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ..
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from exc
 
 
+def loads_json(text: str | bytes) -> Any:
+    """``json.loads`` that turns nesting too deep for the parser (a ``RecursionError``, e.g. 100,000
+    ``[``) into a ``json.JSONDecodeError`` — a ``ValueError`` every caller already handles."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("JSON nested too deeply", str(text[:40]), 0) from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file, turning failures into :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"file not found: {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return loads_json(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc

@@ -83,6 +83,7 @@ from pentachora.io import (
     atomic_save_tensors,
     atomic_write_json,
     load_tensors,
+    loads_json,
     read_json,
     read_tensor_metadata,
 )
@@ -658,7 +659,7 @@ class BatteryBank(PentachoraModel):
             }
             run = extra_metadata if extra_metadata is not None else self.run_metadata
             if run:
-                meta["run"] = json.loads(json.dumps(run, default=str))
+                meta["run"] = loads_json(json.dumps(run, default=str))
             atomic_write_json(directory / BATTERIES_NAME, meta)
         return directory
 
@@ -751,8 +752,8 @@ class BatteryBank(PentachoraModel):
         if missing:
             raise CheckpointError(f"{path}: the battery-bank header lacks {missing}")
         try:
-            config_dict = json.loads(meta["config"])
-            records = json.loads(meta["batteries"])
+            config_dict = loads_json(meta["config"])
+            records = loads_json(meta["batteries"])
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path}: the bank header holds invalid JSON ({exc})") from exc
         config = config_from_dict(BatteryConfig, config_dict)
@@ -766,7 +767,7 @@ class BatteryBank(PentachoraModel):
         bank.info = records
         if "run" in meta:
             try:
-                bank.run_metadata = json.loads(meta["run"])
+                bank.run_metadata = loads_json(meta["run"])
             except json.JSONDecodeError:
                 bank.run_metadata = {"raw": meta["run"]}
         return bank.to(map_location)

@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pentachora.autoencoders.container import BatteryContainerConfig
-from pentachora.io import CheckpointError, atomic_save_tensors, load_tensors, read_tensor_metadata
+from pentachora.io import CheckpointError, atomic_save_tensors, load_tensors, loads_json, read_tensor_metadata
 from pentachora.modeling import PentachoraModel, config_from_dict, config_to_dict, register_model
 from pentachora.nn import BoundarySmooth, patchify, unpatchify
 
@@ -345,8 +345,8 @@ class LinearExport(PentachoraModel):
         if meta.get("format") != EXPORT_FORMAT or "config" not in meta:
             raise CheckpointError(f"{path} is not a pentachora linear export (header keys {sorted(meta)})")
         try:
-            config = config_from_dict(BatteryContainerConfig, json.loads(meta["config"]))
-            merged = bool(json.loads(meta.get("merged_inverse", "false")))
+            config = config_from_dict(BatteryContainerConfig, loads_json(meta["config"]))
+            merged = bool(loads_json(meta.get("merged_inverse", "false")))
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path}: the export header holds invalid JSON ({exc})") from exc
         ex = cls(LinearExportConfig(container=config, merged_inverse=merged))

@@ -37,6 +37,7 @@ from pentachora.cli.options import (
     parse_overrides,
     train_options,
 )
+from pentachora.io import loads_json
 
 __all__ = [
     "DATA_HELP",
@@ -359,6 +360,6 @@ def _training_image_size(run: Path) -> int:
     """The image size a run trained on (its data.json), else 64."""
     data_json = Path(run) / "data.json"
     try:
-        return int(json.loads(data_json.read_text()).get("image_size", 64))
+        return int(loads_json(data_json.read_text()).get("image_size", 64))
     except (OSError, ValueError, TypeError, AttributeError):
         return 64

@@ -36,6 +36,7 @@ from typing import Any, Literal, TypeVar, get_args
 import typer
 
 from pentachora.errors import CheckpointError, ConfigError, DataError
+from pentachora.io import loads_json
 
 __all__ = [
     "DATA_HELP",
@@ -396,7 +397,7 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
         try:
-            parsed = json.loads(value)
+            parsed = loads_json(value)
         except json.JSONDecodeError:
             parsed = value
         if isinstance(parsed, float) and not math.isfinite(parsed):
@@ -594,7 +595,7 @@ def resolve_checkpoint(run: Path) -> tuple[Path, str]:
     except CheckpointError as exc:
         raise CheckpointError(f"cannot load {run}: {exc}") from exc
     try:
-        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+        model_type = loads_json((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"cannot read {folder / 'config.json'}: {exc}") from exc
     return folder, str(model_type)

@@ -29,6 +29,7 @@ import torch
 
 from pentachora.data.sources import step_generator
 from pentachora.errors import DataError
+from pentachora.io import loads_json
 
 __all__ = [
     "PairedBatchSource",
@@ -231,13 +232,13 @@ class PairedFeatures:
         if meta.get("kind") != KIND:
             raise CheckpointError(f"{path} is not a saved PairedFeatures file")
         tensors = load_tensors(path)
-        experts = json.loads(meta["experts"])
+        experts = loads_json(meta["experts"])
         return cls(
             {n: tensors[f"{n}.tokens"] for n in experts},
             {n: tensors[f"{n}.offsets"] for n in experts},
-            json.loads(meta["titles"]),
-            json.loads(meta["hashes"]),
-            json.loads(meta["meta"]),
+            loads_json(meta["titles"]),
+            loads_json(meta["hashes"]),
+            loads_json(meta["meta"]),
         )
 
 

@@ -51,6 +51,7 @@ import torch
 
 from pentachora.data.images import MissingDataError, hf_dataset_errors
 from pentachora.errors import DataError
+from pentachora.io import loads_json
 
 __all__ = [
     "WIKI_LICENCE",
@@ -432,7 +433,7 @@ def load_jsonl(path: str | os.PathLike, field: str = "text") -> list[str]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = loads_json(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{i} is not valid JSON ({exc})") from exc
         if not isinstance(row, dict) or field not in row:

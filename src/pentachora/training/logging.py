@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pentachora.io import atomic_write_text
+from pentachora.io import atomic_write_text, loads_json
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         if not line:
             continue
         try:
-            records.append(json.loads(line))
+            records.append(loads_json(line))
         except json.JSONDecodeError:
             logger.warning("ignoring an unreadable line in %s", path)
     return records

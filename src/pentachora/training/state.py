@@ -50,6 +50,7 @@ from pentachora.io import (
     atomic_write_text,
     file_mode,
     load_tensors,
+    loads_json,
     make_temp_dir,
     read_json,
     read_tensor_metadata,
@@ -197,7 +198,7 @@ def load_optimizer_state(
             f"{path} is not a pentachora optimizer-state file (format {meta.get('format')!r})"
         )
     try:
-        structure = json.loads(meta["structure"])
+        structure = loads_json(meta["structure"])
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: optimizer state structure is not valid JSON ({exc})") from exc
     state = unflatten_state(structure, load_tensors(path, device=device))
@@ -646,7 +647,7 @@ def run_folder_lock(out_dir: str | os.PathLike, enabled: bool = True) -> Iterato
 
 
 def _json_normalise(obj: Any) -> Any:
-    return json.loads(json.dumps(obj))
+    return loads_json(json.dumps(obj))
 
 
 def check_model_matches(checkpoint: LoadedCheckpoint, model: PentachoraModel) -> None:
