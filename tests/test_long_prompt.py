@@ -344,6 +344,10 @@ def test_memory_reads_weighted_windows_and_fixed_splits_match_the_old_path(sd15)
     torch.testing.assert_close(ours.prompt_embeds, ref.prompt_embeds)
     short = sd15.encode_prompt("a red cube", "cpu", 1, False)[0]
     torch.testing.assert_close(ours.prompt_embeds[1:], short)  # one window: exactly native
+    # a long negative stays one window beside the memory's 77 positions (its first window, natively)
+    with_neg = lp([LONG, "a red cube"], negative_prompt=LONG)
+    assert with_neg.prompt_embeds.shape == with_neg.negative_prompt_embeds.shape == (2, 77, 32)
+    torch.testing.assert_close(with_neg.prompt_embeds, ours.prompt_embeds)
     # a weight on a tail word changes what the memory reads (its shift reads every window)
     mid = ", ".join(["a silver goblet of wine beside a half peeled lemon"] * 3) + " and pink tulips"
     plain, heavy = lp([mid, mid.replace("pink tulips", "(pink tulips:1.5)")]).prompt_embeds

@@ -437,9 +437,15 @@ class LongPrompt:
             return p[:s]
         return torch.cat([p, p.mean(0, keepdim=True).expand(s - p.shape[0], -1)])
 
+    @property
+    def one_window(self) -> bool:
+        """Whether the output is 77 positions: ``chunks=False``, or a memory's sequence (``chunks=None``
+        with a memory on any tower — the other tower and the negatives then give their first window)."""
+        return self.chunks is False or (self.chunks is None and any(m is not None for m in self.memories))
+
     def _native(self, e: _Encoded) -> list[torch.Tensor]:
         """Native output per prompt: its windows concatenated ``(k_i·W, H)``, or the first window."""
-        if self.chunks is False:
+        if self.one_window:
             return [w[0] for w in e.windows]
         return [w.reshape(-1, w.shape[-1]) for w in e.windows]
 
