@@ -32,12 +32,12 @@ from pentachora.cli.options import (
     check_run_folder,
     describe_eval_data,
     image_data_options,
+    lazy_loads_json,
     load_autoencoder,
     parse_data,
     parse_overrides,
     train_options,
 )
-from pentachora.io import loads_json
 
 __all__ = [
     "DATA_HELP",
@@ -360,6 +360,6 @@ def _training_image_size(run: Path) -> int:
     """The image size a run trained on (its data.json), else 64."""
     data_json = Path(run) / "data.json"
     try:
-        return int(loads_json(data_json.read_text()).get("image_size", 64))
+        return int(lazy_loads_json(data_json.read_text()).get("image_size", 64))
     except (OSError, ValueError, TypeError, AttributeError):
         return 64

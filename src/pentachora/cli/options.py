@@ -36,7 +36,6 @@ from typing import Any, Literal, TypeVar, get_args
 import typer
 
 from pentachora.errors import CheckpointError, ConfigError, DataError
-from pentachora.io import loads_json
 
 __all__ = [
     "DATA_HELP",
@@ -397,7 +396,7 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
         try:
-            parsed = loads_json(value)
+            parsed = lazy_loads_json(value)
         except json.JSONDecodeError:
             parsed = value
         if isinstance(parsed, float) and not math.isfinite(parsed):
@@ -595,7 +594,7 @@ def resolve_checkpoint(run: Path) -> tuple[Path, str]:
     except CheckpointError as exc:
         raise CheckpointError(f"cannot load {run}: {exc}") from exc
     try:
-        model_type = loads_json((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+        model_type = lazy_loads_json((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"cannot read {folder / 'config.json'}: {exc}") from exc
     return folder, str(model_type)
@@ -638,3 +637,11 @@ def load_autoencoder(run: Path):
     except CheckpointError as exc:
         raise CheckpointError(f"cannot load {run}: {exc}") from exc
     return model
+
+
+def lazy_loads_json(text: str) -> Any:
+    """``pentachora.io.loads_json`` imported on use: the CLI's modules must not import torch at
+    ``--help`` time (``io`` does)."""
+    from pentachora.io import loads_json
+
+    return loads_json(text)
