@@ -35,7 +35,7 @@ import numpy as np
 
 from pentachora.data.scenes import Caption, SceneWorld
 from pentachora.diffusion import LongPrompt, MiniT2IPipeline
-from pentachora.memory.encoders import FrozenTextEncoder
+from pentachora.nn.text_encoder import FrozenTextEncoder
 from pentachora.recipes.reporting import fmt_ci, run_meta, verdict, write_results
 from pentachora.recipes.t2i import caption_set, default_reader, evaluate_prompts, token_counter
 from pentachora.t2i.scoring import paired_recall_difference, summarise_hits

@@ -10,7 +10,7 @@ import torch
 
 from pentachora.errors import ConfigError
 from pentachora.memory import FrozenTextEncoder, GeometricMemory, MemoryConfig
-from pentachora.memory.encoders import tiny_encoder
+from pentachora.nn.text_encoder import tiny_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

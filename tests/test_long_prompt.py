@@ -19,7 +19,7 @@ from pentachora.diffusion.weighting import (
 from pentachora.diffusion.windows import prompt_windows, split_windows, word_ends
 from pentachora.errors import ConfigError
 from pentachora.memory import FrozenTextEncoder, GeometricMemory, MemoryConfig
-from pentachora.memory.encoders import tiny_encoder
+from pentachora.nn.text_encoder import tiny_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -423,7 +423,7 @@ def test_embedded_minilm_loads_offline_without_network(monkeypatch):
     ours = enc.embed(texts, normalize=True)
     from transformers import AutoModel, AutoTokenizer
 
-    from pentachora.memory.encoders import minilm_path
+    from pentachora.nn.text_encoder import minilm_path
 
     tok = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
     ref_model = AutoModel.from_pretrained(minilm_path(), local_files_only=True).eval()

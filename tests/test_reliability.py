@@ -319,7 +319,7 @@ def test_train_autoencoder_compares_the_data_spec_and_image_size(tmp_path: Path)
 # ----------------------------------------------------------------------------- 5. no unpickling
 def test_encoder_classes_are_allow_listed() -> None:
     pytest.importorskip("transformers")
-    from pentachora.memory.encoders import FrozenTextEncoder
+    from pentachora.nn.text_encoder import FrozenTextEncoder
 
     for bad in ("os", "AutoModelForCausalLM", "__class__", "PreTrainedModel"):
         with pytest.raises(CheckpointError, match="not allowed"):
@@ -330,7 +330,7 @@ def test_a_pickle_weights_file_is_refused_without_being_unpickled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("transformers")
-    from pentachora.memory.encoders import FrozenTextEncoder, tiny_encoder
+    from pentachora.nn.text_encoder import FrozenTextEncoder, tiny_encoder
 
     net, tok = tiny_encoder("bert")
     net.save_pretrained(tmp_path)
@@ -355,7 +355,7 @@ def test_a_pickle_weights_file_is_refused_without_being_unpickled(
 
 def test_a_missing_encoder_is_a_checkpoint_error(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
-    from pentachora.memory.encoders import FrozenTextEncoder
+    from pentachora.nn.text_encoder import FrozenTextEncoder
 
     with pytest.raises(CheckpointError, match="offline"):
         FrozenTextEncoder.from_pretrained(str(tmp_path / "nowhere"))

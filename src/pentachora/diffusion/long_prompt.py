@@ -59,9 +59,9 @@ from pentachora.diffusion.conditioning import POOLED_MODES, LongPromptEmbeds, _c
 from pentachora.diffusion.weighting import DIALECTS, Fragment, parse_negative, parse_prompt
 from pentachora.diffusion.windows import SPLIT_LOOKBACK, SPLIT_POLICIES, PromptWindows, prompt_windows
 from pentachora.errors import ConfigError
-from pentachora.memory.encoders import FrozenTextEncoder
 from pentachora.memory.model import GeometricMemory
 from pentachora.memory.segmenter import Segmenter
+from pentachora.nn.text_encoder import FrozenTextEncoder
 
 __all__ = ["DEFAULT_MAX_WINDOWS", "LongPrompt"]
 

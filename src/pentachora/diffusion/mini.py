@@ -26,8 +26,8 @@ import torch
 
 from pentachora.diffusion.conditioning import LongPromptEmbeds, long_prompt_embeds
 from pentachora.errors import ConfigError, DataError
-from pentachora.memory.encoders import FrozenTextEncoder
 from pentachora.memory.model import GeometricMemory, MemoryConfig
+from pentachora.nn.text_encoder import FrozenTextEncoder
 from pentachora.recipes.loading import resolve_model_dir
 from pentachora.t2i.model import MiniT2I
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pentachora.diffusion.weighting import Fragment
-from pentachora.memory.encoders import FrozenTextEncoder
+from pentachora.nn.text_encoder import FrozenTextEncoder
 
 __all__ = [
     "PUNCTUATION",

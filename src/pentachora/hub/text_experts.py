@@ -70,11 +70,11 @@ class MiniLMExpert(TextExpert):
     Args:
         max_length: Tokens per item including [CLS]/[SEP] (longer items are truncated).
         batch_size: Items per forward pass.
-        model: ``"minilm"`` or any name :class:`~pentachora.memory.encoders.FrozenTextEncoder` loads.
+        model: ``"minilm"`` or any name :class:`~pentachora.nn.text_encoder.FrozenTextEncoder` loads.
     """
 
     def __init__(self, max_length: int = 160, batch_size: int = 32, model: str = "minilm") -> None:
-        from pentachora.memory.encoders import FrozenTextEncoder
+        from pentachora.nn.text_encoder import FrozenTextEncoder
 
         enc = FrozenTextEncoder.from_pretrained(model, window=min(512, max_length))
         self.model, self.tokenizer = enc.model, enc.tokenizer

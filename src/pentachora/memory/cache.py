@@ -54,8 +54,8 @@ import torch
 
 from pentachora.data.text import corpus_fingerprint
 from pentachora.io import CheckpointError, atomic_save_tensors, atomic_write_json, load_tensors, read_json
-from pentachora.memory.encoders import FrozenTextEncoder
 from pentachora.memory.segmenter import SegmentBatch, Segmenter
+from pentachora.nn.text_encoder import FrozenTextEncoder
 
 __all__ = [
     "CACHE_FORMAT",

@@ -90,8 +90,8 @@ from pentachora.memory.reconstructor import SequenceReconstructor
 from pentachora.modeling import ModelOutput, PentachoraModel, Presets, register_model
 
 if TYPE_CHECKING:
-    from pentachora.memory.encoders import FrozenTextEncoder
     from pentachora.memory.segmenter import SegmentBatch, Segmenter
+    from pentachora.nn.text_encoder import FrozenTextEncoder
 
 __all__ = [
     "CONSUMER_OUTPUTS",
@@ -766,7 +766,7 @@ class GeometricMemory(PentachoraModel):
     def load_encoder(self, local_files_only: bool = True) -> FrozenTextEncoder:
         """The frozen student encoder named in the config (loaded once, offline by default)."""
         if "encoder" not in self._frozen:
-            from pentachora.memory.encoders import FrozenTextEncoder
+            from pentachora.nn.text_encoder import FrozenTextEncoder
 
             c = self.config
             self._frozen["encoder"] = FrozenTextEncoder.from_pretrained(

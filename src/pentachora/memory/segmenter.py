@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pentachora.memory.encoders import FrozenTextEncoder
+from pentachora.nn.text_encoder import FrozenTextEncoder
 
 __all__ = ["ON_OVERFLOW", "SegmentBatch", "Segmenter"]
 

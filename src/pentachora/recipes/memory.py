@@ -48,7 +48,6 @@ from pentachora.errors import ConfigError
 from pentachora.geometry import ProcrustesMap, cv_metric, orthogonal_procrustes
 from pentachora.io import atomic_write_json
 from pentachora.memory.cache import CachedDocumentSource, FeatureCache, build_feature_cache
-from pentachora.memory.encoders import FrozenTextEncoder
 from pentachora.memory.metrics import (
     in_batch_accuracy,
     paired_cosine,
@@ -56,6 +55,7 @@ from pentachora.memory.metrics import (
 )
 from pentachora.memory.model import GeometricMemory, MemoryConfig
 from pentachora.memory.segmenter import Segmenter
+from pentachora.nn.text_encoder import FrozenTextEncoder
 from pentachora.recipes.loading import FINAL_DIR, resolve_model_dir
 from pentachora.training import Callback, PhaseCallback, TrainConfig, Trainer, TrainResult, read_metrics
 from pentachora.training.state import is_main_process, run_folder_lock

@@ -38,9 +38,9 @@ from pentachora.data.scenes import SceneWorld
 from pentachora.errors import ConfigError
 from pentachora.io import CheckpointError, atomic_save_tensors, atomic_write_json, load_tensors
 from pentachora.memory.cache import FeatureCache, build_feature_cache
-from pentachora.memory.encoders import FrozenTextEncoder
 from pentachora.memory.model import GeometricMemory, MemoryConfig, native_window_sequences
 from pentachora.memory.segmenter import Segmenter
+from pentachora.nn.text_encoder import FrozenTextEncoder
 from pentachora.recipes.loading import FINAL_DIR
 from pentachora.recipes.memory import load_encoders, loss_gradient_norms
 from pentachora.recipes.t2i import caption_set, token_counter

@@ -45,7 +45,7 @@ from pentachora.data.scenes import (
 from pentachora.data.sources import step_generator
 from pentachora.errors import CheckpointError, ConfigError
 from pentachora.io import atomic_save_tensors, atomic_write_json, load_tensors, read_json
-from pentachora.memory.encoders import FrozenTextEncoder
+from pentachora.nn.text_encoder import FrozenTextEncoder
 from pentachora.recipes.loading import FINAL_DIR
 from pentachora.t2i.model import MiniT2I
 from pentachora.t2i.reader import SceneReader, SceneReaderConfig

@@ -1,4 +1,8 @@
-"""A frozen Hugging Face text encoder seen through a fixed window: the student of the memory system.
+"""A frozen Hugging Face text encoder seen through a fixed window, shared by every family that reads text.
+
+It is the student of the memory system, the MiniLM expert of the hub, the text tower of the miniature
+text-to-image model and the tower :mod:`pentachora.diffusion` wraps around a pipeline's own encoder; it
+lives in ``nn/`` so that all of them may import it (no family imports another).
 
 :class:`FrozenTextEncoder` wraps a tokenizer and a transformers text model (``CLIPTextModel``,
 ``CLIPTextModelWithProjection``, ``BertModel`` and other BERT-like encoders) and exposes exactly what
