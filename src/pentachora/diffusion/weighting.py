@@ -150,59 +150,84 @@ def _unbalanced(kind: str, where: int) -> PromptSyntaxError:
     )
 
 
+class _Spans:
+    """Weighted text spans built character by character (both dialects): a closing bracket scales
+    every span since its group opened, so nesting multiplies."""
+
+    def __init__(self) -> None:
+        self.spans: list[list] = []  # [text, weight]
+        self.buf: list[str] = []
+
+    def flush(self) -> int:
+        """End the current span; the index the next span will have (a group's start mark)."""
+        if self.buf:
+            self.spans.append(["".join(self.buf), 1.0])
+            self.buf.clear()
+        return len(self.spans)
+
+    def scale_from(self, start: int, factor: float) -> None:
+        self.flush()
+        for span in self.spans[start:]:
+            span[1] *= factor
+
+    def fragments(self, offset: int, lowest: float) -> list[Fragment]:
+        self.flush()
+        for span in self.spans:
+            _check_weight(span[1], offset, lowest)
+        return _merge([(t, round(w, 12)) for t, w in self.spans])
+
+
+def _escaped(text: str, i: int) -> bool:
+    """Whether ``text[i]`` is a backslash escaping the next character."""
+    return text[i] == "\\" and i + 1 < len(text)
+
+
 # ----------------------------------------------------------------------------- A1111
 def _parse_a1111(text: str, offset: int) -> list[Fragment]:
     """A1111's grammar: a stack of open brackets, each closing bracket applies its factor."""
-    # tokens: (kind, value, position); kinds: text, open_round, open_square, close_round, close_square
-    spans: list[list] = []  # [text, weight-stack-snapshot] built as a flat list with bracket marks
-    stack: list[tuple[str, int, int]] = []  # (bracket, index in spans where it opened, position)
-    buf: list[str] = []
-
-    def flush() -> None:
-        if buf:
-            spans.append(["".join(buf), 1.0])
-            buf.clear()
-
+    out = _Spans()
+    stack: list[tuple[str, int, int]] = []  # (bracket, span index where it opened, position)
     i = 0
     while i < len(text):
         ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
-            buf.append(text[i + 1])
+        if _escaped(text, i):
+            out.buf.append(text[i + 1])
             i += 2
             continue
         if ch in "([":
-            flush()
-            stack.append((ch, len(spans), offset + i))
+            stack.append((ch, out.flush(), offset + i))
         elif ch in ")]":
             want = "(" if ch == ")" else "["
             if not stack or stack[-1][0] != want:
                 raise _unbalanced(ch, offset + i)
             factor = _A1111_UP if ch == ")" else 1.0 / _A1111_UP
-            if ch == ")":
-                # (text:number) — the number after the last ':' of the group's own text
-                raw = "".join(buf)
-                head, colon, tail = raw.rpartition(":")
+            if ch == ")":  # (text:number): the number after the last ':' of the group's own text
+                head, colon, tail = "".join(out.buf).rpartition(":")
                 if colon and _NUMBER.fullmatch(tail.strip()):
-                    value = _check_weight(float(tail.strip()), offset + i, -MAX_WEIGHT)
-                    buf[:] = list(head)
-                    factor = value
-            flush()
-            _, start, _ = stack.pop()
-            for span in spans[start:]:
-                span[1] *= factor
+                    factor = _check_weight(float(tail.strip()), offset + i, -MAX_WEIGHT)
+                    out.buf[:] = list(head)
+            out.scale_from(stack.pop()[1], factor)
         else:
-            buf.append(ch)
+            out.buf.append(ch)
         i += 1
     if stack:
         raise _unbalanced(stack[-1][0], stack[-1][2])
-    flush()
-    for span in spans:
-        _check_weight(span[1], offset, -MAX_WEIGHT)
-    return _merge([(t, round(w, 12)) for t, w in spans])
+    return out.fragments(offset, -MAX_WEIGHT)
 
 
 # ----------------------------------------------------------------------------- compel
 _SIGNS = re.compile(r"[+-]+")
+
+
+def _sign_weight(signs: str) -> float:
+    """compel's ``+`` (×1.1) and ``-`` (×0.9), one factor per sign."""
+    return _COMPEL_UP ** signs.count("+") * _COMPEL_DOWN ** signs.count("-")
+
+
+def _sign_run_end(text: str, i: int) -> int:
+    """End of the run of ``+``/``-`` starting at ``text[i]`` (itself a sign)."""
+    m = _SIGNS.match(text, i)
+    return m.end() if m else i
 
 
 def _parse_compel(text: str, offset: int) -> list[Fragment]:
@@ -213,72 +238,51 @@ def _parse_compel(text: str, offset: int) -> list[Fragment]:
             f"compel's .{call.group(1)}() at character {offset + call.start() + 1} is not supported; "
             "write one prompt with weights instead"
         )
-    spans: list[list] = []
-    stack: list[tuple[int, int]] = []  # (index in spans where the group opened, position)
-    buf: list[str] = []
 
-    def flush() -> None:
-        if buf:
-            spans.append(["".join(buf), 1.0])
-            buf.clear()
+    def word_end(j: int) -> bool:
+        return j == len(text) or not text[j].isalnum()
 
     def suffix(j: int) -> tuple[float | None, int]:
         """A weight suffix at text[j:]: signs or a number, followed by a word end."""
         m = _SIGNS.match(text, j)
-        if m and (m.end() == len(text) or not text[m.end()].isalnum()):
-            s = m.group(0)
-            return _COMPEL_UP ** s.count("+") * _COMPEL_DOWN ** s.count("-"), m.end()
+        if m and word_end(m.end()):
+            return _sign_weight(m.group(0)), m.end()
         m = _NUMBER.match(text, j)
-        if m and (m.end() == len(text) or not text[m.end()].isalnum()):
+        if m and word_end(m.end()):
             return float(m.group(0)), m.end()
         return None, j
 
+    out = _Spans()
+    stack: list[tuple[int, int]] = []  # (span index where the group opened, position)
     i = 0
     while i < len(text):
         ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
-            buf.append(text[i + 1])
+        if _escaped(text, i):
+            out.buf.append(text[i + 1])
             i += 2
-            continue
-        if ch == "(":
-            flush()
-            stack.append((len(spans), offset + i))
+        elif ch == "(":
+            stack.append((out.flush(), offset + i))
             i += 1
-            continue
-        if ch == ")":
+        elif ch == ")":
             if not stack:
                 raise _unbalanced(")", offset + i)
-            flush()
             start, _ = stack.pop()
             weight, j = suffix(i + 1)
-            if weight is not None:
-                weight = _check_weight(weight, offset + i + 1, 0.0)
-                for span in spans[start:]:
-                    span[1] *= weight
+            out.scale_from(start, 1.0 if weight is None else _check_weight(weight, offset + i + 1, 0.0))
             i = j if weight is not None else i + 1
-            continue
-        if ch in "+-" and buf and buf[-1].isalnum():
-            m = _SIGNS.match(text, i)
-            assert m is not None
-            end = m.end()
-            if end == len(text) or not (text[end].isalnum()):
-                # word++ : the signs weight the word just before them
-                word = "".join(buf)
-                k = len(word)
-                while k > 0 and (word[k - 1].isalnum() or word[k - 1] in "_'"):
-                    k -= 1
-                buf[:] = list(word[:k])
-                flush()
-                s = m.group(0)
-                w = _check_weight(_COMPEL_UP ** s.count("+") * _COMPEL_DOWN ** s.count("-"), offset + i, 0.0)
-                spans.append([word[k:], w])
-                i = end
-                continue
-        buf.append(ch)
-        i += 1
+        elif ch in "+-" and out.buf and out.buf[-1].isalnum() and word_end(end := _sign_run_end(text, i)):
+            # word++ : the signs weight the word just before them
+            word = "".join(out.buf)
+            k = len(word)
+            while k > 0 and (word[k - 1].isalnum() or word[k - 1] in "_'"):
+                k -= 1
+            out.buf[:] = list(word[:k])
+            out.flush()
+            out.spans.append([word[k:], _check_weight(_sign_weight(text[i:end]), offset + i, 0.0)])
+            i = end
+        else:
+            out.buf.append(ch)
+            i += 1
     if stack:
         raise _unbalanced("(", stack[-1][1])
-    flush()
-    for span in spans:
-        _check_weight(span[1], offset, 0.0)
-    return _merge([(t, round(w, 12)) for t, w in spans])
+    return out.fragments(offset, 0.0)
