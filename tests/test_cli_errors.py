@@ -191,6 +191,8 @@ def test_unexpected_failure_in_a_command_is_reported_as_a_bug(tmp_path, monkeypa
         (["--set", "max_alpha=1e308"], "max_alpha must be in [0, 1]"),  # trained to NaN with exit 0
         (["--set", "cv_readout_samples=20000000"], "cv_readout_samples must be ≤ 100,000"),
         (["--preset", "huge"], "huge"),
+        (["--set", "readout=linear", "--readout", "svd"], "conflicts with --readout"),
+        (["--set", "cv_mode=loss", "--cv-mode", "readout"], "conflicts with --cv-mode"),
     ],
 )
 def test_bad_model_settings_are_one_line_errors(args, expect):
@@ -540,3 +542,19 @@ def test_audit_flag_logs_audit_records_and_the_audit_command_writes_a_report(tmp
     assert "`encoder`" in text and "`bottleneck`" in text
     missing = run(*args, "--steps", "1", "--audit", "encodr", "--out", str(tmp_path / "other"))
     assert missing.exit_code == 2 and "close matches: encoder" in error_line(missing)
+
+
+@pytest.mark.parametrize(
+    ("args", "floats"),
+    [
+        (["--set", "readout=linear"], "8 floats per patch"),  # was trained as readout=svd (flag default won)
+        (["--readout", "linear"], "8 floats per patch"),
+        (["--set", "readout=linear", "--readout", "linear"], "8 floats per patch"),
+        ([], "328 floats per patch"),  # the canonical readout: V·D + D + D² = 256 + 8 + 64 for tiny
+    ],
+)
+def test_set_and_model_flags_are_one_mechanism(args, floats):
+    """``--set readout=linear`` (the documented NoSVD ablation) used to lose to the flag's default."""
+    result = run("train", "svae", "--steps", "0", *args)
+    assert result.exit_code == 0, result.output
+    assert floats in " ".join(result.output.split())

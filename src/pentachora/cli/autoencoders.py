@@ -34,6 +34,7 @@ from pentachora.cli.options import (
     image_data_options,
     lazy_loads_json,
     load_autoencoder,
+    merge_flag_overrides,
     parse_data,
     parse_overrides,
     train_options,
@@ -185,14 +186,20 @@ def train_svae(
     preset: str = typer.Option(
         "tiny", help="Architecture preset: tiny (CPU), freckles (≈2.56M), fresnel (≈16.9M)."
     ),
-    readout: str = typer.Option("svd", help="'svd' (canonical PatchSVAE) or 'linear' (the NoSVD ablation)."),
-    omega_layernorm: bool = typer.Option(
-        False, help="NoSVD round 2: LayerNorm on omega (+ orthogonal init)."
+    readout: str = typer.Option(
+        None, help="'svd' (canonical PatchSVAE; the presets' default) or 'linear' (the NoSVD ablation)."
     ),
-    mhat_sphere_norm: bool = typer.Option(False, help="NoSVD round 3: sphere-normalise M̂."),
-    cv_mode: str = typer.Option("readout", help="'readout' (faithful: CV measured, no gradient) or 'loss'."),
+    omega_layernorm: bool = typer.Option(
+        None, help="NoSVD round 2: LayerNorm on omega (+ orthogonal init). Default: the preset's (off)."
+    ),
+    mhat_sphere_norm: bool = typer.Option(None, help="NoSVD round 3: sphere-normalise M̂. Default: off."),
+    cv_mode: str = typer.Option(
+        None, help="'readout' (faithful: CV measured, no gradient; the default) or 'loss'."
+    ),
     soft_hand: bool = typer.Option(True, help="Soft-hand schedule of recon/CV weights from the CV readout."),
-    set_: list[str] = typer.Option(None, "--set", help="Model config override KEY=VALUE (repeatable)."),
+    set_: list[str] = typer.Option(
+        None, "--set", help="Model config override KEY=VALUE (repeatable); a flag for the same field must agree."
+    ),
 ) -> None:
     """Train PatchSVAE (or its NoSVD ablation with --readout linear) and evaluate it.
 
@@ -203,13 +210,12 @@ def train_svae(
     from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig
 
     console = Console()
-    overrides = parse_overrides(set_)
-    overrides.update(readout=readout, cv_mode=cv_mode)
-    if omega_layernorm:
-        overrides["omega_layernorm"] = True
-    if mhat_sphere_norm:
-        overrides["mhat_sphere_norm"] = True
+    overrides = merge_flag_overrides(
+        parse_overrides(set_), readout=readout, cv_mode=cv_mode, omega_layernorm=omega_layernorm,
+        mhat_sphere_norm=mhat_sphere_norm,
+    )  # fmt: skip
     config = build_config(PatchSVAEConfig, preset, overrides)
+    readout = config.readout
     torch.manual_seed(train.seed)
     model = build_model(PatchSVAE, config)
     label = f"PatchSVAE[{preset}{'' if readout == 'svd' else ', NoSVD'}]"

@@ -405,6 +405,26 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def merge_flag_overrides(overrides: Mapping[str, Any], **flags: Any) -> dict[str, Any]:
+    """Model-config flags (``--readout linear``) and ``--set`` as one mechanism.
+
+    A flag the user did not give is ``None`` and changes nothing, so ``--set readout=linear`` is not
+    undone by the flag's default; a flag and a ``--set`` of the same field must agree.
+
+    Raises:
+        ConfigError: ``--set KEY=A`` together with a flag that sets KEY to B.
+    """
+    out = dict(overrides)
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key in out and out[key] != value:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"--set {key}={out[key]!r} conflicts with {flag} {value!r}; give one of them")
+        out[key] = value
+    return out
+
+
 def _check_override_types(config_class: type, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Refuse a value of the wrong type for a config field (a float for an int, text for a number)."""
     try:
