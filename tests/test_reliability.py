@@ -277,6 +277,82 @@ def test_nan_optimizer_moments_fall_back_to_the_previous_checkpoint(tmp_path: Pa
     assert res.resumed_from == 2 and res.nonfinite_steps == 0
 
 
+def _tamper_optimizer(tmp_path: Path, change: Any) -> None:
+    from pentachora.training import load_optimizer_state, save_optimizer_state
+
+    path = tmp_path / "checkpoints" / "step-0000004" / "optimizer.safetensors"
+    opt, sched = load_optimizer_state(path)
+    change(opt, sched)
+    save_optimizer_state(path, opt, sched)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda opt, sched: sched.update(last_epoch=100_000),  # a resumed run on another schedule
+        lambda opt, sched: sched.update(base_lrs=[math.nan] * len(sched["base_lrs"])),
+        lambda opt, sched: opt["param_groups"][0].update(weight_decay=-5.0),
+        lambda opt, sched: opt["param_groups"][0].update(lr=math.inf),
+        lambda opt, sched: opt["param_groups"][0].update(betas=[0.9, 1.5]),
+        lambda opt, sched: opt["param_groups"][0].update(eps=0.0),
+    ],
+    ids=[
+        "scheduler-last-epoch",
+        "scheduler-nan-base-lr",
+        "negative-weight-decay",
+        "inf-lr",
+        "beta-above-1",
+        "zero-eps",
+    ],
+)
+def test_tampered_optimizer_or_scheduler_values_fall_back_to_the_previous_checkpoint(
+    tmp_path: Path, change: Any
+) -> None:
+    """They were accepted on resume (a negative weight decay, a scheduler 100,000 steps ahead)."""
+    Trainer(model(), tcfg(tmp_path, steps=4, save_every=2, keep_last_checkpoints=0), Toy()).fit()
+    _tamper_optimizer(tmp_path, change)
+    res = Trainer(model(), tcfg(tmp_path, steps=6), Toy()).fit()
+    assert res.resumed_from == 2
+
+
+def test_a_nan_callback_state_falls_back_to_the_previous_checkpoint(tmp_path: Path) -> None:
+    class Counter(Callback):
+        def __init__(self) -> None:
+            self.ema = 0.0
+
+        def on_step_end(self, trainer: Trainer, step: int, output_scalars: dict[str, float]) -> None:
+            self.ema = 0.9 * self.ema + 0.1 * step
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"ema": self.ema}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            self.ema = float(state["ema"])
+
+    Trainer(
+        model(), tcfg(tmp_path, steps=4, save_every=2, keep_last_checkpoints=0), Toy(), callbacks=[Counter()]
+    ).fit()
+    path = tmp_path / "checkpoints" / "step-0000004" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    (key,) = state["callbacks"]
+    state["callbacks"][key]["ema"] = math.nan
+    path.write_text(json.dumps(state))  # json writes NaN, and reads it back
+    res = Trainer(model(), tcfg(tmp_path, steps=6), Toy(), callbacks=[Counter()]).fit()
+    assert res.resumed_from == 2
+
+
+def test_a_misshapen_optimizer_moment_is_a_checkpoint_error_not_a_crash_mid_step(tmp_path: Path) -> None:
+    Trainer(model(), tcfg(tmp_path, steps=4, save_every=2, keep_last_checkpoints=0), Toy()).fit()
+
+    def reshape(opt: dict, sched: dict) -> None:
+        first = next(iter(opt["state"].values()))
+        first["exp_avg"] = torch.zeros(first["exp_avg"].numel() + 1)
+
+    _tamper_optimizer(tmp_path, reshape)
+    with pytest.raises(CheckpointError, match="optimizer state 'exp_avg' has shape"):
+        Trainer(model(), tcfg(tmp_path, steps=6), Toy()).fit()
+
+
 # ----------------------------------------------------------------------------- 4. data is part of the run
 def test_resume_on_other_data_is_refused_and_metadata_is_written_only_when_accepted(tmp_path: Path) -> None:
     data = {"data": "noise:gaussian", "image_size": 16}

@@ -429,6 +429,18 @@ class Trainer:
                 )
         return ckpt, [p for p, _ in unreadable]
 
+    def _check_moment_shapes(self, source: Path) -> None:
+        """Every per-parameter optimizer tensor (``exp_avg``, ``exp_avg_sq``, a momentum buffer) has its
+        parameter's shape: a misshapen one would crash mid-step, after the run had resumed."""
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                for name, value in self.optimizer.state.get(param, {}).items():
+                    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                        raise CheckpointError(
+                            f"checkpoint {source}: optimizer state {name!r} has shape {tuple(value.shape)} for a "
+                            f"parameter of shape {tuple(param.shape)}"
+                        )
+
     def _restore(self, ckpt: LoadedCheckpoint, force: bool = False) -> None:
         """Apply a checkpoint read into memory; everything is checked before anything is changed.
 
@@ -470,6 +482,7 @@ class Trainer:
             raise CheckpointError(
                 f"checkpoint {ckpt.path}: the optimizer/scheduler state does not fit this trainer ({exc})"
             ) from exc
+        self._check_moment_shapes(ckpt.path)
         self.step = ckpt.step
         self.nonfinite_steps = int(ts.get("nonfinite_steps", 0))
         self.nonfinite_in_row = int(ts.get("nonfinite_in_row", 0))
@@ -479,7 +492,12 @@ class Trainer:
         self.last_checkpoint = ckpt.path
         for key, cb in self._callback_keys():
             if key in states:
-                cb.load_state_dict(states[key])
+                try:
+                    cb.load_state_dict(states[key])
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    raise CheckpointError(
+                        f"checkpoint {ckpt.path}: callback {key}'s state is malformed ({exc})"
+                    ) from exc
             else:
                 logger.warning("checkpoint %s has no state for callback %s; it starts fresh", ckpt.path, key)
         old_cfg = ts.get("train_config", {})

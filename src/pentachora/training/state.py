@@ -386,6 +386,8 @@ def read_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
         raise CheckpointError(f"{path / WEIGHTS_NAME}: tensor {bad!r} holds NaN or infinite values")
     optimizer_state, scheduler_state = load_optimizer_state(path / OPTIMIZER_NAME)
     _check_optimizer_state(optimizer_state, path / OPTIMIZER_NAME)
+    world = trainer_state.get("seeding", {}).get("world_size")
+    _check_scheduler_state(scheduler_state, step, world, path / OPTIMIZER_NAME)
     return LoadedCheckpoint(path, step, meta, model_state, trainer_state, optimizer_state, scheduler_state)
 
 
@@ -430,8 +432,70 @@ def check_trainer_state(state: Mapping[str, Any], source: str | os.PathLike) -> 
             problems.append(f"seeding.world_size must be a positive integer, got {seeding['world_size']!r}")
     if "run_data" in state and not isinstance(state["run_data"], (dict, type(None))):
         problems.append(f"run_data must be an object, got {type(state['run_data']).__name__}")
+    if isinstance(callbacks, dict):
+        bad = _nonfinite_number(callbacks, "callbacks")
+        if bad is not None:  # an EMA or a loss weight the trainer would carry on with
+            problems.append(f"{bad} is not a finite number")
     if problems:
         raise CheckpointError(f"{source} is not a valid trainer state: " + "; ".join(problems[:4]))
+
+
+def _nonfinite_number(obj: Any, path: str) -> str | None:
+    """The path of the first NaN or infinite number inside a JSON value (``None`` if there is none)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return path
+    if isinstance(obj, dict):
+        items: Any = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = _nonfinite_number(value, f"{path}[{key!r}]")
+        if found is not None:
+            return found
+    return None
+
+
+def _finite_at_least(value: Any, low: float, strict: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value > low if strict else value >= low
+
+
+def _check_param_group(group: Mapping[str, Any], index: int, source: Path) -> None:
+    """Hyperparameters of one optimizer param group: what the trainer wrote is always in range."""
+    problems = []
+    for key in ("lr", "initial_lr", "weight_decay", "momentum", "dampening"):
+        if key in group and group[key] is not None and not _finite_at_least(group[key], 0.0):
+            problems.append(f"{key} must be a finite number >= 0, got {group[key]!r}")
+    if "eps" in group and group["eps"] is not None and not _finite_at_least(group["eps"], 0.0, strict=True):
+        problems.append(f"eps must be a finite number > 0, got {group['eps']!r}")
+    betas = group.get("betas")
+    if betas is not None and not (
+        isinstance(betas, (list, tuple)) and all(_finite_at_least(b, 0.0) and b < 1 for b in betas)
+    ):
+        problems.append(f"betas must be numbers in [0, 1), got {betas!r}")
+    if problems:
+        raise CheckpointError(f"{source}: optimizer param group {index}: " + "; ".join(problems))
+
+
+def _check_scheduler_state(state: Any, step: int, world_size: Any, source: Path) -> None:
+    """The LR scheduler's position must be the checkpoint's step (the trainer steps it once per step)
+    and its base rates finite, else a resumed run silently trains on another schedule."""
+    if state is None:
+        return
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: the scheduler state is not an object")
+    last = state.get("last_epoch", step)
+    if not (_is_int(last) and last >= 0):
+        raise CheckpointError(f"{source}: scheduler last_epoch must be a non-negative integer, got {last!r}")
+    if world_size in (None, 1) and last != step:
+        raise CheckpointError(f"{source}: the scheduler is at step {last}, the checkpoint at step {step}")
+    for key in ("base_lrs", "_last_lr"):
+        values = state.get(key, [])
+        if not isinstance(values, list) or not all(_finite_at_least(v, 0.0) for v in values):
+            raise CheckpointError(f"{source}: scheduler {key} must be finite rates >= 0, got {values!r}")
 
 
 def _check_optimizer_state(state: Any, source: Path) -> None:
@@ -444,6 +508,8 @@ def _check_optimizer_state(state: Any, source: Path) -> None:
         isinstance(g, dict) and isinstance(g.get("params", []), list) for g in groups
     ):
         raise CheckpointError(f"{source}: the optimizer's param_groups are malformed")
+    for index, group in enumerate(groups):
+        _check_param_group(group, index, source)
     for pid, entry in state["state"].items():
         if not isinstance(entry, dict):
             raise CheckpointError(f"{source}: optimizer state of parameter {pid} is not an object")
