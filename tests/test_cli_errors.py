@@ -558,3 +558,62 @@ def test_set_and_model_flags_are_one_mechanism(args, floats):
     result = run("train", "svae", "--steps", "0", *args)
     assert result.exit_code == 0, result.output
     assert floats in " ".join(result.output.split())
+
+
+DEMO_FAST = ["demo", "--steps", "1", "--batch-size", "2", "--image-size", "32", "--eval-tiles", "2",
+             "--noise-per-type", "1", "--models", "svae"]  # fmt: skip
+
+
+def test_demo_refuses_a_folder_it_did_not_write_and_deletes_nothing(tmp_path):
+    """``demo -o DIR`` deleted an existing ``DIR/svae`` (a real run and a user's notes) before checking."""
+    out = tmp_path / "d"
+    (out / "svae").mkdir(parents=True)
+    (out / "svae" / "notes.txt").write_text("mine")
+    (out / "svae" / "train_config.json").write_text("{}")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    result = run(*DEMO_FAST, "-o", str(out))
+    assert result.exit_code == 2, result.output
+    assert "did not write" in error_line(result)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # a marked demo folder with a stranger inside is refused too
+    (out / ".pentachora-demo").write_text("x")
+    result = run(*DEMO_FAST, "-o", str(out))
+    assert result.exit_code == 2 and "svae/notes.txt" in error_line(result)
+    assert (out / "svae" / "notes.txt").read_text() == "mine"
+
+
+def test_demo_validates_every_option_before_touching_disk(tmp_path):
+    out = tmp_path / "d"
+    assert run(*DEMO_FAST, "-o", str(out)).exit_code == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    result = run(*DEMO_FAST, "-o", str(out), "--lr", "nan")
+    assert result.exit_code == 2, result.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    # its own folder is reused: a second fresh demo run replaces the first
+    assert run(*DEMO_FAST, "-o", str(out)).exit_code == 0
+
+
+def test_demo_honours_a_live_training_lock(tmp_path):
+    """A demo run must not wipe a sub-folder while another process trains in it."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "d"
+    assert run(*DEMO_FAST, "-o", str(out)).exit_code == 0
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(60)"), str(out / "svae" / ".lock")],
+        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = {p: p.read_bytes() for p in (out / "svae").rglob("*") if p.is_file() and p.name != ".lock"}
+        t0 = time.perf_counter()
+        result = run(*DEMO_FAST, "-o", str(out))
+        assert result.exit_code == 2, result.output
+        assert "in use by another training" in error_line(result) and time.perf_counter() - t0 < 60
+        after = {p: p.read_bytes() for p in (out / "svae").rglob("*") if p.is_file() and p.name != ".lock"}
+        assert after == before
+    finally:
+        holder.kill()
+        holder.wait()

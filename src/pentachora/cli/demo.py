@@ -47,6 +47,62 @@ DEMO_MODELS: dict[str, tuple[str, Callable[[int], tuple[object, tuple]]]] = {
 DEFAULT_MODELS = ("geovae", "svae")
 
 
+#: What the demo writes into its folder: a marker, one run folder per model, the summary and pictures.
+DEMO_MARKER = ".pentachora-demo"
+DEMO_FILES = ("summary.json", "reconstructions.png", "curves.png", ".lock")
+
+
+def check_demo_folder(out: Path, also_ours: tuple[str, ...] = ()) -> None:
+    """Refuse a demo folder that holds anything the demo did not write (a real run, a user's notes), and
+    mark a new one as the demo's. Nothing is deleted here.
+
+    Raises:
+        RunFolderError: ``out`` is a file, or a non-empty folder without the demo's marker, or holds
+            entries other than the demo's own.
+    """
+    from pentachora.errors import RunFolderError
+    from pentachora.training.state import RUN_ARTIFACTS
+
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out} is a file; the demo needs a folder")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not (out / DEMO_MARKER).is_file():
+        raise RunFolderError(
+            f"--out {out} already holds {', '.join(entries[:4])}{' …' if len(entries) > 4 else ''}, which the demo "
+            "did not write; give an empty or new folder (-o runs/demo2)"
+        )
+    allowed_runs = set(RUN_ARTIFACTS) | {".lock"}
+    foreign = [
+        name for name in entries if name not in DEMO_MODELS and name not in DEMO_FILES and name != DEMO_MARKER
+    ]
+    for name in entries:
+        if name in DEMO_MODELS and (out / name).is_dir():
+            foreign += [f"{name}/{p.name}" for p in (out / name).iterdir() if p.name not in allowed_runs]
+        elif name in DEMO_MODELS:
+            foreign.append(name)
+    if foreign:
+        raise RunFolderError(
+            f"--out {out} holds {', '.join(sorted(foreign)[:4])}, which the demo did not write; move it away or "
+            "give another folder (-o runs/demo2)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by `pentachora demo`; it may replace the run folders here\n")
+
+
+def clear_demo_run(run_dir: Path) -> None:
+    """Remove an earlier demo run's artifacts from ``run_dir`` (under its lock; the lock file stays)."""
+    import shutil
+
+    from pentachora.training.state import RUN_ARTIFACTS
+
+    for name in RUN_ARTIFACTS:
+        path = run_dir / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+
+
 @app.command()
 def demo(
     steps: int = typer.Option(
@@ -63,7 +119,9 @@ def demo(
     lr: float = typer.Option(2e-3, help="Peak learning rate."),
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed (same data and budget for every model)."),
     fresh: bool = typer.Option(
-        True, help="Start fresh (delete earlier demo sub-folders) instead of resuming."
+        True,
+        help="Start fresh (replace the demo's earlier runs in --out; a folder the demo did not write is refused) "
+        "instead of resuming.",
     ),
     eval_tiles: int = typer.Option(0, min=0, help="Cap on evaluation tiles per held-out photo (0 = all)."),
     noise_per_type: int = typer.Option(16, min=1, help="Evaluation images per noise type."),
@@ -79,8 +137,6 @@ def demo(
     effective rank, NaN/inf steps, true latent floats per patch) and writes OUT/summary.json,
     OUT/reconstructions.png and OUT/curves.png.
     """
-    import shutil
-
     import torch
 
     from pentachora.cli.autoencoders import describe_model, summary_table, write_pictures
@@ -90,6 +146,7 @@ def demo(
     from pentachora.errors import ConfigError
     from pentachora.recipes import build_eval_data, train_autoencoder
     from pentachora.recipes.evaluation import evaluate_autoencoder
+    from pentachora.training.state import run_folder_lock
 
     check_run_folder(out)  # before anything is trained or deleted: never the current directory
     console = Console()
@@ -97,6 +154,15 @@ def demo(
     unknown = [m for m in names if m not in DEMO_MODELS]
     if unknown or not names:
         raise ConfigError(f"--models: unknown model(s) {unknown}; choose from {list(DEMO_MODELS)}")
+    configs = {
+        name: TrainOptions(steps=steps, batch_size=batch_size, lr=lr, warmup=min(50, steps // 10), grad_clip=1.0,
+                           seed=seed, eval_every=max(steps // 4, 1), save_every=steps, out=out / name).train_config()
+        for name in names
+    }  # fmt: skip  # every option is validated before the disk is touched
+    stem = results_stem.resolve() if results_stem is not None else None
+    check_demo_folder(
+        out, (stem.name + ".json", stem.name + ".md") if stem and stem.parent == out.resolve() else ()
+    )
     t_start = time.perf_counter()
     spec = parse_data("images")
     eval_data = build_eval_data(
@@ -110,28 +176,18 @@ def demo(
     runs, results = {}, {}
     for name in names:
         label, build = DEMO_MODELS[name]
-        run_dir = out / name
-        if fresh and run_dir.exists():
-            shutil.rmtree(run_dir)
+        run_dir, cfg = out / name, configs[name]
         torch.manual_seed(seed)
         model, callbacks = build(steps)
         before = evaluate_autoencoder(model, eval_data.subset(max_tiles=24, n_noise=4))
-        cfg = TrainOptions(
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            warmup=min(50, steps // 10),
-            grad_clip=1.0,
-            seed=seed,
-            eval_every=max(steps // 4, 1),
-            save_every=steps,
-            out=run_dir,
-        ).train_config()
         console.print(f"→ {label}: {model.num_parameters():,} parameters")
         set_resume_dir(run_dir)
-        run = train_autoencoder(
-            model, spec, cfg, image_size=image_size, name=label, eval_data=eval_data, callbacks=callbacks
-        )
+        with run_folder_lock(run_dir):  # a live training there is refused before anything is deleted
+            if fresh:
+                clear_demo_run(run_dir)
+            run = train_autoencoder(
+                model, spec, cfg, image_size=image_size, name=label, eval_data=eval_data, callbacks=callbacks
+            )
         runs[label] = run
         results[label] = {
             **run.evaluation,
