@@ -617,3 +617,32 @@ def test_demo_honours_a_live_training_lock(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize(
+    "target", ["final/config.json", "final/model.safetensors", "eval.json", "train_config.json"]
+)
+def test_an_output_never_overwrites_a_runs_own_files(tmp_path, target):
+    """``eval --json RUN/final/config.json`` (and ``models --json``, ``encode -o``…) exited 0 and the model
+    no longer loaded."""
+    from pentachora.autoencoders import PatchSVAE, PatchSVAEConfig
+
+    run_dir = tmp_path / "run"
+    PatchSVAE(PatchSVAEConfig.preset("tiny", V=16, hidden=32, depth=1)).save_pretrained(run_dir / "final")
+    for name in ("train_config.json", "eval.json"):
+        (run_dir / name).write_text("{}")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    kind = "json" if target.endswith(".json") else "safetensors"
+    argv = ["models", "--json", str(run_dir / target)] if kind == "json" else None
+    if argv is None:  # a .safetensors output: the memory encoder's -o
+        argv = ["encode", "some text", "-m", str(run_dir), "-o", str(run_dir / target)]
+    result = run(*argv)
+    assert result.exit_code == 2, result.output
+    assert "writing there would break it" in error_line(result)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    # the eval of that run may not write its json over the checkpoint either
+    if target == "final/config.json":
+        result = run(
+            "eval", str(run_dir), "--json", str(run_dir / target), "--data", "noise", "--noise-per-type", "1"
+        )
+        assert result.exit_code == 2 and "writing there would break it" in error_line(result)

@@ -198,7 +198,9 @@ def train_svae(
     ),
     soft_hand: bool = typer.Option(True, help="Soft-hand schedule of recon/CV weights from the CV readout."),
     set_: list[str] = typer.Option(
-        None, "--set", help="Model config override KEY=VALUE (repeatable); a flag for the same field must agree."
+        None,
+        "--set",
+        help="Model config override KEY=VALUE (repeatable); a flag for the same field must agree.",
     ),
 ) -> None:
     """Train PatchSVAE (or its NoSVD ablation with --readout linear) and evaluate it.

@@ -28,6 +28,10 @@ def models_cmd(
     from rich.console import Console
     from rich.table import Table
 
+    from pentachora.cli.options import check_output_file
+
+    check_output_file(json_out, "json", "--json")
+
     import pentachora.autoencoders
     from pentachora.errors import ConfigError
     from pentachora.modeling import describe_preset, list_presets

@@ -532,10 +532,34 @@ def check_output_file(
             raise ConfigError(
                 f"{option} {path} is the input file; refusing to overwrite it — choose another name"
             )
+    owner = _run_file_owner(path)
+    if owner is not None:
+        raise ConfigError(
+            f"{option} {path} is {owner}; writing there would break it — choose a file outside the run"
+        )
     if path.exists() and not os.access(path, os.W_OK):
         raise ConfigError(f"{option} {path} is read-only; choose another file or change its permissions")
     _check_writable_dir(path, option, start=path.parent)
     return path
+
+
+#: Files a checkpoint folder (``final/``, ``checkpoints/step-*``) is made of, and a run folder's records.
+_CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json")
+_RUN_RECORDS = ("train_config.json", "model_config.json", "data.json", "metrics.jsonl", "eval.json")
+
+
+def _run_file_owner(path: Path) -> str | None:
+    """What ``path`` belongs to when it is one of a checkpoint's or a run folder's own files, else ``None``."""
+    parent = path.resolve().parent
+    if (
+        path.name in _CHECKPOINT_FILES
+        and (parent / "config.json").is_file()
+        and (parent / "model.safetensors").is_file()
+    ):
+        return f"a file of the checkpoint {parent}"
+    if path.name in _RUN_RECORDS and (parent / "train_config.json").is_file():
+        return f"a record of the run folder {parent}"
+    return None
 
 
 def _nearest_existing_dir(path: Path, option: str, start: Path) -> Path:
