@@ -795,3 +795,27 @@ def test_deeply_nested_json_is_a_clear_error_not_a_recursion_error(tmp_path: Pat
     (tmp_path / "m" / "config.json").write_text('{"model_type": "patch_svae", "config": ' + deep + "}")
     with pytest.raises(CheckpointError):
         PatchSVAE.from_pretrained(tmp_path / "m")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_loading_onto_a_missing_gpu_names_the_device_not_a_corrupt_file(tmp_path: Path) -> None:
+    model().save_pretrained(tmp_path / "m")
+    with pytest.raises(CheckpointError, match="no CUDA GPU"):
+        RelAE.from_pretrained(tmp_path / "m", map_location="cuda")
+    with pytest.raises(CheckpointError, match="not a device name"):
+        RelAE.from_pretrained(tmp_path / "m", map_location="gpu0")
+
+
+def test_a_config_the_model_refuses_is_a_checkpoint_error_on_load(tmp_path: Path) -> None:
+    """Model-construction errors escaped ``CheckpointError`` (so callers that try the next checkpoint
+    crashed instead)."""
+    pytest.importorskip("diffusers")
+    from pentachora.autoencoders import AutoencoderTinyAdapter, AutoencoderTinyAdapterConfig, LatentAutoencoder
+
+    ae = LatentAutoencoder.wrap(AutoencoderTinyAdapter(AutoencoderTinyAdapterConfig(block_out_channels=(8, 8))))
+    ae.save_pretrained(tmp_path / "ae")
+    meta = json.loads((tmp_path / "ae" / "config.json").read_text())
+    meta["config"]["first_stage_type"] = "patch_svae"  # registered, valid JSON, but not this first stage's config
+    (tmp_path / "ae" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="cannot be built"):
+        LatentAutoencoder.from_pretrained(tmp_path / "ae")

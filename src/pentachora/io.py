@@ -140,10 +140,27 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"tensor file not found: {path}")
+    _check_device(device, path)
     try:
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from exc
+
+
+def _check_device(device: str | torch.device, path: Path) -> None:
+    """A device this machine does not have is its own error (it read as a corrupt file)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"cannot load {path} onto {device!r}: not a device name ({exc})") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"cannot load {path} onto {device!r}: this machine has no CUDA GPU (use 'cpu')")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CheckpointError(
+            f"cannot load {path} onto {device!r}: there are {torch.cuda.device_count()} GPU(s)"
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise CheckpointError(f"cannot load {path} onto {device!r}: MPS is not available here (use 'cpu')")
 
 
 def read_tensor_metadata(path: str | os.PathLike) -> dict[str, str]:

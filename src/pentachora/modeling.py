@@ -358,6 +358,10 @@ def _build_without_storage(target: type[M], config: Any, n_file_tensors: int, so
         ) from exc
     except MemoryError as exc:
         raise CheckpointError(f"{source}: the config asks for more memory than is available ({exc})") from exc
+    except (TypeError, ValueError, PentachoraError) as exc:  # a config the model itself refuses
+        raise CheckpointError(
+            f"{source}: the config describes a {target.__name__} that cannot be built ({exc})"
+        ) from exc
     except RuntimeError as exc:
         if "alloc" in str(exc).lower() or "memory" in str(exc).lower():
             raise CheckpointError(
@@ -532,7 +536,7 @@ class PentachoraModel(nn.Module):
             del skeleton
         try:
             model = target(config)
-        except (MemoryError, RuntimeError) as exc:
+        except (MemoryError, RuntimeError, TypeError, ValueError, PentachoraError) as exc:
             raise CheckpointError(
                 f"{directory / CONFIG_NAME}: cannot build the model it describes ({exc})"
             ) from exc
