@@ -5,7 +5,11 @@
   spectral autoencoder (the SVD peer) and its NoSVD ablation (``readout="linear"``).
 * :class:`GeoVAE`, :class:`GeoVAEConfig` — the SVD-free geometric VAE; :class:`DiagonalGaussian`
   is its posterior.
-* :class:`AutoencoderKLAdapter` — diffusers' ``AutoencoderKL`` behind the same API (a baseline).
+* :class:`AutoencoderKLAdapter`, :class:`AutoencoderTinyAdapter` — diffusers' ``AutoencoderKL`` and
+  ``AutoencoderTiny`` (TAESD) behind the same API (baselines).
+* :class:`LatentAutoencoder` — any of them with an image-like latent behind diffusers' VAE surface
+  (``encode(x).latent_dist``, ``decode(z).sample``, ``config.scaling_factor``), the first stage of a
+  latent-diffusion model.
 * :class:`BatteryBank`, :class:`BatteryContainer` — K miniature SVD-trained batteries trained as
   one batched module, and the GeoVAE variant they are implanted into; :class:`LinearExport` (in
   :mod:`~pentachora.autoencoders.export`) folds a trained container for inference. The battery
@@ -25,6 +29,7 @@ from pentachora.autoencoders.export import LinearExport, count_flops
 from pentachora.autoencoders.folded import folded_config, implant_batteries, spectral_bottleneck_init
 from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
 from pentachora.autoencoders.kl_baseline import AutoencoderKLAdapter, AutoencoderKLAdapterConfig
+from pentachora.autoencoders.latent import LatentAutoencoder, LatentAutoencoderConfig
 from pentachora.autoencoders.quantize import (
     QuantizedTensor,
     RateResult,
@@ -33,11 +38,14 @@ from pentachora.autoencoders.quantize import (
     quantize,
 )
 from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig, SpectralLatent
+from pentachora.autoencoders.tiny_baseline import AutoencoderTinyAdapter, AutoencoderTinyAdapterConfig
 
 __all__ = [
     "AutoencoderKLAdapter",
     "AutoencoderKLAdapterConfig",
     "AutoencoderOutput",
+    "AutoencoderTinyAdapter",
+    "AutoencoderTinyAdapterConfig",
     "BatteryBank",
     "BatteryConfig",
     "BatteryContainer",
@@ -45,6 +53,8 @@ __all__ = [
     "DiagonalGaussian",
     "GeoVAE",
     "GeoVAEConfig",
+    "LatentAutoencoder",
+    "LatentAutoencoderConfig",
     "LinearExport",
     "PatchAutoencoder",
     "PatchSVAE",

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from pentachora.autoencoders.distributions import DiagonalGaussian
 from pentachora.modeling import ModelOutput, PentachoraModel
 from pentachora.nn.patch import check_image_batch
 
@@ -163,6 +164,32 @@ class PatchAutoencoder(PentachoraModel, abc.ABC):
         """Map the result of :meth:`encode` to what :meth:`decode` takes (identity by default)."""
         return latent
 
+    # ------------------------------------------------------------------ image-like latent
+    @property
+    def latent_stride(self) -> int:
+        """Pixels per latent cell along each side (default: the patch size)."""
+        return self.patch_size
+
+    def image_posterior(self, x: torch.Tensor) -> DiagonalGaussian:
+        """Images → a posterior over an image-like latent ``(B, c, H/s, W/s)``, ``c`` =
+        :attr:`latent_floats_per_patch`, ``s`` = :attr:`latent_stride` — what a latent-diffusion model
+        denoises (see :class:`~pentachora.autoencoders.latent.LatentAutoencoder`).
+
+        A model whose ``encode`` returns a :class:`DiagonalGaussian` gives it; one whose ``encode``
+        returns a ``(B, c, h, w)`` tensor gives a point mass (every channel ``fixed``: ``sample()`` =
+        ``mode()`` = the tensor, KL 0). Models whose latent is not image-like override this or raise.
+        """
+        latent = self.encode(x)
+        if isinstance(latent, DiagonalGaussian):
+            return latent
+        if isinstance(latent, torch.Tensor) and latent.dim() == 4:
+            return DiagonalGaussian.point_mass(latent)
+        raise NotImplementedError(f"{type(self).__name__} has no image-like latent")
+
+    def decode_image_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, c, h, w)`` image-like latent (a draw of :meth:`image_posterior`) → ``(B, C, s·h, s·w)``."""
+        return self.decode(z)
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct images in eval mode without computing a loss.
@@ -193,11 +220,6 @@ class VariationalPatchAutoencoder(PatchAutoencoder):
     @abc.abstractmethod
     def latent_channels(self) -> int:
         """Channels c of the image-like latent (every one is drawn from the prior)."""
-
-    @property
-    def latent_stride(self) -> int:
-        """Pixels per latent cell along each side (default: the patch size)."""
-        return self.patch_size
 
     @torch.no_grad()
     def sample_prior(

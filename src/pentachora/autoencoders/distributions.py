@@ -68,6 +68,18 @@ class DiagonalGaussian:
         self.channel_dim = channel_dim
 
     @classmethod
+    def point_mass(cls, latent: torch.Tensor, channel_dim: int = 1) -> DiagonalGaussian:
+        """A deterministic latent as a posterior: no stochastic channel, every channel ``fixed``.
+
+        ``sample()`` and ``mode()`` return ``latent``; the KL is 0 (nothing is inferred). This is how
+        a deterministic encoder (NoSVD, AutoencoderTiny) offers diffusers' ``latent_dist`` surface.
+        """
+        shape = list(latent.shape)
+        shape[channel_dim] = 0
+        empty = latent.new_zeros(shape)
+        return cls(empty, empty.clone(), fixed=latent, channel_dim=channel_dim)
+
+    @classmethod
     def from_parameters(cls, parameters: torch.Tensor, channel_dim: int = 1) -> DiagonalGaussian:
         """Build from ``(B, 2d, ...)`` = ``cat([mean, logvar])`` (the diffusers layout)."""
         mean, logvar = torch.chunk(parameters, 2, dim=channel_dim)
@@ -135,6 +147,8 @@ class DiagonalGaussian:
         a free-bits floor clamps each entry from below.
         """
         kl = self._kl_elements(other).movedim(self.channel_dim, -1)
+        if kl.shape[-1] == 0:  # a point mass: nothing inferred
+            return kl.new_zeros(0)
         return kl.reshape(-1, kl.shape[-1]).mean(dim=0)
 
     def nll(self, sample: torch.Tensor) -> torch.Tensor:

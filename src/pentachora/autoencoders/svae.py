@@ -52,6 +52,7 @@ from einops import rearrange
 from torch import nn
 
 from pentachora.autoencoders.base import AutoencoderOutput, PatchAutoencoder
+from pentachora.autoencoders.distributions import DiagonalGaussian
 from pentachora.errors import ConfigError
 from pentachora.geometry import cv_loss, cv_metric, effective_rank, gram_eigh_svd, target_cv
 from pentachora.modeling import Presets, register_model
@@ -353,6 +354,33 @@ class PatchSVAE(PatchAutoencoder):
         if c.readout == "svd":
             return SpectralLatent(grid=grid, S=s.float(), U=u, Vh=vh, raw=raw, M=m)
         return SpectralLatent(grid=grid, omega=s, raw=raw, M=m)
+
+    def image_posterior(self, x: torch.Tensor) -> DiagonalGaussian:
+        """NoSVD: the coordinated ω as a deterministic image-like latent ``(B, D, H/p, W/p)`` (a point
+        mass). The canonical model's (U, S, Vh) is not an image-like latent and is refused.
+
+        Raises:
+            NotImplementedError: ``readout="svd"``.
+        """
+        if self.config.readout != "linear":
+            raise NotImplementedError(
+                "the canonical PatchSVAE's latent (U, S, Vh per patch) is not an image-like latent; "
+                "use readout='linear' (NoSVD) as a latent-diffusion first stage"
+            )
+        latent = self.encode(x)
+        gh, gw = latent.grid
+        return DiagonalGaussian.point_mass(rearrange(latent.omega, "b (gh gw) d -> b d gh gw", gh=gh, gw=gw))
+
+    def decode_image_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, D, gh, gw)`` ω grid (NoSVD) → ``(B, C, gh·p, gw·p)`` images."""
+        if self.config.readout != "linear":
+            raise NotImplementedError(
+                "the canonical PatchSVAE has no image-like latent (see image_posterior)"
+            )
+        if z.dim() != 4 or z.shape[1] != self.config.D:
+            raise ValueError(f"expected an ω grid (B, {self.config.D}, gh, gw), got {tuple(z.shape)}")
+        omega = rearrange(z, "b d gh gw -> b (gh gw) d")
+        return self.decode(SpectralLatent(grid=(z.shape[-2], z.shape[-1]), omega=omega))
 
     def matrix_from_latent(self, latent: SpectralLatent) -> torch.Tensor:
         """The matrices the decoder consumes: ``M̂ = U·diag(S)·Vh`` or the inverse readout of ω.

@@ -182,8 +182,9 @@ def ceiling_curve(metrics: Sequence[Mapping]) -> list[dict[str, float]]:
         train_s = float(rec.get("time", float("nan"))) - spent
         spent += float(rec.get("eval_s", 0.0))
         rows.append({"step": int(rec["step"]), "train_s": train_s,
-                     **{k: float(rec[k]) for k in ("object_recall", "position_recall", "binding",
-                                                   "false_objects_per_image") if k in rec}})  # fmt: skip
+                     **{k: float("nan") if rec[k] is None else float(rec[k])  # NaN is stored as null
+                        for k in ("object_recall", "position_recall", "binding", "false_objects_per_image")
+                        if k in rec}})  # fmt: skip
     return rows
 
 

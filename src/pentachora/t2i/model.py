@@ -9,6 +9,11 @@ Built from real parts, small enough to train on two CPU cores:
   (compel-style ``77·k`` concatenations included).
 * **pixels** — images in ``[0, 1]`` are mapped to ``2x − 1`` and folded ``f × f`` into channels
   (``pixel_unshuffle``; lossless), so a 32×32 RGB canvas is a 16×16×12 tensor for ``f = 2``.
+* **or a latent** — with ``first_stage`` set, a frozen autoencoder with diffusers' VAE surface (a
+  :class:`~pentachora.autoencoders.LatentAutoencoder` checkpoint config) encodes the images instead, as
+  in Stable Diffusion: training denoises ``normalize(latent_dist.sample())`` (per-channel
+  ``latents_mean`` / ``latents_std``), sampling decodes ``decode(denormalize(z)).sample``. Its weights
+  are part of this model's checkpoint; they are never trained here.
 * **noise** — diffusers' ``DDPMScheduler`` for training (``v``- or ``ε``-prediction), DDIM or Euler
   for sampling, classifier-free guidance against the encoding of the empty prompt (as SD), which is
   kept in the checkpoint (``null_embedding``) so a model samples without its encoder.
@@ -32,7 +37,14 @@ import torch.nn.functional as F
 
 from pentachora.data.scenes import SceneWorldConfig
 from pentachora.errors import ConfigError, DataError
-from pentachora.modeling import ModelOutput, PentachoraModel, Presets, register_model
+from pentachora.modeling import (
+    MODEL_REGISTRY,
+    ModelOutput,
+    PentachoraModel,
+    Presets,
+    config_from_dict,
+    register_model,
+)
 
 __all__ = ["PREDICTION_TYPES", "SAMPLERS", "MiniT2I", "MiniT2IConfig", "T2IOutput"]
 
@@ -58,7 +70,13 @@ class MiniT2IConfig(Presets):
             :class:`~pentachora.memory.FrozenTextEncoder` name: ``"minilm"``, ``"tiny-bert"``, a folder).
         encoder_window: Tokens per window of that encoder (77, like CLIP).
         cross_attention_dim: Width H of the encoder states.
-        fold: Pixel folding factor ``f`` (``pixel_unshuffle``): the UNet works on ``H/f × W/f``.
+        fold: Pixel folding factor ``f`` (``pixel_unshuffle``): the UNet works on ``H/f × W/f``
+            (ignored with a ``first_stage``).
+        first_stage: A frozen first stage, ``{"model_type": ..., "config": {...}}`` as its
+            ``config.json`` (a registered model with diffusers' VAE surface, e.g.
+            ``"latent-autoencoder"``); ``None``: pixels. Build one with :meth:`MiniT2IConfig.with_first_stage`.
+        first_stage_width: Channels of the first stage's latent (checked against the built model).
+        first_stage_stride: Pixels per latent cell along a side (checked likewise).
         block_out_channels: UNet channels per level.
         cross_attention_levels: Whether each level (top to bottom) has cross-attention blocks.
         layers_per_block: ResNet layers per level.
@@ -109,6 +127,9 @@ class MiniT2IConfig(Presets):
     encoder_window: int = 77
     cross_attention_dim: int = 384
     fold: int = 2
+    first_stage: dict[str, Any] | None = None
+    first_stage_width: int = 0
+    first_stage_stride: int = 0
     block_out_channels: tuple[int, ...] = (64, 128, 128)
     cross_attention_levels: tuple[bool, ...] = (True, True, False)
     layers_per_block: int = 1
@@ -142,9 +163,27 @@ class MiniT2IConfig(Presets):
                 f"norm_num_groups {self.norm_num_groups} must divide every block_out_channels entry"
             )
         size = self.world.image_size
-        down = self.fold * 2 ** (len(self.block_out_channels) - 1)
-        if size % down:
-            problems.append(f"the world's image_size {size} must be divisible by fold·2^(levels−1) = {down}")
+        if self.first_stage is not None:
+            if not isinstance(self.first_stage, dict) or set(self.first_stage) != {"model_type", "config"}:
+                problems.append(
+                    'first_stage must be {"model_type": ..., "config": {...}} (a checkpoint config)'
+                )
+            if self.first_stage_width < 1 or self.first_stage_stride < 1:
+                problems.append("a first_stage needs first_stage_width and first_stage_stride >= 1")
+            stride = max(self.first_stage_stride, 1)
+            if size % stride:
+                problems.append(
+                    f"the world's image_size {size} must be divisible by the first stage's stride {stride}"
+                )
+            down, what = 2 ** (len(self.block_out_channels) - 1), "2^(levels−1)"
+            if (size // stride) % down:
+                problems.append(f"the latent side {size // stride} must be divisible by {what} = {down}")
+        else:
+            down = self.fold * 2 ** (len(self.block_out_channels) - 1)
+            if size % down:
+                problems.append(
+                    f"the world's image_size {size} must be divisible by fold·2^(levels−1) = {down}"
+                )
         if self.sampler not in SAMPLERS:
             problems.append(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.prediction_type not in PREDICTION_TYPES:
@@ -169,11 +208,26 @@ class MiniT2IConfig(Presets):
 
     @property
     def latent_channels(self) -> int:
-        return 3 * self.fold * self.fold
+        """Channels of what the UNet denoises: ``3f²`` pixels, or the first stage's latent width."""
+        return self.first_stage_width if self.first_stage is not None else 3 * self.fold * self.fold
 
     @property
     def latent_size(self) -> int:
-        return self.world.image_size // self.fold
+        """Side of what the UNet denoises."""
+        stride = self.first_stage_stride if self.first_stage is not None else self.fold
+        return self.world.image_size // stride
+
+    def with_first_stage(self, first_stage: Any) -> MiniT2IConfig:
+        """A copy of this config that denoises in ``first_stage``'s latent (a model with diffusers' VAE
+        surface and ``latent_channels`` / ``downsample``, e.g. a calibrated ``LatentAutoencoder``)."""
+        from pentachora.modeling import config_to_dict
+
+        return dataclasses.replace(
+            self,
+            first_stage={"model_type": first_stage.model_type, "config": config_to_dict(first_stage.config)},
+            first_stage_width=int(first_stage.latent_channels),
+            first_stage_stride=int(first_stage.downsample),
+        )
 
 
 class TokenConvAdapter(torch.nn.Module):
@@ -244,6 +298,7 @@ class MiniT2I(PentachoraModel):
         super().__init__(config)
         from diffusers import UNet2DConditionModel
 
+        self.first_stage = self._build_first_stage(config)
         levels = config.cross_attention_levels
         down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in levels)
         up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(levels))
@@ -289,6 +344,37 @@ class MiniT2I(PentachoraModel):
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ pieces
+    @staticmethod
+    def _build_first_stage(config: MiniT2IConfig) -> torch.nn.Module | None:
+        """The frozen first stage the config describes (``None`` for pixels)."""
+        if config.first_stage is None:
+            return None
+        kind = config.first_stage["model_type"]
+        target = MODEL_REGISTRY.get(kind)
+        if target is None:
+            raise ConfigError(
+                f"first stage {kind!r} is not a registered model (import pentachora.autoencoders first, or "
+                f"load through pentachora.recipes.load_model); registered: {sorted(MODEL_REGISTRY)}"
+            )
+        stage = target(config_from_dict(target.config_class, config.first_stage["config"], ConfigError))
+        for name in ("encode", "decode", "normalize", "denormalize"):
+            if not callable(getattr(stage, name, None)):
+                raise ConfigError(f"first stage {kind!r} lacks {name}() (it needs diffusers' VAE surface)")
+        got = (int(stage.latent_channels), int(stage.downsample))
+        if got != (config.first_stage_width, config.first_stage_stride):
+            raise ConfigError(
+                f"first stage {kind!r} has {got[0]} latent channels at stride {got[1]}; the config says "
+                f"first_stage_width={config.first_stage_width}, first_stage_stride={config.first_stage_stride}"
+            )
+        return stage.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> MiniT2I:
+        """Train mode for the UNet; a first stage stays frozen in eval mode."""
+        super().train(mode)
+        if self.first_stage is not None:
+            self.first_stage.eval()
+        return self
+
     def _scheduler(self, kind: str) -> Any:
         from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 
@@ -322,15 +408,27 @@ class MiniT2I(PentachoraModel):
         return bool(self.null_embedding.abs().sum() > 0)
 
     def to_latent(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in [0, 1] → ``(B, 3f², H/f, W/f)`` in [−1, 1] (lossless fold)."""
+        """``(B, 3, H, W)`` in [0, 1] → what the UNet denoises: ``(B, 3f², H/f, W/f)`` in [−1, 1] (lossless
+        fold), or with a first stage its normalised latent ``(B, c, H/s, W/s)`` — a posterior draw in
+        training mode (as latent-diffusion training samples ``latent_dist``), the mode in eval mode."""
         size = self.config.world.image_size
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
             raise DataError(f"expected images (B, 3, {size}, {size}) in [0, 1], got {tuple(images.shape)}")
-        return F.pixel_unshuffle(images * 2 - 1, self.config.fold)
+        x = images * 2 - 1
+        if self.first_stage is None:
+            return F.pixel_unshuffle(x, self.config.fold)
+        with torch.no_grad():
+            posterior = self.first_stage.encode(x.float()).latent_dist
+            z = posterior.sample() if self.training else posterior.mode()
+            return self.first_stage.normalize(z.float())
 
     def from_latent(self, latents: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`to_latent`, clamped to [0, 1]."""
-        return ((F.pixel_shuffle(latents, self.config.fold) + 1) / 2).clamp(0.0, 1.0)
+        """Inverse of :meth:`to_latent` (decoding through the first stage when there is one), clamped to [0, 1]."""
+        if self.first_stage is None:
+            x = F.pixel_shuffle(latents, self.config.fold)
+        else:
+            x = self.first_stage.decode(self.first_stage.denormalize(latents.float())).sample
+        return ((x.float() + 1) / 2).clamp(0.0, 1.0)
 
     def denoise(
         self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, ema: bool = False
@@ -519,5 +617,7 @@ class MiniT2I(PentachoraModel):
             "world": dataclasses.asdict(self.config.world),
             "params": self.num_parameters(),
             "latent": [self.config.latent_channels, self.config.latent_size, self.config.latent_size],
+            "first_stage": None if self.first_stage is None else self.config.first_stage["model_type"],
+            "unet_params": sum(p.numel() for p in self.unet.parameters()),
             "has_null_embedding": self.has_null_embedding,
         }
