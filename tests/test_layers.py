@@ -8,6 +8,7 @@ inside functions (a lazy import is still a dependency). The cycle check uses mod
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,8 @@ def _imports(tree: ast.AST) -> Iterator[tuple[ast.stmt, bool]]:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.Import | ast.ImportFrom):
                 yield child, lazy
+            elif _dynamic_import(child) is not None:
+                yield child, lazy  # type: ignore[misc]
             elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
                 yield from walk(child, True)
             elif isinstance(child, ast.If) and _is_type_checking(child.test):
@@ -79,10 +82,26 @@ def _imports(tree: ast.AST) -> Iterator[tuple[ast.stmt, bool]]:
     yield from walk(tree, False)
 
 
-def _targets(source: str, node: ast.stmt, is_pkg: bool) -> list[str]:
-    """The pentachora modules an import statement loads (submodules named by ``from X import m``)."""
+def _dynamic_import(node: ast.AST) -> str | None:
+    """The module named by ``importlib.import_module("x")`` / ``__import__("x")`` with a literal name."""
+    if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+        return None
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+        return node.args[0].value
+    return None
+
+
+def _targets(source: str, node: ast.stmt, is_pkg: bool, everything: bool = False) -> list[str]:
+    """The pentachora modules an import statement (or a literal ``importlib`` call) loads (submodules named
+    by ``from X import m``); ``everything``: every module, not only pentachora's (for benchmarks)."""
+    ours = (lambda m: True) if everything else (lambda m: m.split(".")[0] == "pentachora")
+    dynamic = _dynamic_import(node)
+    if dynamic is not None:
+        return [dynamic] if ours(dynamic) else []
     if isinstance(node, ast.Import):
-        return [a.name for a in node.names if a.name.split(".")[0] == "pentachora"]
+        return [a.name for a in node.names if ours(a.name)]
     assert isinstance(node, ast.ImportFrom)
     if node.level:
         base = source.split(".") if is_pkg else source.split(".")[:-1]
@@ -90,7 +109,7 @@ def _targets(source: str, node: ast.stmt, is_pkg: bool) -> list[str]:
         mod = ".".join(base + ([node.module] if node.module else []))
     else:
         mod = node.module or ""
-    if mod.split(".")[0] != "pentachora":
+    if not ours(mod):
         return []
     out = []
     for alias in node.names:
@@ -99,14 +118,14 @@ def _targets(source: str, node: ast.stmt, is_pkg: bool) -> list[str]:
     return sorted(set(out))
 
 
-def edges_of(path: Path, name: str) -> list[Edge]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    rel = str(path.relative_to(ROOT))
+def edges_of(path: Path, name: str, everything: bool = False, code: str | None = None) -> list[Edge]:
+    tree = ast.parse(code if code is not None else path.read_text(encoding="utf-8"), filename=str(path))
+    rel = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
     is_pkg = path.name == "__init__.py"
     return [
         Edge(name, target, rel, node.lineno, lazy)
         for node, lazy in _imports(tree)
-        for target in _targets(name, node, is_pkg)
+        for target in _targets(name, node, is_pkg, everything)
     ]
 
 
@@ -120,34 +139,67 @@ def layer(module: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
+#: The import table of docs/architecture.md, encoded once: what each layer may import besides itself and
+#: the package root (``pentachora/__init__.py``, which imports nothing of its own). A package missing here
+#: is a violation until it is given a row (here and in the docs, which ``test_the_docs_show_this_table``
+#: compares).
+MAY_IMPORT: dict[str, frozenset[str]] = {
+    "errors": frozenset(),
+    "io": frozenset({"errors"}),
+    "modeling": frozenset({"io", "errors"}),
+    "geometry": frozenset({"io", "errors"}),
+    "nn": frozenset({"geometry", "io", "errors"}),
+    "data": frozenset({"geometry", "nn", "io", "errors"}),
+    **{
+        family: frozenset({"geometry", "nn", "data", "modeling", "io", "errors"}) for family in MODEL_FAMILIES
+    },
+    "training": frozenset({"geometry", "modeling", "data", "io", "errors"}),
+    "diagnostics": frozenset({"geometry", "nn", "training", "io", "errors"}),
+    "diffusion": frozenset(
+        {*MODEL_FAMILIES, "training", "geometry", "nn", "data", "modeling", "io", "errors"}
+    ),
+}
+MAY_IMPORT["recipes"] = frozenset({*MAY_IMPORT, "recipes"} - {"recipes"})  # every layer but the CLI
+MAY_IMPORT["cli"] = frozenset({*MAY_IMPORT, "recipes"})  # every layer
+#: Benchmarks import recipes and what is below them, never the CLI and never one another.
+BENCHMARK_MAY_IMPORT = frozenset(MAY_IMPORT["cli"] - {"cli"})
+
+
 def violations(edges: list[Edge]) -> list[str]:
-    """Every edge that breaks a layer rule, with the rule it breaks."""
-    foundation = ("io", "errors", "geometry", "nn")
+    """Every edge that breaks :data:`MAY_IMPORT` (module-level and lazy imports alike), with the rule."""
     bad = []
     for e in edges:
         src, dst = layer(e.source), layer(e.target)
+        if src == "" and dst != "":
+            bad.append(f"{e}: the package root pentachora/__init__.py may import nothing of its own")
+            continue
         if src == dst or dst == "":
             continue
-        why = None
-        if src in ("geometry", "nn") and dst not in foundation:
-            why = f"{src}/ may import only io, errors, geometry and nn"
-        elif src in ("io", "errors") and dst not in ("io", "errors"):
-            why = f"{src}.py may import only io and errors"
-        elif src in MODEL_FAMILIES and dst in ("training", "recipes", "cli", "diagnostics"):
-            why = f"model package {src}/ must not import {dst}"
-        elif src == "training" and dst in (*MODEL_FAMILIES, "recipes", "cli"):
-            why = f"training/ must not import {dst}"
-        elif src == "diagnostics" and dst in (*MODEL_FAMILIES, "recipes", "cli"):
-            why = f"diagnostics/ must not import {dst}"
-        elif src == "data" and dst in (*MODEL_FAMILIES, "training", "recipes", "cli", "diagnostics"):
-            why = f"data/ (sources, regimes, metrics) must not import {dst}"
-        elif src == "modeling" and dst in (*MODEL_FAMILIES, "training", "recipes", "cli", "diagnostics"):
-            why = f"modeling.py (the model contract) must not import {dst}"
-        elif src != "cli" and dst == "cli":
-            why = "library code must not import the CLI"
-        if why:
-            bad.append(f"{e}: {why}")
+        allowed = MAY_IMPORT.get(src)
+        if allowed is None:
+            bad.append(f"{e}: {src}/ has no row in the layer table (docs/architecture.md and MAY_IMPORT)")
+        elif dst not in allowed:
+            family = " (one model family never imports another)" if {src, dst} <= set(MODEL_FAMILIES) else ""
+            bad.append(f"{e}: {src}/ may import only {', '.join(sorted(allowed)) or 'nothing'}{family}")
     return bad
+
+
+def benchmark_violations(edges: list[Edge], benchmark_stems: set[str]) -> list[str]:
+    """Edges of a benchmark script that reach the CLI or another benchmark."""
+    bad = []
+    for e in edges:
+        if e.target.split(".")[0] in benchmark_stems or e.target.startswith("benchmarks"):
+            bad.append(f"{e}: benchmarks never import one another (share code through pentachora.recipes)")
+        elif e.target.startswith("pentachora") and layer(e.target) not in BENCHMARK_MAY_IMPORT | {""}:
+            bad.append(f"{e}: benchmarks import recipes and models, never {layer(e.target)}")
+    return bad
+
+
+def layer_cycles() -> list[list[str]]:
+    """Cycles of the table itself (it must be a hierarchy)."""
+    return find_cycles(
+        [Edge(a, b, "table", 0, False) for a, deps in MAY_IMPORT.items() for b in deps if a != b]
+    )
 
 
 def find_cycles(edges: list[Edge]) -> list[list[str]]:
@@ -199,9 +251,10 @@ def _cycle_edges(edges: list[Edge], component: list[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- tests
-def test_the_parser_sees_lazy_relative_and_type_checking_imports():
+def test_the_parser_sees_lazy_relative_type_checking_and_importlib_imports():
     code = (
         "from __future__ import annotations\n"
+        "import importlib\n"
         "from typing import TYPE_CHECKING\n"
         "import pentachora.io\n"
         "from pentachora import geometry\n"
@@ -210,6 +263,8 @@ def test_the_parser_sees_lazy_relative_and_type_checking_imports():
         "    from pentachora.training import Trainer\n"
         "def f():\n"
         "    from pentachora.recipes import load_model\n"
+        "    importlib.import_module('pentachora.hub')\n"
+        "    __import__('pentachora.cli')\n"
     )
     tree = ast.parse(code)
     got = sorted(
@@ -219,29 +274,79 @@ def test_the_parser_sees_lazy_relative_and_type_checking_imports():
     )
     assert got == [
         ("pentachora.autoencoders.svae", False),
+        ("pentachora.cli", True),
         ("pentachora.geometry", False),
+        ("pentachora.hub", True),
         ("pentachora.io", False),
         ("pentachora.recipes", True),
         ("pentachora.training", True),
     ]
-    fake = [Edge("pentachora.autoencoders.x", "pentachora.training.loop", "x.py", 1, True)]
-    assert violations(fake) and "must not import training" in violations(fake)[0]
+
+
+def _edge(source: str, target: str, lazy: bool = False) -> Edge:
+    return Edge(source, target, "probe.py", 1, lazy)
+
+
+#: One probe of each kind the table forbids; each must be reported (the old blacklist accepted them all).
+FORBIDDEN_PROBES = {
+    "family to family (hub -> memory)": _edge("pentachora.hub.x", "pentachora.memory.model"),
+    "family to family (autoencoders -> hub)": _edge("pentachora.autoencoders.x", "pentachora.hub"),
+    "family to family, lazy (t2i -> autoencoders)": _edge(
+        "pentachora.t2i.x", "pentachora.autoencoders", True
+    ),
+    "training -> diagnostics": _edge("pentachora.training.x", "pentachora.diagnostics.auditor"),
+    "training -> diffusion, lazy": _edge("pentachora.training.x", "pentachora.diffusion", True),
+    "training -> a family": _edge("pentachora.training.x", "pentachora.memory", True),
+    "diffusion -> recipes": _edge("pentachora.diffusion.x", "pentachora.recipes.loading", True),
+    "modeling -> data": _edge("pentachora.modeling", "pentachora.data.sources"),
+    "data -> modeling": _edge("pentachora.data.x", "pentachora.modeling"),
+    "data -> a family": _edge("pentachora.data.x", "pentachora.autoencoders.svae"),
+    "geometry -> nn": _edge("pentachora.geometry.x", "pentachora.nn"),
+    "io -> modeling": _edge("pentachora.io", "pentachora.modeling"),
+    "a family -> recipes": _edge("pentachora.hub.x", "pentachora.recipes"),
+    "diagnostics -> a family": _edge("pentachora.diagnostics.x", "pentachora.autoencoders"),
+    "recipes -> cli": _edge("pentachora.recipes.x", "pentachora.cli", True),
+    "the package root -> a subpackage": _edge("pentachora", "pentachora.autoencoders"),
+    "a package without a row": _edge("pentachora.newthing.x", "pentachora.io"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FORBIDDEN_PROBES))
+def test_every_kind_of_forbidden_import_is_reported(kind):
+    assert violations([FORBIDDEN_PROBES[kind]]), f"the layer check accepted {kind}"
+
+
+def test_what_the_table_allows_passes():
     allowed = [
-        Edge("pentachora.recipes.x", "pentachora.training", "x.py", 1, False),
-        Edge("pentachora.cli.x", "pentachora.autoencoders.svae", "x.py", 1, True),
-        Edge("pentachora.nn.x", "pentachora.geometry", "x.py", 1, False),
-        Edge("pentachora.diagnostics.x", "pentachora.training.callbacks", "x.py", 1, False),
+        _edge("pentachora.recipes.x", "pentachora.training"),
+        _edge("pentachora.cli.x", "pentachora.autoencoders.svae", True),
+        _edge("pentachora.nn.x", "pentachora.geometry"),
+        _edge("pentachora.diagnostics.x", "pentachora.training.callbacks"),
+        _edge("pentachora.training.x", "pentachora.geometry"),  # a callback's schedule reads geometry
+        _edge("pentachora.diffusion.x", "pentachora.memory.model"),
+        _edge("pentachora.t2i.x", "pentachora.modeling"),  # a latent first stage comes through the registry
+        _edge("pentachora.modeling", "pentachora"),  # the root holds only __version__
     ]
     assert violations(allowed) == []
-    forbidden = [
-        Edge("pentachora.geometry.x", "pentachora.modeling", "x.py", 1, False),
-        Edge("pentachora.training.x", "pentachora.memory", "x.py", 1, True),
-        Edge("pentachora.diagnostics.x", "pentachora.autoencoders", "x.py", 1, False),
-        Edge("pentachora.hub.x", "pentachora.recipes", "x.py", 1, False),
-        Edge("pentachora.recipes.x", "pentachora.cli", "x.py", 1, True),
-        Edge("pentachora.data.x", "pentachora.autoencoders.svae", "x.py", 1, False),
+
+
+def test_benchmark_probes_are_reported():
+    stems = {"hub_scenes", "t2i_latent"}
+    probes = [
+        _edge("benchmarks.t2i_latent", "hub_scenes"),
+        _edge("benchmarks.t2i_latent", "benchmarks.hub_scenes"),
+        _edge("benchmarks.t2i_latent", "pentachora.cli.options", True),
     ]
-    assert len(violations(forbidden)) == len(forbidden)
+    assert [len(benchmark_violations([p], stems)) for p in probes] == [1, 1, 1]
+    assert benchmark_violations([_edge("benchmarks.t2i_latent", "pentachora.recipes.t2i")], stems) == []
+    # a benchmark loading another through importlib is seen too
+    code = "import importlib\ndef f():\n    importlib.import_module('hub_scenes')\n"
+    edges = edges_of(BENCHMARKS / "probe.py", "benchmarks.probe", everything=True, code=code)
+    assert benchmark_violations(edges, stems)
+
+
+def test_the_table_is_a_hierarchy():
+    assert layer_cycles() == []
     ring = [
         Edge("pentachora.a", "pentachora.b", "a.py", 1, False),
         Edge("pentachora.b", "pentachora.a", "b.py", 1, False),
@@ -249,6 +354,42 @@ def test_the_parser_sees_lazy_relative_and_type_checking_imports():
         Edge("pentachora.c", "pentachora.b", "c.py", 1, False),
     ]
     assert find_cycles(ring) == [["pentachora.a", "pentachora.b"]]
+
+
+def test_every_package_has_a_row():
+    packages = {p.parent.name for p in PKG.glob("*/__init__.py")} | {p.stem for p in PKG.glob("*.py")} - {
+        "__init__"
+    }
+    assert packages - set(MAY_IMPORT) == set(), "add a row to MAY_IMPORT and docs/architecture.md"
+
+
+def _docs_table() -> dict[str, frozenset[str]]:
+    """``docs/architecture.md``'s "may import" table, one entry per package named in its first column."""
+    rows: dict[str, frozenset[str]] = {}
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## Packages and what they may import", 1)[1].split("\n## ", 1)[0]
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[0] in ("package", "---"):
+            continue
+        names = [n.strip("/").removesuffix(".py") for n in re.findall(r"`([^`]+)`", cells[0])]
+        rule = cells[2]
+        if rule.startswith("every layer but"):
+            deps = frozenset(set(MAY_IMPORT) - {"cli", "recipes"})
+        elif rule.startswith("every layer"):
+            deps = frozenset(set(MAY_IMPORT) - {"cli"})
+        elif rule.startswith("nothing"):
+            deps = frozenset()
+        else:
+            deps = frozenset(n.strip("/") for n in re.findall(r"`([^`]+)`", rule.split(" — ")[0]))
+        for name in names:
+            rows[name] = deps
+    return rows
+
+
+def test_the_docs_show_this_table():
+    """docs/architecture.md is the table this test enforces: same packages, same allowed imports."""
+    assert _docs_table() == MAY_IMPORT
 
 
 def test_every_library_import_respects_the_layers():
@@ -268,10 +409,10 @@ def test_no_module_level_import_cycles():
 
 
 @pytest.mark.parametrize("path", sorted(BENCHMARKS.glob("*.py")), ids=lambda p: p.name)
-def test_benchmarks_import_recipes_not_the_cli(path):
-    edges = edges_of(path, f"benchmarks.{path.stem}")
-    bad = [str(e) for e in edges if e.target == "pentachora.cli" or e.target.startswith("pentachora.cli.")]
-    assert not bad, "benchmarks must not import pentachora.cli:\n  " + "\n  ".join(bad)
+def test_benchmarks_import_recipes_never_the_cli_or_each_other(path):
+    edges = edges_of(path, f"benchmarks.{path.stem}", everything=True)
+    bad = benchmark_violations(edges, {p.stem for p in BENCHMARKS.glob("*.py")} - {path.stem})
+    assert not bad, "\n  ".join(bad)
 
 
 def test_cli_modules_import_torch_and_models_lazily():

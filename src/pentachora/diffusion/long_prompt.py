@@ -531,7 +531,7 @@ def _load_memory(memory: Any) -> GeometricMemory | None:
     if memory is None or isinstance(memory, GeometricMemory):
         return memory
     if isinstance(memory, str | os.PathLike):
-        from pentachora.recipes.loading import resolve_model_dir
+        from pentachora.training.state import resolve_model_dir
 
         return GeometricMemory.from_pretrained(resolve_model_dir(memory)).eval()
     raise ConfigError(f"a memory is a run folder or a GeometricMemory, got {type(memory).__name__}")

@@ -28,8 +28,8 @@ from pentachora.diffusion.conditioning import LongPromptEmbeds, long_prompt_embe
 from pentachora.errors import ConfigError, DataError
 from pentachora.memory.model import GeometricMemory, MemoryConfig
 from pentachora.nn.text_encoder import FrozenTextEncoder
-from pentachora.recipes.loading import resolve_model_dir
 from pentachora.t2i.model import MiniT2I
+from pentachora.training.state import resolve_model_dir
 
 __all__ = [
     "ENCODER_SPECS",

@@ -40,17 +40,20 @@ from pentachora.training.loop import (
 )
 from pentachora.training.state import (
     CHECKPOINTS_DIR,
+    FINAL_DIR,
     LoadedCheckpoint,
     checkpoint_name,
     find_resumable_checkpoint,
     latest_checkpoint,
     load_optimizer_state,
     read_checkpoint,
+    resolve_model_dir,
     save_optimizer_state,
 )
 
 __all__ = [
     "CHECKPOINTS_DIR",
+    "FINAL_DIR",
     "GRAD_CLIP_MODES",
     "LR_SCHEDULES",
     "METRICS_NAME",
@@ -79,6 +82,7 @@ __all__ = [
     "make_accelerator",
     "read_checkpoint",
     "read_metrics",
+    "resolve_model_dir",
     "save_optimizer_state",
     "step_seed",
 ]

@@ -66,6 +66,8 @@ from pentachora.modeling import (
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
+#: The folder inside a run folder that holds the trained model.
+FINAL_DIR = "final"
 TRAINER_STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 LATEST_NAME = "latest"
@@ -741,3 +743,23 @@ def check_model_matches(checkpoint: LoadedCheckpoint, model: PentachoraModel) ->
             f"checkpoint {checkpoint.path} was written for a different {model.model_type!r} config "
             f"({'; '.join(diff[:6])}); use another out_dir or resume=False"
         )
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The checkpoint folder behind ``path``: itself, its ``final/`` or its latest checkpoint.
+
+    Raises:
+        CheckpointError: ``path`` is none of a checkpoint folder or a run folder with a model.
+    """
+    path = Path(path)
+    if (path / CONFIG_NAME).is_file():
+        return path
+    if (path / FINAL_DIR / CONFIG_NAME).is_file():
+        return path / FINAL_DIR
+    ckpt = latest_checkpoint(path) if path.is_dir() else None
+    if ckpt is not None:
+        return Path(ckpt)
+    raise CheckpointError(
+        f"{path} is neither a checkpoint folder (config.json + model.safetensors) nor a run folder "
+        f"with {FINAL_DIR}/ or checkpoints/"
+    )
