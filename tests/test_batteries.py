@@ -497,14 +497,14 @@ def test_one_param_groups_hook_and_one_schedule():
     assert container_phases(200, 0.3).phases == geovae_schedule(200, align_fraction=0.3).phases
 
 
-def test_moved_names_still_import_with_a_warning():
+def test_moved_names_live_only_in_their_new_homes():
+    """Version 0.1.0 has no users of the old paths: the forwarding shims are gone."""
     import pentachora.autoencoders.battery as battery
     import pentachora.autoencoders.container as container
+    from pentachora.autoencoders import export
     from pentachora.data import regimes
 
-    with pytest.warns(DeprecationWarning, match=r"moved to pentachora\.data\.regimes"):
-        assert battery.RegimeSource is regimes.RegimeSource
-    with pytest.warns(DeprecationWarning, match=r"moved to pentachora\.autoencoders\.export"):
-        assert container.LinearExport is LinearExport
-    with pytest.raises(AttributeError):
-        battery.not_a_name
+    for name in ("REGIME_FORMS", "Regime", "RegimeKind", "RegimeSource", "parse_regimes", "unit_rms"):
+        assert hasattr(regimes, name) and not hasattr(battery, name)
+    for name in ("EXPORT_FORMAT", "LinearExport", "count_flops"):
+        assert hasattr(export, name) and not hasattr(container, name)

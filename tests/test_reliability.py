@@ -810,12 +810,20 @@ def test_a_config_the_model_refuses_is_a_checkpoint_error_on_load(tmp_path: Path
     """Model-construction errors escaped ``CheckpointError`` (so callers that try the next checkpoint
     crashed instead)."""
     pytest.importorskip("diffusers")
-    from pentachora.autoencoders import AutoencoderTinyAdapter, AutoencoderTinyAdapterConfig, LatentAutoencoder
+    from pentachora.autoencoders import (
+        AutoencoderTinyAdapter,
+        AutoencoderTinyAdapterConfig,
+        LatentAutoencoder,
+    )
 
-    ae = LatentAutoencoder.wrap(AutoencoderTinyAdapter(AutoencoderTinyAdapterConfig(block_out_channels=(8, 8))))
+    ae = LatentAutoencoder.wrap(
+        AutoencoderTinyAdapter(AutoencoderTinyAdapterConfig(block_out_channels=(8, 8)))
+    )
     ae.save_pretrained(tmp_path / "ae")
     meta = json.loads((tmp_path / "ae" / "config.json").read_text())
-    meta["config"]["first_stage_type"] = "patch_svae"  # registered, valid JSON, but not this first stage's config
+    meta["config"]["first_stage_type"] = (
+        "patch_svae"  # registered, valid JSON, but not this first stage's config
+    )
     (tmp_path / "ae" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="cannot be built"):
         LatentAutoencoder.from_pretrained(tmp_path / "ae")

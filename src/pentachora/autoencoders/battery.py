@@ -791,23 +791,3 @@ def _check_records(records: Any, config: BatteryConfig, where: str) -> None:
             )
         if not isinstance(rec["spectrum"], list) or len(rec["spectrum"]) != config.D:
             raise ValueError(f"{where}: battery {i} spectrum must be a list of D={config.D} floats")
-
-
-# ------------------------------------------------------------------------- moved names (compatibility)
-_MOVED_TO_DATA = ("REGIME_FORMS", "Regime", "RegimeKind", "RegimeSource", "parse_regimes", "unit_rms")
-
-
-def __getattr__(name: str) -> Any:
-    """The regime names moved to :mod:`pentachora.data.regimes`; old imports keep working (warned)."""
-    if name in _MOVED_TO_DATA:
-        import warnings
-
-        from pentachora.data import regimes
-
-        warnings.warn(
-            f"pentachora.autoencoders.battery.{name} moved to pentachora.data.regimes.{name}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(regimes, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -487,23 +487,3 @@ class BatteryContainer(GeoVAE):
         from pentachora.autoencoders.export import LinearExport
 
         return LinearExport.from_container(self, merge_mu_inverse=merge_mu_inverse)
-
-
-# ------------------------------------------------------------------------- moved names (compatibility)
-_MOVED_TO_EXPORT = ("EXPORT_FORMAT", "LinearExport", "count_flops")
-
-
-def __getattr__(name: str) -> Any:
-    """The export names moved to :mod:`pentachora.autoencoders.export`; old imports keep working (warned)."""
-    if name in _MOVED_TO_EXPORT:
-        import warnings
-
-        from pentachora.autoencoders import export
-
-        warnings.warn(
-            f"pentachora.autoencoders.container.{name} moved to pentachora.autoencoders.export.{name}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(export, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -406,8 +406,6 @@ class ConvergenceMonitor(Callback):
         source: ``"eval"`` (the ``eval_fn`` metrics) or ``"train"`` (the step scalars, every ``every`` steps).
         every: Sampling period of training scalars (``source="train"``).
         write: File name in the run folder for the report (``None``: do not write).
-        legacy: Also fill the memory model's original keys (:func:`convergence_order` with
-            ``cv``, ``m_acc``, ``s_cos``).
         **options: Passed to :func:`analyse_convergence`.
     """
 
@@ -419,7 +417,6 @@ class ConvergenceMonitor(Callback):
         source: str = "eval",
         every: int = 1,
         write: str | None = "convergence.json",
-        legacy: bool = False,
         **options: Any,
     ) -> None:
         if source not in ("eval", "train"):
@@ -430,7 +427,6 @@ class ConvergenceMonitor(Callback):
         self.source = source
         self.every = max(1, int(every))
         self.write = write
-        self.legacy = legacy
         self.options = options
         self.history: list[dict[str, float]] = []
         self.report: dict[str, Any] = {}
@@ -445,11 +441,7 @@ class ConvergenceMonitor(Callback):
 
     def _analyse(self, log: bool) -> None:
         rep = analyse_convergence(self.history, tags=self.tags, **self.options)
-        report = rep.to_dict()
-        if self.legacy:
-            report.update(convergence_order(self.history))
-            report["order_holds"] = report["seed_order_holds"]
-        self.report = report
+        self.report = rep.to_dict()
         for w in rep.warnings:
             if log and w not in self._warned:
                 logger.warning("convergence monitor (after step %s): %s", self.history[-1]["step"], w)

@@ -22,7 +22,7 @@ skipped; a pair is trained when both of its experts are present). ``forward`` re
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -377,8 +377,3 @@ class ConduitHub(PentachoraModel):
             "cv_target": self.cv_target,
             "config": dataclasses.asdict(c),
         }
-
-
-def pooled_means(features: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean of each item's token features: ``[(T_i, d)] -> (N, d)``."""
-    return torch.stack([f.float().mean(0) for f in features])

@@ -33,7 +33,7 @@ import torch
 
 from pentachora.errors import ConfigError
 
-__all__ = ["TEXT_EXPERTS", "LSAExpert", "MiniLMExpert", "TextExpert", "Word2VecExpert", "make_text_expert"]
+__all__ = ["TEXT_EXPERTS", "LSAExpert", "MiniLMExpert", "TextExpert", "Word2VecExpert"]
 
 logger = logging.getLogger(__name__)
 
@@ -237,14 +237,3 @@ class Word2VecExpert(TextExpert):
 
 
 TEXT_EXPERTS = ("minilm", "lsa", "w2v")
-
-
-def make_text_expert(name: str, seed: int = 0, **kwargs: Any) -> TextExpert:
-    """One of the embedded text experts by name (``minilm``, ``lsa``, ``w2v``)."""
-    if name == "minilm":
-        return MiniLMExpert(**kwargs)
-    if name == "lsa":
-        return LSAExpert(seed=seed, **kwargs)
-    if name == "w2v":
-        return Word2VecExpert(seed=seed, **kwargs)
-    raise ConfigError(f"unknown embedded text expert {name!r}; choose from {TEXT_EXPERTS}")

@@ -72,7 +72,6 @@ extraction layer ``native_state_index`` when it *is* the target layer (MiniLM: `
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -505,18 +504,6 @@ class GeometricMemory(PentachoraModel):
                 }
             )
         return out
-
-    def parameter_groups(
-        self, lr: float, bank_lr_scale: float = 1.0, weight_decay: float = 0.01
-    ) -> list[dict]:
-        """Deprecated spelling of :meth:`param_groups` (same groups; note the argument order)."""
-        warnings.warn(
-            "GeometricMemory.parameter_groups(lr, bank_lr_scale, weight_decay) is deprecated; use "
-            "param_groups(lr, weight_decay, bank_lr_scale=...)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.param_groups(lr, weight_decay, bank_lr_scale=bank_lr_scale)
 
     # ------------------------------------------------------------------ loss weights
     def set_loss_weights(self, **weights: float) -> None:

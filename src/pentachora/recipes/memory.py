@@ -416,13 +416,12 @@ def _subset(cache: FeatureCache, n: int) -> FeatureCache:
 def memory_convergence_monitor() -> ConvergenceMonitor:
     """The generic :class:`~pentachora.diagnostics.ConvergenceMonitor` set up for the memory model:
     anchors' CV (structure) → m_acc (alignment) → s_cos (reconstruction), over the evaluations,
-    with the original report keys (``cv_lock_step``, ``m_acc_climb_step``, ``s_cos_climb_step``,
-    ``order``, ``seed_order_holds``) and the seed's warnings; written to ``OUT/convergence.json``."""
+    with the generic report (``cv_lock_step``, ``m_acc_climb_step``, ``s_cos_climb_step``, ``order``,
+    ``order_holds``) and the seed's warnings; written to ``OUT/convergence.json``."""
     return ConvergenceMonitor(
         tags={"structure": ["cv"], "alignment": ["m_acc"], "reconstruction": ["s_cos"]},
         source="eval",
         write="convergence.json",
-        legacy=True,
     )
 
 
