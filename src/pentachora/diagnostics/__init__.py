@@ -11,6 +11,9 @@ Each tool works on its own (on any ``nn.Module`` / any logged curves) and as a T
   :class:`ConvergenceMonitor`.
 * :mod:`~pentachora.diagnostics.loudness` — :class:`LoudnessMeter` (the gradient norm each loss
   term alone sends into named parameter groups), :class:`LoudnessCallback`.
+* :mod:`~pentachora.diagnostics.nonfinite` — :class:`NonFiniteTracer` / :func:`locate_nonfinite` (the
+  first module whose *forward* output went NaN/inf, with finite inputs), :class:`NonFiniteOriginCallback`
+  (replays a step the NaN guard skipped and names that module; free on finite steps).
 * :mod:`~pentachora.diagnostics.report` — :func:`write_report` (markdown + PNG report of a run folder).
 * :mod:`~pentachora.diagnostics.plots` — reconstruction grids and training curves.
 
@@ -38,6 +41,12 @@ from pentachora.diagnostics.convergence import (
     tag_metrics,
 )
 from pentachora.diagnostics.loudness import LoudnessCallback, LoudnessMeter, LoudnessTable
+from pentachora.diagnostics.nonfinite import (
+    NonFiniteOrigin,
+    NonFiniteOriginCallback,
+    NonFiniteTracer,
+    locate_nonfinite,
+)
 
 __all__ = [
     "TAGS",
@@ -50,11 +59,15 @@ __all__ = [
     "LoudnessCallback",
     "LoudnessMeter",
     "LoudnessTable",
+    "NonFiniteOrigin",
+    "NonFiniteOriginCallback",
+    "NonFiniteTracer",
     "WatchSpec",
     "analyse_convergence",
     "attach",
     "convergence_order",
     "cv_in_dtype",
+    "locate_nonfinite",
     "parse_watch",
     "relative_deviation",
     "tag_metrics",

@@ -73,6 +73,7 @@ __all__ = [
     "WatchSpec",
     "attach",
     "cv_in_dtype",
+    "dynamic_range_bits",
     "parse_watch",
     "relative_deviation",
     "unit_roundoff",
@@ -297,6 +298,15 @@ def _points(t: torch.Tensor, dim: int | None) -> torch.Tensor:
     return t.detach().reshape(-1, d)
 
 
+def dynamic_range_bits(t: torch.Tensor) -> float:
+    """``log2(max|t| / min nonzero |t|)`` over the finite entries (``nan`` when there is no nonzero one)."""
+    a = t.detach().abs().double()
+    a = a[torch.isfinite(a) & (a > 0)]
+    if a.numel() == 0:
+        return math.nan
+    return float(torch.log2(a.max() / a.min()))
+
+
 def _lowest(dtypes: Sequence[torch.dtype]) -> torch.dtype:
     floats = [d for d in dtypes if d.is_floating_point]
     return max(floats, key=lambda d: torch.finfo(d).eps) if floats else torch.float32
@@ -320,6 +330,9 @@ class AuditReading:
         max_deviation: The deviation band.
         flagged: Whether any check failed.
         reasons: What failed, in words.
+        range_bits: Dynamic range of the output at the run's precision, ``log2(max|y| / min nonzero |y|)``
+            over its finite values (bf16 carries 8 significant bits: a range far beyond the format's
+            exponent range, or small values next to huge ones, is where precision is lost).
     """
 
     step: int | None
@@ -334,6 +347,7 @@ class AuditReading:
     max_deviation: float
     flagged: bool = False
     reasons: list[str] = dataclasses.field(default_factory=list)
+    range_bits: float = math.nan
 
     @property
     def cv_gap(self) -> float:
@@ -350,6 +364,7 @@ class AuditReading:
             f"{p}/deviation": self.deviation,
             f"{p}/max_deviation": self.max_deviation,
             f"{p}/flag": float(self.flagged),
+            f"{p}/range_bits": self.range_bits,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -618,6 +633,7 @@ class Auditor:
                 step, label, pts.shape[1], _DTYPE_NAMES.get(run_dtype, str(run_dtype)), ref_name, cv, math.nan,
                 _target(pts.shape[1]), math.nan, math.nan,
             )  # fmt: skip
+            reading.range_bits = dynamic_range_bits(pts)
             if not finite:
                 reading.reasons.append("non-finite values")
             self._check_cv_band(reading)
@@ -642,6 +658,7 @@ class Auditor:
             step, label, run_pts.shape[1], _DTYPE_NAMES.get(run_dtype, str(run_dtype)), ref_name,
             self._cv(run_pts, subset), self._cv(ref_pts, subset), _target(run_pts.shape[1]), dev, band,
         )  # fmt: skip
+        reading.range_bits = dynamic_range_bits(run_pts)
         if not finite:
             reading.reasons.append("non-finite values in the output")
         elif dev > band:

@@ -27,6 +27,7 @@ import torch
 
 from pentachora.data.noise import NOISE_TYPES
 from pentachora.data.sources import DataSpec, parse_data_spec
+from pentachora.diagnostics.nonfinite import NonFiniteOriginCallback
 from pentachora.errors import ConfigError
 from pentachora.io import atomic_write_json
 from pentachora.modeling import PentachoraModel
@@ -179,7 +180,7 @@ def train_autoencoder(
     periodic_eval = periodic_eval or eval_data.subset(max_tiles=24, n_noise=4)
     source = spec.train_source(train_config.batch_size, image_size, seed=train_config.seed)
 
-    cbs: list[Callback] = list(callbacks)
+    cbs: list[Callback] = [*callbacks, NonFiniteOriginCallback()]  # names the module behind a skipped step
     target = getattr(model, "cv_target", None)
     if soft_hand and target is not None and hasattr(model, "set_loss_weights"):
         cbs.append(SoftHandCallback(target_cv=float(target), metric="cv"))

@@ -306,6 +306,10 @@ class Trainer:
         self.nonfinite_in_row = 0
         self._warned_clip_key = False
         self.last_step_skipped = False
+        #: The last step's batch (on the device) and the seed its randomness was drawn from: what a callback
+        #: needs to replay that step's forward pass (e.g. to name where a NaN came from).
+        self.last_batch: Any = None
+        self.last_step_seed: int | None = None
         self.last_nonfinite: tuple[str, ...] = ()
         self.should_stop = False
         self.last_checkpoint: Path | None = None
@@ -717,7 +721,9 @@ class Trainer:
         from accelerate.utils import send_to_device
 
         batch = send_to_device(batch, acc.device)
-        torch.manual_seed(step_seed(cfg.seed, step, acc.process_index, salt=TRAIN_SALT))
+        self.last_batch = batch
+        self.last_step_seed = step_seed(cfg.seed, step, acc.process_index, salt=TRAIN_SALT)
+        torch.manual_seed(self.last_step_seed)
         try:
             output = self.model(batch)
             loss = getattr(output, "loss", None)
