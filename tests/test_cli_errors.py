@@ -646,3 +646,23 @@ def test_an_output_never_overwrites_a_runs_own_files(tmp_path, target):
             "eval", str(run_dir), "--json", str(run_dir / target), "--data", "noise", "--noise-per-type", "1"
         )
         assert result.exit_code == 2 and "writing there would break it" in error_line(result)
+
+
+def test_a_tile_larger_than_every_held_out_photo_is_a_one_line_error(tmp_path):
+    """It was a ValueError traceback with the "this is a bug" hint."""
+    result = run("demo", "--steps", "1", "--image-size", "4096", "-o", str(tmp_path / "d"))
+    assert result.exit_code == 2, result.output
+    assert "no held-out image is at least 4096×4096" in error_line(result) and BUG_HINT not in result.output
+
+
+def test_eval_of_another_family_names_it_and_the_command_to_use(tmp_path):
+    """``eval`` on a hub run said "unknown model_type"."""
+    import json
+
+    folder = tmp_path / "run" / "final"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "conduit_hub", "config": {}}))
+    (folder / "model.safetensors").write_bytes(b"")
+    result = run("eval", str(tmp_path / "run"), "--data", "noise", "--noise-per-type", "1")
+    assert result.exit_code == 2, result.output
+    assert "'conduit_hub'" in error_line(result) and "eval-hub" in error_line(result)

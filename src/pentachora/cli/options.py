@@ -648,6 +648,13 @@ def resolve_checkpoint(run: Path) -> tuple[Path, str]:
 _OTHER_COMMANDS = {
     "geometric_memory": "it is a long-prompt memory model: use `pentachora eval-memory` or `pentachora encode`",
     "battery_bank": "it is a battery bank: use it with `pentachora train container --batteries`",
+    "conduit_hub": "it is a Conduit hub: use `pentachora eval-hub`",
+    "procrustes_aligner": "it is a Procrustes aligner (from `pentachora align`): load it with "
+    "pentachora.hub.ProcrustesAligner.from_pretrained",
+    "mini-t2i": "it is a miniature text-to-image model: use `pentachora generate`",
+    "scene-reader": "it is the scene world's reader, the instrument of the text-to-image benchmarks",
+    "latent-autoencoder": "it is a first stage behind diffusers' VAE surface: evaluate the autoencoder it "
+    "wraps, or load it with pentachora.autoencoders.LatentAutoencoder.from_pretrained",
 }
 
 

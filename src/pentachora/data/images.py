@@ -532,7 +532,7 @@ def heldout_tiles(
         model).
 
     Raises:
-        ValueError: If no image yields a tile.
+        DataError: If no image yields a tile (a ValueError).
     """
     out: list[torch.Tensor] = []
     for i, im in enumerate(images):
@@ -551,7 +551,11 @@ def heldout_tiles(
             tiles = tiles[keep]
         out.append(tiles)
     if not out:
-        raise ValueError(f"no held-out image is at least {tile}×{tile} pixels")
+        sizes = ", ".join(f"{im.shape[-2]}×{im.shape[-1]}" for im in images) or "none given"
+        raise DataError(
+            f"no held-out image is at least {tile}×{tile} pixels (they are {sizes}); use a tile / --image-size "
+            "no larger than the smallest side"
+        )
     return torch.cat(out).float().contiguous()
 
 
