@@ -189,3 +189,39 @@ def test_sample_size_is_bounded(tmp_path):
     assert result.exit_code == 2 and "lower -n or --size" in result.output, result.output
     result = runner.invoke(app, ["sample", str(ckpt), "--size", "20", "-o", str(tmp_path / "s.png")])
     assert result.exit_code == 2 and "multiple of" in result.output
+
+
+def test_an_oversized_image_is_refused_before_it_is_decoded(run_dir, photo, tmp_path, monkeypatch):
+    """A 79 KB PNG of 9000×9000 pixels made tile mode take 7 GB: the size is read from the header."""
+    import pentachora.autoencoders.tiling as tiling
+    from pentachora.data import images
+
+    monkeypatch.setattr(tiling, "MAX_IMAGE_PIXELS", 20 * 30 - 1)  # the photo is one pixel too many
+    decoded = []
+    real = images.pil_to_tensor01
+    monkeypatch.setattr(images, "pil_to_tensor01", lambda img: decoded.append(1) or real(img))
+    result = runner.invoke(app, ["reconstruct", str(run_dir), str(photo), "-o", str(tmp_path / "o.png")])
+    assert result.exit_code == 2, result.output
+    assert "30×20 = 600 pixels, more than the 599" in " ".join(result.output.split()) and not decoded
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_the_library_refuses_an_oversized_image_in_both_modes():
+    huge = torch.zeros(3, 1, 1).expand(3, 6000, 5000)  # no storage behind it
+    for mode in ("tile", "pad"):
+        with pytest.raises(ConfigError, match="30,000,000 pixels"):
+            reconstruct_image(Recorder(), huge, mode=mode, tile=64)
+
+
+def test_streamed_tiles_equal_a_whole_batch_reconstruction():
+    """Tile mode now writes each batch of tiles into the output; the result must not depend on the batch."""
+    img = torch.rand(3, 45, 70, generator=torch.Generator().manual_seed(2))
+
+    def flip(x):
+        return x.flip(-1) * 2 + x.mean(dim=(1, 2, 3), keepdim=True)  # per tile, like a patch model
+
+    whole = reconstruct_image(Recorder(flip), img, tile=16, batch_size=1000).image
+    for batch_size in (1, 3, 7):
+        assert torch.equal(
+            reconstruct_image(Recorder(flip), img, tile=16, batch_size=batch_size).image, whole
+        )

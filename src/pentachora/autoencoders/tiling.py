@@ -24,11 +24,32 @@ import torch.nn.functional as F
 
 from pentachora.errors import ConfigError, DataError
 
-__all__ = ["MAX_PATCHES_PER_PASS", "TiledReconstruction", "check_patch_budget", "reconstruct_image"]
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "MAX_PATCHES_PER_PASS",
+    "TiledReconstruction",
+    "check_image_pixels",
+    "check_patch_budget",
+    "reconstruct_image",
+]
 
 #: Most patches one forward pass may hold (128 × 128 patches: a 1024² image at patch 8). Attention
 #: across the patches of one image makes memory grow with the square of this number.
 MAX_PATCHES_PER_PASS = 16384
+
+#: Most pixels of one image in either mode (25 MP, e.g. 6000×4000). Tile mode streams its tiles into the
+#: output, but the image, its model-space copy, the padded copy and the reconstruction are whole images
+#: (a few tens of bytes per pixel): a 79 KB PNG of 9000×9000 pixels took 7 GB before this cap.
+MAX_IMAGE_PIXELS = 25_000_000
+
+
+def check_image_pixels(height: int, width: int, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """:class:`ConfigError` for an image of more than ``max_pixels`` pixels (checked before decoding)."""
+    if height * width > max_pixels:
+        raise ConfigError(
+            f"the image is {width}×{height} = {height * width:,} pixels, more than the {max_pixels:,} one "
+            "reconstruction allows; crop or downscale it first"
+        )
 
 
 @dataclass
@@ -108,7 +129,8 @@ def reconstruct_image(
 
     Raises:
         ConfigError: unknown mode, a tile that is not a positive multiple of the patch, larger than
-            the image needs, or too many patches for one pass.
+            the image needs, too many patches for one pass, or an image of more than
+            :data:`MAX_IMAGE_PIXELS` pixels.
         DataError: the image is not a ``(C, H, W)`` tensor.
     """
     if image.ndim == 4 and image.shape[0] == 1:
@@ -119,6 +141,7 @@ def reconstruct_image(
         raise ConfigError(f"mode must be 'tile' or 'pad', got {mode!r}")
     p = int(model.patch_size)
     h, w = image.shape[-2:]
+    check_image_pixels(h, w)
     if mode == "tile":
         largest = math.ceil(max(h, w) / p) * p
         if tile is None:
@@ -144,13 +167,18 @@ def reconstruct_image(
         if mode == "pad":
             rec = model.reconstruct(padded)
             n_tiles = 1
-        else:
-            c, hh, ww = padded.shape[1:]
-            tiles = padded.unfold(2, tile, tile).unfold(3, tile, tile)  # (1, C, r, q, t, t)
-            r, q = tiles.shape[2], tiles.shape[3]
-            flat = tiles.permute(0, 2, 3, 1, 4, 5).reshape(r * q, c, tile, tile)
-            outs = torch.cat([model.reconstruct(b) for b in flat.split(batch_size)])
-            rec = outs.reshape(1, r, q, c, tile, tile).permute(0, 3, 1, 4, 2, 5).reshape(1, c, hh, ww)
+        else:  # stream: batches of tiles are cut, reconstructed and written into the output one at a time
+            r, q = padded.shape[2] // tile, padded.shape[3] // tile
+            rec = torch.empty_like(padded)
+            cells = [(i, j) for i in range(r) for j in range(q)]
+            for start in range(0, len(cells), batch_size):
+                chunk = cells[start : start + batch_size]
+                batch = torch.cat(
+                    [padded[..., i * tile : (i + 1) * tile, j * tile : (j + 1) * tile] for i, j in chunk]
+                )
+                out = model.reconstruct(batch)
+                for k, (i, j) in enumerate(chunk):
+                    rec[0, :, i * tile : (i + 1) * tile, j * tile : (j + 1) * tile] = out[k]
             n_tiles = r * q
     return TiledReconstruction(
         image=rec[0, :, :h, :w],

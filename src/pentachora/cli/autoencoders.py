@@ -331,7 +331,7 @@ def reconstruct_cmd(
     ),
 ) -> None:
     """Reconstruct one image of any size and report its PSNR (in [0, 1] pixels)."""
-    from pentachora.autoencoders.tiling import reconstruct_image
+    from pentachora.autoencoders.tiling import MAX_IMAGE_PIXELS, reconstruct_image
     from pentachora.data.images import load_image_file, psnr, to_model_space, to_pixel_space
     from pentachora.diagnostics.plots import save_image_grid
     from pentachora.errors import ConfigError, DataError
@@ -346,7 +346,7 @@ def reconstruct_cmd(
     console = Console()
     model = load_autoencoder(run)
     try:
-        x01 = load_image_file(image)  # (3, H, W)
+        x01 = load_image_file(image, max_pixels=MAX_IMAGE_PIXELS)  # (3, H, W); size checked before decoding
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read the image {image}: {exc}") from exc
     fit = tile is None

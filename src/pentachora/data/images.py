@@ -193,8 +193,12 @@ def _remember(image: torch.Tensor, origin: str) -> torch.Tensor:
     return image
 
 
-def load_image_file(path: str | os.PathLike[str]) -> torch.Tensor:
+def load_image_file(path: str | os.PathLike[str], max_pixels: int | None = None) -> torch.Tensor:
     """Load one image file as (3, H, W) float32 in [0, 1] (see :func:`pil_to_tensor01`).
+
+    Args:
+        path: The file.
+        max_pixels: Refuse an image of more pixels, read from its header before it is decoded.
 
     Raises:
         MissingDataError: the file does not exist (also a ``FileNotFoundError``).
@@ -209,6 +213,12 @@ def load_image_file(path: str | os.PathLike[str]) -> torch.Tensor:
         raise DataError(f"image file {str(path)!r} is empty (0 bytes)")
     try:
         with Image.open(path) as img:
+            if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:
+                w, h = img.size
+                raise DataError(
+                    f"image file {str(path)!r} is {w}×{h} = {w * h:,} pixels, more than the {max_pixels:,} "
+                    "allowed here; crop or downscale it first"
+                )
             img.load()
             tensor = pil_to_tensor01(img)
     except Image.DecompressionBombError as err:
