@@ -20,7 +20,7 @@ code. Training and sampling costs are measured in this process, on this machine,
 Usage::
 
     pentachora train t2i --preset cpu --out runs/t2i --threads 2     # the pixel model (≈ 70 min)
-    python benchmarks/t2i_latent.py --pixel-run runs/t2i             # ≈ 70 min on 2 CPU cores
+    python benchmarks/t2i_latent.py --pixel-run runs/t2i             # ≈ 100 min on 2 CPU cores
     python benchmarks/t2i_latent.py --pixel-run runs/t2i --quick     # smoke run (minutes)
 
 Resumable: trained first stages and UNet runs are kept under ``--work`` and reused. Writes
@@ -92,8 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--stages", default=",".join(FIRST_STAGES), help=f"First stages (of {', '.join(FIRST_STAGES)})."
     )
     p.add_argument("--seeds", type=int, default=3, help="First-stage seeds (the UNet uses seed 0's).")
-    p.add_argument("--fs-budget", type=float, default=60.0, help="First-stage budget, process CPU seconds.")
-    p.add_argument("--unet-steps", type=int, default=4000, help="Optimiser steps of every latent UNet.")
+    p.add_argument("--fs-budget", type=float, default=90.0, help="First-stage budget, process CPU seconds.")
+    p.add_argument("--unet-steps", type=int, default=2500, help="Optimiser steps of every latent UNet.")
     p.add_argument(
         "--unet-preset", default="cpu", help="MiniT2I preset of the latent UNets (the pixel run's: cpu)."
     )
