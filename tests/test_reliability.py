@@ -827,3 +827,35 @@ def test_a_config_the_model_refuses_is_a_checkpoint_error_on_load(tmp_path: Path
     (tmp_path / "ae" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="cannot be built"):
         LatentAutoencoder.from_pretrained(tmp_path / "ae")
+
+
+def test_a_kill_before_the_final_eval_record_is_made_up_on_rerun(tmp_path: Path) -> None:
+    """The last checkpoint was written, the final evaluation was not: the rerun used to finish without it."""
+
+    class Killed(Exception):
+        pass
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        return {"score": 1.0}
+
+    cfg = tcfg(tmp_path, steps=4, eval_every=3, save_every=4)
+    trainer = Trainer(model(), cfg, Toy(), eval_fn=eval_fn)
+    real = trainer.evaluate
+
+    def evaluate_or_die() -> dict[str, float]:
+        if trainer.step == 4:
+            raise Killed
+        return real()
+
+    trainer.evaluate = evaluate_or_die  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        trainer.fit()
+    evals = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
+    assert evals == [3] and (tmp_path / "checkpoints" / "step-0000004").is_dir()
+    res = Trainer(model(), tcfg(tmp_path, steps=4, eval_every=3, save_every=4), Toy(), eval_fn=eval_fn).fit()
+    assert res.resumed_from == 4 and res.eval_metrics == {"score": 1.0}
+    evals = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
+    assert evals == [3, 4]
+    # a third run of the finished folder adds nothing
+    Trainer(model(), tcfg(tmp_path, steps=4, eval_every=3, save_every=4), Toy(), eval_fn=eval_fn).fit()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "eval"] == [3, 4]

@@ -493,6 +493,8 @@ class Trainer:
         self._elapsed_before = float(ts.get("elapsed_s", 0.0))
         self.last_metrics = dict(ts.get("metrics", {}))
         self.last_eval_metrics = dict(ts.get("eval_metrics", {}))
+        self._last_eval_step = ts.get("last_eval_step")  # None in checkpoints written before it was kept
+        self._last_save_step = ckpt.step
         self.last_checkpoint = ckpt.path
         for key, cb in self._callback_keys():
             if key in states:
@@ -566,6 +568,7 @@ class Trainer:
             "callbacks": {key: cb.state_dict() for key, cb in self._callback_keys()},
             "metrics": clean_record(self.last_metrics),
             "eval_metrics": clean_record(self.last_eval_metrics),
+            "last_eval_step": self._last_eval_step,
             "train_config": self.config.to_dict(),
             "run_data": self.run_data,
             "model_type": self._raw_model.model_type,
@@ -927,10 +930,15 @@ class Trainer:
                     cfg.max_nonfinite_in_row,
                     every_step=True,
                 )
-            if self.step > self.start_step:
-                if self._last_eval_step != self.step:
+            # the final evaluation, also when a kill came after the last checkpoint but before its record
+            final_eval_missing = (
+                self.eval_fn is not None and self.step > 0 and self._last_eval_step != self.step
+            )
+            if self.step > self.start_step or final_eval_missing:
+                evaluated = final_eval_missing
+                if evaluated:
                     self.evaluate()
-                if self._last_save_step != self.step:
+                if self._last_save_step != self.step or evaluated:  # the checkpoint records the evaluation
                     self.save_checkpoint()
             self._dispatch("on_train_end")
         except KeyboardInterrupt:

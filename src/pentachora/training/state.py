@@ -406,6 +406,12 @@ def check_trainer_state(state: Mapping[str, Any], source: str | os.PathLike) -> 
             not objects, or a non-integer seed.
     """
     problems = []
+    if state.get("last_eval_step") is not None and not (
+        _is_int(state["last_eval_step"]) and state["last_eval_step"] >= 0
+    ):
+        problems.append(
+            f"last_eval_step must be a non-negative integer or null, got {state['last_eval_step']!r}"
+        )
     for key in ("step", "nonfinite_steps", "nonfinite_in_row"):
         if key in state and not (_is_int(state[key]) and state[key] >= 0):
             problems.append(f"{key} must be a non-negative integer, got {state[key]!r}")
