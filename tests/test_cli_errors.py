@@ -666,3 +666,24 @@ def test_eval_of_another_family_names_it_and_the_command_to_use(tmp_path):
     result = run("eval", str(tmp_path / "run"), "--data", "noise", "--noise-per-type", "1")
     assert result.exit_code == 2, result.output
     assert "'conduit_hub'" in error_line(result) and "eval-hub" in error_line(result)
+
+
+def test_eval_of_finite_but_exploding_weights_fails_instead_of_printing_nan(tmp_path):
+    """Weights ×1e30 pass the load check (finite) and gave NaN metrics with exit 0."""
+    from pentachora.autoencoders import PatchSVAE, PatchSVAEConfig
+    from pentachora.io import atomic_save_tensors, load_tensors
+
+    folder = tmp_path / "run" / "final"
+    torch.manual_seed(0)
+    PatchSVAE(PatchSVAEConfig.preset("tiny", readout="linear", V=16, hidden=32, depth=1)).save_pretrained(
+        folder
+    )
+    weights = load_tensors(folder / "model.safetensors")
+    atomic_save_tensors(folder / "model.safetensors", {k: v * 1e30 if v.is_floating_point() else v
+                                                       for k, v in weights.items()},
+                        metadata={"model_type": "patch_svae"})  # fmt: skip
+    result = run(
+        "eval", str(tmp_path / "run"), "--eval-tiles", "2", "--noise-per-type", "1", "--image-size", "32"
+    )
+    assert result.exit_code == 2, result.output
+    assert "reconstruct to NaN/inf" in error_line(result) and "model is broken" in error_line(result)

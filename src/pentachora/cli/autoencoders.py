@@ -287,8 +287,8 @@ def eval_cmd(
 ) -> None:
     """Evaluate a trained autoencoder: held-out PSNR/SSIM, per-noise-type MSE, CV, erank, S_delta."""
     from pentachora.data.noise import NOISE_TYPES
-    from pentachora.errors import ConfigError
-    from pentachora.recipes.evaluation import evaluate_autoencoder
+    from pentachora.errors import CheckpointError, ConfigError
+    from pentachora.recipes.evaluation import broken_reconstructions, evaluate_autoencoder
 
     check_output_file(json_out, "json", "--json")
     if heavy_tails not in (None, "clamp", "raw"):
@@ -303,6 +303,10 @@ def eval_cmd(
     console.print(summary_table(f"evaluation of {run}", {model.model_type: metrics}, NOISE_TYPES))
     if json_out is not None:
         json_out.write_text(json.dumps(metrics, indent=2) + "\n")
+    broken = broken_reconstructions(metrics, eval_data)
+    if broken is not None:  # finite weights can still overflow (e.g. scaled by 1e30): not a result
+        largest = max(float(p.detach().abs().max()) for p in model.parameters())
+        raise CheckpointError(f"{run}: {broken}; the model is broken (largest |weight| {largest:.3g})")
 
 
 # ---------------------------------------------------------------------------- reconstruct

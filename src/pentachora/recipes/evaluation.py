@@ -16,7 +16,7 @@ import torch
 
 from pentachora.data.images import heldout_tiles, psnr, ssim, to_model_space, to_pixel_space
 
-__all__ = ["EvalData", "evaluate_autoencoder", "make_eval_data"]
+__all__ = ["EvalData", "broken_reconstructions", "evaluate_autoencoder", "make_eval_data"]
 
 #: Scalars of a model's output that are geometry readouts worth reporting at evaluation.
 READOUT_KEYS = ("cv", "erank", "s_delta", "alpha_mean", "latent_rms", "kl")
@@ -99,6 +99,7 @@ def evaluate_autoencoder(
 
     Returns:
         ``psnr_heldout`` (mean per-tile dB), ``ssim_heldout``, ``mse_heldout`` (pixel space),
+        ``heldout_nonfinite`` (held-out tiles whose reconstruction holds NaN/inf),
         ``mse_noise/<type>`` for each noise type, ``mse_noise_mean`` (mean over types, model
         space), ``noise_nonfinite`` (count of non-finite reconstructions) and the mean readouts
         the model reports (``cv``, ``erank``, ...).
@@ -111,21 +112,28 @@ def evaluate_autoencoder(
     try:
         if data.tiles01 is not None:
             psnrs, ssims, mses = [], [], []
+            heldout_bad = 0
             for tiles in _batches(data.tiles01, batch_size):
                 x = to_model_space(tiles).to(dev)
                 # reconstruct() is deterministic (a VAE decodes its posterior mode); forward() gives
                 # the model's own readouts.
-                rec01 = to_pixel_space(model.reconstruct(x).float()).cpu()
-                output = model(x)
+                raw = model.reconstruct(x).float()
+                heldout_bad += int((~torch.isfinite(raw)).flatten(1).any(dim=1).sum())
+                rec01 = to_pixel_space(raw).cpu()
+                try:
+                    output = model(x)
+                except torch.linalg.LinAlgError:  # a readout's decomposition of NaN/inf: no readouts
+                    output = None
                 psnrs.append(psnr(rec01, tiles))
                 ssims.append(ssim(rec01, tiles))
                 mses.append(((rec01 - tiles) ** 2).flatten(1).mean(1))
-                for k, v in output.scalars().items():
+                for k, v in output.scalars().items() if output is not None else ():
                     if k in READOUT_KEYS:
                         readouts.setdefault(k, []).append(v)
             out["psnr_heldout"] = float(torch.cat(psnrs).clamp_max(100.0).mean())
             out["ssim_heldout"] = float(torch.cat(ssims).mean())
             out["mse_heldout"] = float(torch.cat(mses).mean())
+            out["heldout_nonfinite"] = float(heldout_bad)
         if data.noise:
             per_type = []
             nonfinite = 0
@@ -149,3 +157,16 @@ def evaluate_autoencoder(
     finally:
         model.train(was_training)
     return out
+
+
+def broken_reconstructions(metrics: dict[str, float], data: EvalData) -> str | None:
+    """Why an evaluation shows a broken model (``None`` if it does not): any held-out photo tile
+    reconstructed to NaN/inf (bounded inputs: a healthy model never does), or every noise image."""
+    bad = int(metrics.get("heldout_nonfinite", 0))
+    if bad:
+        n = int(data.tiles01.shape[0]) if data.tiles01 is not None else bad
+        return f"{bad} of {n} held-out photo tiles reconstruct to NaN/inf"
+    n_noise = sum(int(b.shape[0]) for b in data.noise.values()) if data.noise else 0
+    if n_noise and int(metrics.get("noise_nonfinite", 0)) >= n_noise:
+        return f"all {n_noise} noise images reconstruct to NaN/inf"
+    return None
