@@ -181,3 +181,19 @@ def test_cli_readout_choices_are_the_hub_readouts():
     from pentachora.hub.model import READOUTS
 
     assert HUB_READOUT_CHOICES == READOUTS
+
+
+def test_train_hub_has_the_shared_training_options():
+    """It re-declared steps, batch size, lr, out, seed, eval/save-every by hand and lacked the rest."""
+    from typer.testing import CliRunner
+
+    from pentachora.cli import app
+
+    runner = CliRunner()
+    text = " ".join(runner.invoke(app, ["train", "hub", "--help"], terminal_width=200).output.split())
+    for flag in ("--fresh", "--force-resume", "--audit", "--bf16", "--warmup", "--weight-decay", "--seed"):
+        assert flag in text, flag
+    bad = runner.invoke(app, ["train", "hub", "--seed", "-1"])
+    assert bad.exit_code == 2 and "--seed" in bad.output
+    both = runner.invoke(app, ["train", "hub", "--fresh", "--force-resume", "--steps", "1"])
+    assert both.exit_code == 2 and "give one of them" in both.output

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pentachora.cli import app, train_app
+from pentachora.cli.options import TrainOptions, check_run_folder, train_options
 
 #: ``ConduitHubConfig.readout`` values, spelled out so the CLI starts without importing torch (a test
 #: checks they equal ``pentachora.hub.model.READOUTS``); typer refuses any other value before the run.
@@ -61,7 +62,26 @@ def _print_eval(console: Console, evaluation: dict, title: str) -> None:
 
 
 @train_app.command("hub")
+@train_options(
+    exclude=("grad_clip_mode", "grad_clip"),
+    steps={"default": 600},
+    batch_size={
+        "default": 256,
+        "min": 2,
+        "help": "Items per batch (InfoNCE negatives; at most the training items).",
+    },
+    lr={
+        "default": 1e-3,
+        "help": "Peak learning rate (AdamW, cosine); chosen on a validation split (hub_tuning.md).",
+    },
+    warmup={"default": 30, "help": "Linear warm-up steps (at most a tenth of --steps)."},
+    weight_decay={"default": 0.05},
+    eval_every={"default": 0},
+    save_every={"default": 0},
+    out={"help": "Run folder (default runs/hub). Rerun the same command to resume."},
+)
 def train_hub_cmd(
+    train: TrainOptions,
     experts: str = typer.Option("minilm,lsa,w2v", help=EXPERTS_HELP),
     data: str = typer.Option("wiki", help=DATA_HELP),
     d_hub: int = typer.Option(
@@ -70,11 +90,6 @@ def train_hub_cmd(
     pairs: str = typer.Option("", help="Trained pairs 'A|B,B|C' (default: every pair)."),
     reference: str = typer.Option(
         "", help="Expert the aligners rotate onto (default: first of width d_hub)."
-    ),
-    steps: int = typer.Option(600, min=1, help="Optimizer steps."),
-    batch_size: int = typer.Option(256, min=2, help="Items per batch (InfoNCE negatives)."),
-    lr: float = typer.Option(
-        1e-3, help="Peak learning rate (AdamW, cosine); chosen on a validation split (hub_tuning.md)."
     ),
     chunks: int = typer.Option(
         8, min=0, help="Items of more tokens become this many chunk means (CPU budget; 0 = every token)."
@@ -89,13 +104,9 @@ def train_hub_cmd(
         help="'anchored': each read-out is the aligned mean plus a learned gate × the fusion output "
         "(training starts at the frozen aligners); 'fusion': the seed's identity-token read-out.",
     ),
-    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default runs/hub). Rerun to resume."),
     cache_dir: Path = typer.Option(None, help="Feature cache root (default $PENTACHORA_CACHE/hub-features)."),
     max_train_items: int = typer.Option(0, min=0, help="Use only the first N training items (0 = all)."),
     max_heldout_items: int = typer.Option(0, min=0, help="Use only the first N held-out items (0 = all)."),
-    seed: int = typer.Option(0),
-    eval_every: int = typer.Option(0, min=0, help="Evaluate every N steps (0 = end only)."),
-    save_every: int = typer.Option(0, min=0, help="Checkpoint every N steps (0 = end only)."),
     threads: int = typer.Option(0, min=0, help="torch CPU threads (0 = torch's default)."),
 ) -> None:
     """Train a Conduit hub over frozen experts (default: MiniLM + LSA + Word2Vec on the embedded corpus).
@@ -106,23 +117,19 @@ def train_hub_cmd(
 
     from pentachora.errors import PentachoraError
     from pentachora.recipes.hub import HubData, hub_config_for, parse_expert_spec, prepare_hub_data, train_hub
-    from pentachora.training import TrainConfig
 
     console = Console()
     if threads:
         torch.set_num_threads(threads)
     specs = [s for s in experts.split(",") if s.strip()]
+    out = train.out or Path("runs") / "hub"
+    check_run_folder(out)
+    fit = train.fit_kwargs(train_hub)  # --fresh / --force-resume, checked before the features are built
     try:
         for s in specs:
             parse_expert_spec(s)
-        hdata = prepare_hub_data(
-            specs,
-            corpus=data,
-            cache_dir=cache_dir,
-            seed=seed,
-            max_train_items=max_train_items,
-            max_heldout_items=max_heldout_items,
-        )
+        hdata = prepare_hub_data(specs, corpus=data, cache_dir=cache_dir, seed=train.seed,
+                                 max_train_items=max_train_items, max_heldout_items=max_heldout_items)  # fmt: skip
         if chunks:
             hdata = HubData(
                 hdata.train.compressed(chunks),
@@ -130,30 +137,12 @@ def train_hub_cmd(
                 {**hdata.info, "chunks": chunks},
             )
         config = hub_config_for(
-            hdata,
-            d_hub=d_hub,
-            pairs=tuple(p for p in pairs.split(",") if p),
-            reference=reference,
-            n_tokens=n_tokens,
-            dropout=dropout,
-            shrinkage=shrinkage,
-            w_midpoint=w_midpoint,
-            w_procrustes=w_procrustes,
-            readout=readout,
-            expert_sources=tuple(specs),
-        )
-        tcfg = TrainConfig(
-            steps=steps,
-            batch_size=min(batch_size, hdata.train.n),
-            lr=lr,
-            warmup_steps=min(30, steps // 10),
-            weight_decay=0.05,
-            seed=seed,
-            out_dir=str(out or Path("runs") / "hub"),
-            eval_every=eval_every,
-            save_every=save_every,
-            log_every=max(1, steps // 20),
-        )
+            hdata, d_hub=d_hub, pairs=tuple(p for p in pairs.split(",") if p), reference=reference,
+            n_tokens=n_tokens, dropout=dropout, shrinkage=shrinkage, w_midpoint=w_midpoint,
+            w_procrustes=w_procrustes, readout=readout, expert_sources=tuple(specs),
+        )  # fmt: skip
+        tcfg = train.train_config(out=out, batch_size=min(train.batch_size, hdata.train.n),
+                                  warmup_steps=min(train.warmup, train.steps // 10), log_every=max(1, train.steps // 20))  # fmt: skip
     except (PentachoraError, ImportError, ValueError) as exc:
         raise _fail(console, exc) from exc
     console.print(
@@ -161,7 +150,7 @@ def train_hub_cmd(
         f"(leakage check {hdata.info['leakage']}); experts {hdata.dims}; d_hub {d_hub}"
     )
     try:
-        run = train_hub(hdata, config, tcfg)
+        run = train_hub(hdata, config, tcfg, make_callbacks=train.diagnostics_callbacks, **fit)
     except PentachoraError as exc:
         raise _fail(console, exc) from exc
     _print_eval(console, run.evaluation, f"held-out retrieval ({run.out_dir})")

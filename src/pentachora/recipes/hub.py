@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from pentachora.hub.aligner import alignment_report, shuffled_floor
 from pentachora.hub.text_experts import LSAExpert, MiniLMExpert, TextExpert, Word2VecExpert
 from pentachora.io import atomic_write_json
 from pentachora.recipes.loading import FINAL_DIR, resolve_model_dir
-from pentachora.training import TrainConfig, Trainer, TrainResult
+from pentachora.training import Callback, TrainConfig, Trainer, TrainResult
 
 __all__ = [
     "DEFAULT_EXPERTS",
@@ -343,7 +343,9 @@ def train_hub(
     source: Any = None,
     max_tokens: int = 0,
     eval_items: int = 256,
-    resume: bool = True,
+    resume: bool | str = True,
+    fresh: bool = False,
+    make_callbacks: Callable[[ConduitHub], Sequence[Callback]] | None = None,
 ) -> HubRun:
     """Fit the aligners, train the hub with the one Trainer, evaluate on the held-out split.
 
@@ -355,7 +357,9 @@ def train_hub(
         source: Optional batch source (default: :class:`PairedBatchSource` over all training items).
         max_tokens: Token cap per item in batches (0 = none).
         eval_items: Held-out items in the periodic evaluations (the final one uses all).
-        resume: Passed to :meth:`Trainer.fit`.
+        resume, fresh: Passed to :meth:`Trainer.fit` (``resume="force"`` resumes a run whose seed or config
+            differs).
+        make_callbacks: Builds extra trainer callbacks from the model (e.g. the ``--audit`` auditor).
     """
     if list(config.experts) != data.experts or tuple(config.expert_dims) != tuple(data.dims.values()):
         raise ConfigError(
@@ -381,8 +385,9 @@ def train_hub(
         flat = {f"r1[{k}]": v["r1"] for k, v in ev["pairs"].items()}
         return {"mean_r1": ev["mean_r1"], "cv_hub": ev["cv_hub"], **flat}
 
-    trainer = Trainer(model, train_config, source, eval_fn=eval_fn)
-    result = trainer.fit(resume=resume)
+    callbacks = list(make_callbacks(model)) if make_callbacks is not None else []
+    trainer = Trainer(model, train_config, source, eval_fn=eval_fn, callbacks=callbacks)
+    result = trainer.fit(resume=resume, fresh=fresh)
     trained: ConduitHub = trainer.unwrapped_model.to("cpu")  # type: ignore[assignment]
     evaluation = evaluate_hub(trained, data.heldout)
     evaluation.update(
