@@ -127,12 +127,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ============================================================================================ first stages
 def train_first_stage(name: str, seed: int, lr: float, images: torch.Tensor, val: torch.Tensor,
                       budget: float) -> tuple[LatentAutoencoder, dict[str, Any]]:  # fmt: skip
-    """One first stage at one lr and seed; its validation PSNR and its charged CPU time."""
+    """One first stage at one lr and seed; its validation PSNR and its charged CPU time.
+
+    Trained with one torch thread: process CPU time then counts the work, not two threads spin-waiting
+    for a core another process holds (in the recorded run, trained with two threads while other jobs ran,
+    one contender's seeds got 203 to 769 steps of the same CPU budget)."""
     settings = BudgetSettings(budget=budget, kind="cpu", curve_points=0, chunk_steps=20)
-    runners = train_interleaved(
-        {name: FIRST_STAGES[name].build}, {name: lr}, lambda: SceneImageSource(images, 32, seed=seed), settings,
-        torch.device("cpu"), seed,
-    )  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runners = train_interleaved(
+            {name: FIRST_STAGES[name].build}, {name: lr}, lambda: SceneImageSource(images, 32, seed=seed), settings,
+            torch.device("cpu"), seed,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
     r = runners[name]
     ae = LatentAutoencoder.wrap(r.model.eval())
     record = {"lr": lr, "seed": seed, "steps": r.step, "cpu_s": r.cpu_s, "wall_s": r.wall_s,
@@ -247,6 +256,15 @@ def cached_score(stem: Path, compute: Any) -> dict[str, Any]:
 
 
 def train_latent_unet(args: argparse.Namespace, name: str, reader: Any) -> tuple[MiniT2I, dict[str, Any]]:
+    """Train the latent UNet of one first stage (or reuse its finished run: a rerun only re-reports)."""
+    run_dir = args.work / "unet" / name
+    if (run_dir / FINAL_DIR / "config.json").is_file() and (run_dir / "metrics.jsonl").is_file():
+        metrics = read_metrics(run_dir / "metrics.jsonl")
+        train = [r for r in metrics if r.get("split") == "train"]
+        if train and max(r["step"] for r in train) == args.unet_steps:
+            model = MiniT2I.from_pretrained(run_dir / FINAL_DIR).eval()
+            return model, {"steps": args.unet_steps, "train_wall_s": max(r["time"] for r in train),
+                           "curve": ceiling_curve(metrics), "unet_params": model.describe()["unet_params"]}  # fmt: skip
     ae = LatentAutoencoder.from_pretrained(args.work / "first-stage" / name / "seed0")
     torch.manual_seed(0)
     model = latent_t2i_model(ae, MiniT2IConfig.preset(args.unet_preset))
@@ -256,7 +274,7 @@ def train_latent_unet(args: argparse.Namespace, name: str, reader: Any) -> tuple
         warmup_steps=min(pixel["warmup_steps"], max(1, args.unet_steps // 10)), lr_schedule=pixel["lr_schedule"],
         min_lr_ratio=pixel["min_lr_ratio"], grad_clip=pixel["grad_clip"], mixed_precision=pixel["mixed_precision"],
         seed=0, log_every=25, eval_every=args.eval_every, save_every=args.eval_every,
-        out_dir=str(args.work / "unet" / name), progress=False, tensorboard=False,
+        out_dir=str(run_dir), progress=False, tensorboard=False,
     )  # fmt: skip
     run = train_t2i(model, config, pool_size=args.pool_size, reader=reader, cache=args.cache, eval_captions=48 if not args.quick else 4, progress=False,
                     final_eval_captions=0)  # fmt: skip
@@ -377,8 +395,8 @@ def report(
     lines = [
         "## First stages (equal process-CPU budget; lr chosen on validation scenes; 3 seeds, mean ± sd)",
         "",
-        "| first stage | floats/cell | lr | steps | test-scene PSNR | SSIM | photo PSNR | photo SSIM | KL/cell (nats) | var spread (log10) | CV / target | interp. excess flips | max jump | ghost frames |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| first stage | floats/cell | lr | steps | test-scene PSNR | SSIM | photo PSNR | photo SSIM | reader on reconstructions | KL/cell (nats) | var spread (log10) | CV / target | interp. excess flips | max jump | ghost frames |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in scores.items():
         m, r0 = s["mean"], s["seeds"][0]
@@ -386,6 +404,7 @@ def report(
             f"| {name} | {r0['latent_shape'][0]} | {fs[name]['lr']:.0e} | {fs[name]['runs'][0]['steps']} | "
             f"{m['test_scenes']['psnr']:.2f} ± {m['test_scenes']['psnr_sd']:.2f} | {m['test_scenes']['ssim']:.3f} | "
             f"{m['photos']['psnr']:.2f} ± {m['photos']['psnr_sd']:.2f} | {m['photos']['ssim']:.3f} | "
+            f"{m['reading']['object_recall']:.3f} | "
             f"{m['latent']['kl_per_cell']:.2f} | {m['latent']['channel_var_spread']:.2f} | "
             f"{m['latent']['cv']:.3f} / {m['latent']['cv_target']:.3f} | {m['interpolation']['excess_flips']:.2f} | "
             f"{m['interpolation']['max_jump']:.2f} | {m['interpolation']['ghost_frames']:.2f} |"
@@ -467,27 +486,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pool = scene_pool(world, encoder, args.pool_size, cache=args.cache, progress=False)
     count = token_counter(encoder)
     n_eval = 512 if not args.quick else 32
-    val = (
-        torch.from_numpy(
-            world.render_batch([s for s, _ in caption_set(world, "val", n_eval, "prose", count, offset=5000)])
-        )
-        * 2
-        - 1
-    )
-    test = (
-        torch.from_numpy(
-            world.render_batch(
-                [s for s, _ in caption_set(world, "test", n_eval, "prose", count, offset=5000)]
-            )
-        )
-        * 2
-        - 1
-    )
+    val_scenes = [s for s, _ in caption_set(world, "val", n_eval, "prose", count, offset=5000)]
+    test_scenes = [s for s, _ in caption_set(world, "test", n_eval, "prose", count, offset=5000)]
+    val = torch.from_numpy(world.render_batch(val_scenes)) * 2 - 1
+    test = torch.from_numpy(world.render_batch(test_scenes)) * 2 - 1
     photos = heldout_tiles(load_sample_photos("heldout"), 32, max_per_image=64) * 2 - 1
     t0 = time.perf_counter()
     fs = first_stages(args, pool.images, val)
     log.info("first stages ready (%.0f s)", time.perf_counter() - t0)
-    scores = first_stage_scores(args, reader, test, photos)
+    scores = first_stage_scores(args, reader, test, world.layouts(test_scenes), photos)
     t2i = t2i_part(args, reader, world, encoder, pool)
     out = report(args, argv, fs, scores, t2i)
     log.info("done in %.0f s", time.perf_counter() - t0)

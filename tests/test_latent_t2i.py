@@ -300,3 +300,22 @@ def test_latent_benchmark_smoke(tmp_path, monkeypatch):
     md = (tmp_path / "r.md").read_text()
     assert "Made by `python benchmarks/t2i_latent.py" in md and "### Goals" in md
     assert (tmp_path / "r_curves.png").is_file()
+
+
+def test_reconstruction_reading_scores_the_round_trip_against_the_truth():
+    from pentachora.data.scenes import SceneWorld
+    from pentachora.recipes.latent_t2i import reconstruction_reading
+
+    world = SceneWorld(MiniT2IConfig.preset("tiny").world)
+    scenes = [world.scene("test", i, (1, 3)) for i in range(6)]
+    images = torch.from_numpy(world.render_batch(scenes)) * 2 - 1
+    reader = SceneReader(SceneReaderConfig(width=16)).eval()
+    ae = LatentAutoencoder.wrap(first_stages()["tiny"])
+    out = reconstruction_reading(ae, reader, images, world.layouts(scenes))
+    assert set(out) == {"object_recall", "shape_recall", "colour_recall", "object_recall_originals"}
+    assert all(0 <= v <= 1 for v in out.values())
+    # the reader on the originals does not depend on the first stage
+    other = reconstruction_reading(
+        LatentAutoencoder.wrap(first_stages()["nosvd"]), reader, images, world.layouts(scenes)
+    )
+    assert other["object_recall_originals"] == out["object_recall_originals"]

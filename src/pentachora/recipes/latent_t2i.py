@@ -12,7 +12,8 @@ interpolation smoothness read by the world's reader) and builds the latent
   cell on the 32-pixel world, so every latent is a 4×4 grid.
 * :class:`SceneImageSource` — training renders in [−1, 1], a pure function of ``(seed, step)``.
 * :func:`train_first_stages` — equal CPU budgets through :func:`~pentachora.recipes.benchmarking.train_interleaved`.
-* :func:`reconstruction_scores`, :func:`latent_statistics`, :func:`interpolation_smoothness`.
+* :func:`reconstruction_scores`, :func:`reconstruction_reading` (the reader on round trips: the ceiling a
+  first stage puts on generation), :func:`latent_statistics`, :func:`interpolation_smoothness`.
 * :func:`latent_t2i_model` — a fresh latent MiniT2I around a calibrated first stage.
 """
 
@@ -51,6 +52,7 @@ __all__ = [
     "interpolation_smoothness",
     "latent_statistics",
     "latent_t2i_model",
+    "reconstruction_reading",
     "reconstruction_scores",
     "ssim",
     "to_signed",
@@ -172,6 +174,35 @@ def latent_statistics(ae: LatentAutoencoder, images: torch.Tensor, seed: int = 0
         "cv": cv, "cv_target": tcv, "cv_ratio": cv / tcv if tcv == tcv else math.nan,
         "normalized_rms": float(ae.normalize(z.float()).square().mean().sqrt()),
     }  # fmt: skip
+
+
+@torch.no_grad()
+def reconstruction_reading(
+    ae: LatentAutoencoder, reader: SceneReader, images: torch.Tensor, layouts: np.ndarray | torch.Tensor
+) -> dict[str, float]:
+    """The ceiling a first stage puts on generation: the world's reader on round-trip reconstructions.
+
+    A latent T2I can only draw what its decoder can draw; if the reader cannot find the objects in a
+    reconstruction of a real scene, no denoiser in that latent will make them appear.
+
+    Args:
+        images: ``(N, 3, H, W)`` scenes in [−1, 1].
+        layouts: ``(N, g²)`` their true layouts.
+
+    Returns:
+        ``object_recall`` / ``shape_recall`` / ``colour_recall`` on the reconstructions, and
+        ``object_recall_originals`` of the reader on the scenes themselves (its own accuracy).
+    """
+    from pentachora.t2i.scoring import object_hits
+
+    ae.eval()
+    n_shapes = len(reader.config.world.shapes)
+    truth = np.asarray(layouts)
+    recon01 = ((ae(images).float() + 1) / 2).clamp(0, 1)
+    rec = object_hits(reader.read(recon01).labels.cpu().numpy(), truth, n_shapes)
+    orig = object_hits(reader.read(((images + 1) / 2).clamp(0, 1)).labels.cpu().numpy(), truth, n_shapes)
+    return {"object_recall": float(rec.object.mean()), "shape_recall": float(rec.shape.mean()),
+            "colour_recall": float(rec.colour.mean()), "object_recall_originals": float(orig.object.mean())}  # fmt: skip
 
 
 @torch.no_grad()
