@@ -52,6 +52,7 @@ from pentachora.recipes.latent_t2i import (
     interpolation_smoothness,
     latent_statistics,
     latent_t2i_model,
+    reconstruction_reading,
     reconstruction_scores,
     to_signed,
 )
@@ -184,7 +185,7 @@ def first_stages(args: argparse.Namespace, pool_images: torch.Tensor, val: torch
 
 
 def first_stage_scores(
-    args: argparse.Namespace, reader: Any, test: torch.Tensor, photos: torch.Tensor
+    args: argparse.Namespace, reader: Any, test: torch.Tensor, test_layouts: Any, photos: torch.Tensor
 ) -> dict[str, Any]:
     """Reconstruction and latent statistics of every trained first stage and seed (held-out data)."""
     half = test.shape[0] // 2
@@ -198,6 +199,7 @@ def first_stage_scores(
                 "seed": seed, **describe_first_stage(ae),
                 "test_scenes": reconstruction_scores(ae, test), "photos": reconstruction_scores(ae, photos),
                 "latent": latent_statistics(ae, test, seed=seed),
+                "reading": reconstruction_reading(ae, reader, test, test_layouts),
                 "interpolation": interpolation_smoothness(ae, reader, test[:pairs], test[half : half + pairs]),
             })  # fmt: skip
         scores[name] = {"seeds": rows, "mean": _mean_of(rows)}
@@ -207,7 +209,7 @@ def first_stage_scores(
 def _mean_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and spread (population sd) of every nested number over seeds."""
     out: dict[str, Any] = {}
-    for group in ("test_scenes", "photos", "latent", "interpolation"):
+    for group in ("test_scenes", "photos", "latent", "interpolation", "reading"):
         out[group] = {}
         for key in rows[0][group]:
             vals = [float(r[group][key]) for r in rows]
