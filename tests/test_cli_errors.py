@@ -375,7 +375,10 @@ def test_autoencoder_commands_name_a_memory_run(memory_run, photo, tmp_path):
         assert "geometric_memory" in line and "eval-memory" in line, line
     (memory_run / "final" / "config.json").write_text(json.dumps({"model_type": "conduit_hub", "config": {}}))
     line = error_line(run("eval", str(memory_run)))
-    assert "'conduit_hub'" in line and "not an image autoencoder" in line and "patch_svae" in line
+    assert "'conduit_hub'" in line and "not an image autoencoder" in line and "eval-hub" in line
+    (memory_run / "final" / "config.json").write_text(json.dumps({"model_type": "nope", "config": {}}))
+    line = error_line(run("eval", str(memory_run)))
+    assert "'nope'" in line and "not an image autoencoder" in line and "patch_svae" in line
 
 
 # ----------------------------------------------------------------------------------- one declaration
