@@ -32,7 +32,7 @@ from pentachora.autoencoders.base import AutoencoderOutput, VariationalPatchAuto
 from pentachora.autoencoders.distributions import DiagonalGaussian
 from pentachora.modeling import Presets, register_model
 
-__all__ = ["KL_PRESETS", "AutoencoderKLAdapter", "AutoencoderKLAdapterConfig"]
+__all__ = ["KL_PRESETS", "AutoencoderKLAdapter", "AutoencoderKLAdapterConfig", "diffusers_class"]
 
 #: Small from-scratch configurations (f8: four levels). Parameter counts in the config docstring.
 KL_PRESETS: dict[str, dict[str, Any]] = {
@@ -41,6 +41,15 @@ KL_PRESETS: dict[str, dict[str, Any]] = {
     "small-f8c4": dict(block_out_channels=(64, 128, 256, 256), latent_channels=4),
     "small-f8c16": dict(block_out_channels=(64, 128, 256, 256), latent_channels=16),
 }
+
+
+def diffusers_class(name: str, needed_by: str) -> Any:
+    """``diffusers.<name>``, or an ImportError that says which extra to install."""
+    try:
+        import diffusers
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{needed_by} needs diffusers: pip install 'pentachora[diffusion]'") from exc
+    return getattr(diffusers, name)
 
 
 @dataclasses.dataclass
@@ -112,12 +121,7 @@ class AutoencoderKLAdapter(VariationalPatchAutoencoder):
 
     def __init__(self, config: AutoencoderKLAdapterConfig) -> None:
         super().__init__(config)
-        try:
-            from diffusers import AutoencoderKL
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "AutoencoderKLAdapter needs diffusers: pip install 'pentachora[diffusion]'"
-            ) from exc
+        AutoencoderKL = diffusers_class("AutoencoderKL", type(self).__name__)
         c = config
         n = len(c.block_out_channels)
         self.vae = AutoencoderKL(

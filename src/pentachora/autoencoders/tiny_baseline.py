@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from pentachora.autoencoders.base import AutoencoderOutput, PatchAutoencoder
+from pentachora.autoencoders.kl_baseline import diffusers_class
 from pentachora.modeling import Presets, register_model
 
 __all__ = ["TINY_PRESETS", "AutoencoderTinyAdapter", "AutoencoderTinyAdapterConfig"]
@@ -86,12 +87,7 @@ class AutoencoderTinyAdapter(PatchAutoencoder):
 
     def __init__(self, config: AutoencoderTinyAdapterConfig) -> None:
         super().__init__(config)
-        try:
-            from diffusers import AutoencoderTiny
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "AutoencoderTinyAdapter needs diffusers: pip install 'pentachora[diffusion]'"
-            ) from exc
+        AutoencoderTiny = diffusers_class("AutoencoderTiny", type(self).__name__)
         c = config
         n = len(c.block_out_channels)
         self.vae = AutoencoderTiny(

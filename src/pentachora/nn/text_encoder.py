@@ -249,8 +249,6 @@ class FrozenTextEncoder(nn.Module):
             EncoderLoadError: the tokenizer, config or weights cannot be loaded (missing, offline,
                 not safetensors, corrupt); a ``CheckpointError`` and an ``OSError``.
         """
-        import transformers
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         if model_class is not None and model_class not in ENCODER_CLASSES:
             raise CheckpointError(
@@ -260,49 +258,11 @@ class FrozenTextEncoder(nn.Module):
 
         if name_or_path in TINY_ENCODERS:
             model, tokenizer = tiny_encoder(name_or_path.split("-")[1])
-            return cls(
-                model,
-                tokenizer,
-                window=window,
-                layers=layers,
-                target_layer=target_layer,
-                pooling=pooling,
-                name=name_or_path,
+            where = name_or_path
+        else:
+            model, tokenizer, where = _load_transformers_encoder(
+                name_or_path, model_class, subfolder, tokenizer_subfolder, local_files_only
             )
-        path = resolve_encoder_path(name_or_path)
-        kw: dict[str, Any] = {"local_files_only": local_files_only, "trust_remote_code": False}
-        if tokenizer_subfolder is None and subfolder and subfolder.startswith("text_encoder"):
-            tokenizer_subfolder = subfolder.replace("text_encoder", "tokenizer")
-        tok_kw = dict(kw)
-        if tokenizer_subfolder:
-            tok_kw["subfolder"] = tokenizer_subfolder
-        model_kw = dict(kw)
-        if subfolder:
-            model_kw["subfolder"] = subfolder
-        where = name_or_path if subfolder is None else f"{name_or_path}::{subfolder}"
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, **tok_kw)
-            if model_class is None:
-                config = AutoConfig.from_pretrained(path, **model_kw)
-                if config.model_type in ("clip", "clip_text_model"):
-                    model_class = "CLIPTextModel"
-            klass = (
-                getattr(transformers, model_class)
-                if model_class and model_class != "AutoModel"
-                else AutoModel
-            )
-            model = klass.from_pretrained(path, use_safetensors=True, **model_kw)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as exc:
-            hint = (
-                " (offline: it must be a local folder or already in the Hugging Face cache)"
-                if local_files_only
-                else ""
-            )
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EncoderLoadError(
-                f"cannot load the text encoder {where!r}{hint}: {first}. It needs a tokenizer, a config "
-                "and model.safetensors weights (pytorch_model.bin is refused: loading it would unpickle)"
-            ) from exc
         return cls(
             model,
             tokenizer,
@@ -618,3 +578,53 @@ def tiny_encoder(
         torch.random.set_rng_state(state)
     model.config._name_or_path = f"tiny-{kind}"
     return model.eval(), tokenizer
+
+
+def _load_transformers_encoder(
+    name_or_path: str,
+    model_class: str | None,
+    subfolder: str | None,
+    tokenizer_subfolder: str | None,
+    local_files_only: bool,
+) -> tuple[Any, Any, str]:
+    """``(model, tokenizer, where)`` of a Hugging Face text encoder (safetensors only, no remote code).
+
+    Raises:
+        EncoderLoadError: anything missing, offline, not safetensors or corrupt.
+    """
+    import transformers
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = resolve_encoder_path(name_or_path)
+    kw: dict[str, Any] = {"local_files_only": local_files_only, "trust_remote_code": False}
+    if tokenizer_subfolder is None and subfolder and subfolder.startswith("text_encoder"):
+        tokenizer_subfolder = subfolder.replace("text_encoder", "tokenizer")
+    tok_kw = dict(kw)
+    if tokenizer_subfolder:
+        tok_kw["subfolder"] = tokenizer_subfolder
+    model_kw = dict(kw)
+    if subfolder:
+        model_kw["subfolder"] = subfolder
+    where = name_or_path if subfolder is None else f"{name_or_path}::{subfolder}"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **tok_kw)
+        if model_class is None:
+            config = AutoConfig.from_pretrained(path, **model_kw)
+            if config.model_type in ("clip", "clip_text_model"):
+                model_class = "CLIPTextModel"
+        klass = (
+            getattr(transformers, model_class) if model_class and model_class != "AutoModel" else AutoModel
+        )
+        model = klass.from_pretrained(path, use_safetensors=True, **model_kw)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as exc:
+        hint = (
+            " (offline: it must be a local folder or already in the Hugging Face cache)"
+            if local_files_only
+            else ""
+        )
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EncoderLoadError(
+            f"cannot load the text encoder {where!r}{hint}: {first}. It needs a tokenizer, a config "
+            "and model.safetensors weights (pytorch_model.bin is refused: loading it would unpickle)"
+        ) from exc
+    return model, tokenizer, where
