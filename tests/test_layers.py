@@ -8,6 +8,7 @@ inside functions (a lazy import is still a dependency). The cycle check uses mod
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -432,3 +433,35 @@ def test_cli_modules_import_torch_and_models_lazily():
             if not e.lazy and layer(e.target) not in ("cli", "errors", ""):
                 bad.append(str(e))
     assert not bad, "CLI modules must import these inside command bodies:\n  " + "\n  ".join(bad)
+
+
+def test_cli_registration_runs_one_way():
+    """The package root imports the command modules; they import ``cli.app``, never the root back.
+
+    Imports inside functions count here: a registration ring hidden in a function is still a ring.
+    """
+    edges = [
+        dataclasses.replace(e, lazy=False)
+        for path in sorted((PKG / "cli").glob("*.py"))
+        for e in edges_of(path, module_name(path))
+        if layer(e.target) == "cli"
+    ]
+    cycles = find_cycles(edges)
+    assert not cycles, "CLI import rings:\n" + "\n".join(
+        ", ".join(c) + ":\n    " + "\n    ".join(_cycle_edges(edges, c)) for c in cycles
+    )
+
+
+CLI_FUNCTION_MAX_LINES = 60
+
+
+def test_cli_functions_only_parse_and_print():
+    """No CLI function runs past ~60 lines: the work of a command lives in a recipe."""
+    long = []
+    for path in sorted((PKG / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > CLI_FUNCTION_MAX_LINES:
+                    long.append(f"cli/{path.name}:{node.lineno} {node.name}: {n} lines")
+    assert not long, "move the work into recipes:\n  " + "\n  ".join(long)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pentachora.cli import app
+from pentachora.cli.app import app
 
 
 @app.command("audit")

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pentachora.cli import app, train_app
+from pentachora.cli.app import app, train_app
 from pentachora.cli.core import set_resume_dir
 from pentachora.cli.options import (
     DATA_HELP,

@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pentachora.cli import app, train_app
+from pentachora.cli.app import app, train_app
 from pentachora.cli.autoencoders import print_model_card, train_and_report
 from pentachora.cli.options import (
     ImageDataOptions,

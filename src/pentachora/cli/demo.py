@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from pentachora.cli import app
+from pentachora.cli.app import app
 from pentachora.cli.options import MAX_SEED
 
 

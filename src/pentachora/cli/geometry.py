@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pentachora.cli import app
+from pentachora.cli.app import app
 from pentachora.cli.core import PentachoraTyper
 from pentachora.cli.options import MAX_SEED, check_output_file
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pentachora.cli import app, train_app
+from pentachora.cli.app import app, train_app
 from pentachora.cli.options import TrainOptions, check_run_folder, train_options
 
 #: ``ConduitHubConfig.readout`` values, spelled out so the CLI starts without importing torch (a test

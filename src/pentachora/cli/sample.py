@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from pentachora.cli import app
+from pentachora.cli.app import app
 from pentachora.cli.options import MAX_SEED, check_output_file, load_autoencoder
 
 #: Largest ``--num`` (the grid is built in memory).

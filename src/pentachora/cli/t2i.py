@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pentachora.cli import app, train_app
+from pentachora.cli.app import app, train_app
 from pentachora.cli.options import (
     MAX_SEED,
     TrainOptions,
