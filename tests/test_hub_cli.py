@@ -197,3 +197,37 @@ def test_train_hub_has_the_shared_training_options():
     assert bad.exit_code == 2 and "--seed" in bad.output
     both = runner.invoke(app, ["train", "hub", "--fresh", "--force-resume", "--steps", "1"])
     assert both.exit_code == 2 and "give one of them" in both.output
+
+
+def test_align_audit_and_eval_hub_errors_go_to_stderr_and_outputs_are_checked_first(tmp_path, monkeypatch):
+    """Issue 25: these commands printed errors on stdout (audit without "error:") and checked their
+    output folder only after the work."""
+    import pentachora.recipes.diagnostics as diag
+    import pentachora.recipes.hub as hub_recipes
+
+    g = torch.Generator().manual_seed(0)
+    a = _save(tmp_path / "a.safetensors", torch.randn(60, 8, generator=g))
+    b = _save(tmp_path / "b.safetensors", torch.randn(60, 6, generator=g))
+    # a bad input: the one-line error is on stderr, stdout is empty
+    short = _save(tmp_path / "short.safetensors", torch.randn(59, 6, generator=g))
+    res = runner.invoke(app, ["align", str(a), str(short)])
+    assert res.exit_code == 2 and res.stderr.startswith("error:") and "has 59" in res.stderr
+    assert res.stdout == ""
+    # an output that is a file is refused before the fit runs
+    taken = tmp_path / "taken"
+    taken.write_text("notes")
+    calls = []
+    monkeypatch.setattr(hub_recipes, "fit_aligner_files", lambda *a, **k: calls.append(1))
+    res = runner.invoke(app, ["align", str(a), str(b), "-o", str(taken)])
+    assert res.exit_code == 2 and "is a file" in res.stderr and not calls
+    assert taken.read_text() == "notes"
+    # audit: a run without metrics says "error:" on stderr; a file as --out is refused before the report
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, ["audit", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and res.stderr.startswith("error:") and "metrics.jsonl" in res.stderr
+    monkeypatch.setattr(diag, "audit_run", lambda *a, **k: calls.append(1))
+    res = runner.invoke(app, ["audit", str(tmp_path / "empty"), "--out", str(taken)])
+    assert res.exit_code == 2 and "is a file" in res.stderr and not calls
+    # eval-hub of something that is not a hub run
+    res = runner.invoke(app, ["eval-hub", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and res.stderr.startswith("error:") and res.stdout == ""

@@ -20,15 +20,12 @@ def audit(
     events and warnings, gradient-loudness ratios (audit.md + PNGs)."""
     from rich.console import Console
 
-    from pentachora.errors import PentachoraError
+    from pentachora.cli.options import check_run_folder
     from pentachora.recipes.diagnostics import audit_run
 
+    check_run_folder(out, "--out")  # before the report is made; errors take the shared path (stderr)
     console = Console()
-    try:
-        paths = audit_run(run, out)
-    except PentachoraError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(code=2) from exc
+    paths = audit_run(run, out)
     console.print(f"report: {paths['markdown']}")
     for key, path in paths.items():
         if key != "markdown":

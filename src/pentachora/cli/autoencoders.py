@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,6 @@ from pentachora.cli.options import (
     lazy_loads_json,
     load_autoencoder,
     merge_flag_overrides,
-    parse_data,
     parse_overrides,
     train_options,
 )
@@ -130,17 +130,17 @@ def train_and_report(
     """Shared body of the image `train` commands: train, evaluate, write pictures, print the summary."""
     from pentachora.data.noise import NOISE_TYPES
     from pentachora.errors import ConfigError
-    from pentachora.recipes import train_autoencoder
+    from pentachora.recipes import build_eval_data, train_autoencoder
     from pentachora.training import TrainingDiverged
 
-    spec = images.spec()
+    spec = images.spec
     images.check_patch(model.patch_size)
     cfg = train.train_config()
     out = Path(cfg.out_dir)
     check_run_folder(out)
     fit_kwargs = train.fit_kwargs(train_autoencoder)
     callbacks = (*callbacks, *train.diagnostics_callbacks(model))
-    eval_data = images.eval_data()
+    eval_data = build_eval_data(spec, images.image_size, **images.eval_kwargs())
     console.print(
         f"training {label} on '{spec.spec}' for {train.steps} steps → {out}; evaluating on {describe_eval_data(eval_data)}"
     )
@@ -167,8 +167,34 @@ def train_and_report(
     console.print(f"run folder: {out}  (model: {out / 'final'}; metrics: {out / 'metrics.jsonl'})")
 
 
-def _describe_only(console: Console, model, config) -> None:
-    console.print_json(json.dumps({**describe_model(model), "config": dataclasses.asdict(config)}))
+def train_image_autoencoder(
+    train: TrainOptions,
+    images: ImageDataOptions,
+    model_class: type,
+    config,
+    label: str,
+    default_out: Path,
+    soft_hand: bool = False,
+    callbacks: Callable[[int], tuple] = lambda steps: (),
+) -> None:
+    """The one body of ``train svae`` and ``train geovae``: build the model from ``config`` (seeded),
+    print its card, then describe it (``--steps 0``) or train, evaluate and report it.
+
+    ``callbacks(steps)`` gives the model's schedule callbacks for a run of ``steps`` steps.
+    """
+    import torch
+
+    console = Console()
+    torch.manual_seed(train.seed)
+    model = build_model(model_class, config)
+    print_model_card(console, model, label)
+    if train.steps == 0:
+        console.print_json(json.dumps({**describe_model(model), "config": dataclasses.asdict(config)}))
+        return
+    train.out = train.out or default_out
+    train_and_report(
+        console, model, label, train, images, soft_hand=soft_hand, callbacks=callbacks(train.steps)
+    )
 
 
 # ---------------------------------------------------------------------------- train svae
@@ -207,26 +233,17 @@ def train_svae(
 
     Example: pentachora train svae --preset tiny --data images --steps 500 --out runs/svae
     """
-    import torch
-
     from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig
 
-    console = Console()
     overrides = merge_flag_overrides(
         parse_overrides(set_), readout=readout, cv_mode=cv_mode, omega_layernorm=omega_layernorm,
         mhat_sphere_norm=mhat_sphere_norm,
     )  # fmt: skip
     config = build_config(PatchSVAEConfig, preset, overrides)
-    readout = config.readout
-    torch.manual_seed(train.seed)
-    model = build_model(PatchSVAE, config)
-    label = f"PatchSVAE[{preset}{'' if readout == 'svd' else ', NoSVD'}]"
-    print_model_card(console, model, label)
-    if train.steps == 0:
-        _describe_only(console, model, config)
-        return
-    train.out = train.out or Path("runs") / f"svae-{preset}{'' if readout == 'svd' else '-nosvd'}"
-    train_and_report(console, model, label, train, images, soft_hand=soft_hand)
+    svd = config.readout == "svd"
+    label = f"PatchSVAE[{preset}{'' if svd else ', NoSVD'}]"
+    default_out = Path("runs") / f"svae-{preset}{'' if svd else '-nosvd'}"
+    train_image_autoencoder(train, images, PatchSVAE, config, label, default_out, soft_hand=soft_hand)
 
 
 # ---------------------------------------------------------------------------- train geovae
@@ -251,23 +268,19 @@ def train_geovae(
 
     Example: pentachora train geovae --preset tiny-12 --data noise:raw --steps 3000 --out runs/geovae
     """
-    import torch
-
     from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
     from pentachora.recipes import geovae_schedule
 
-    console = Console()
     config = build_config(GeoVAEConfig, preset, parse_overrides(set_))
-    torch.manual_seed(train.seed)
-    model = build_model(GeoVAE, config)
-    label = f"GeoVAE[{preset}]"
-    print_model_card(console, model, label)
-    if train.steps == 0:
-        _describe_only(console, model, config)
-        return
-    train.out = train.out or Path("runs") / f"geovae-{preset.replace(':', 'to')}"
-    schedule = geovae_schedule(train.steps, align_fraction=align_fraction)
-    train_and_report(console, model, label, train, images, callbacks=(schedule,))
+    train_image_autoencoder(
+        train,
+        images,
+        GeoVAE,
+        config,
+        f"GeoVAE[{preset}]",
+        Path("runs") / f"geovae-{preset.replace(':', 'to')}",
+        callbacks=lambda steps: (geovae_schedule(steps, align_fraction=align_fraction),),
+    )
 
 
 # ---------------------------------------------------------------------------- eval
@@ -288,16 +301,18 @@ def eval_cmd(
     """Evaluate a trained autoencoder: held-out PSNR/SSIM, per-noise-type MSE, CV, erank, S_delta."""
     from pentachora.data.noise import NOISE_TYPES
     from pentachora.errors import CheckpointError, ConfigError
+    from pentachora.recipes import build_eval_data
     from pentachora.recipes.evaluation import broken_reconstructions, evaluate_autoencoder
 
     check_output_file(json_out, "json", "--json")
     if heavy_tails not in (None, "clamp", "raw"):
         raise ConfigError(f"--heavy-tails must be 'clamp' or 'raw', got {heavy_tails!r}")
-    parse_data(images.data)
     console = Console()
     model = load_autoencoder(run)
     images.check_patch(model.patch_size)
-    eval_data = images.eval_data(heavy_tails=heavy_tails)
+    eval_data = build_eval_data(
+        images.spec, images.image_size, heavy_tails=heavy_tails, **images.eval_kwargs()
+    )
     console.print(f"evaluating {run} on {describe_eval_data(eval_data)}")
     metrics = {**evaluate_autoencoder(model, eval_data), **describe_model(model)}
     console.print(summary_table(f"evaluation of {run}", {model.model_type: metrics}, NOISE_TYPES))

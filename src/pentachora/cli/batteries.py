@@ -236,7 +236,7 @@ def train_container(
             calibration = None
             if spectral:
                 images.check_patch(bank.config.patch_size if bank is not None else 8)
-                source = images.spec().train_source(train.batch_size, images.image_size, seed=train.seed)
+                source = images.spec.train_source(train.batch_size, images.image_size, seed=train.seed)
                 calibration = torch.cat([source.batch(i) for i in range(calibration_batches)])
             shape = None if bank is not None else BatteryConfig(n_batteries=n_batteries)
             model, report = build_folded_container(

@@ -34,11 +34,6 @@ DATA_HELP = (
 )
 
 
-def _fail(console: Console, exc: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-    return typer.Exit(code=2)
-
-
 def _retrieval_table(title: str, evaluation: dict) -> Table:
     table = Table(title=title)
     for col in ("pair", "trained", "R@1 A→B", "R@1 B→A", "R@5 A→B", "R@5 B→A", "shuffled R@1", "chance"):
@@ -115,8 +110,8 @@ def train_hub_cmd(
     """
     import torch
 
-    from pentachora.errors import PentachoraError
-    from pentachora.recipes.hub import HubData, hub_config_for, parse_expert_spec, prepare_hub_data, train_hub
+    from pentachora.errors import ConfigError
+    from pentachora.recipes.hub import hub_config_for, parse_expert_spec, prepare_hub_data, train_hub
 
     console = Console()
     if threads:
@@ -128,31 +123,22 @@ def train_hub_cmd(
     try:
         for s in specs:
             parse_expert_spec(s)
-        hdata = prepare_hub_data(specs, corpus=data, cache_dir=cache_dir, seed=train.seed,
+        hdata = prepare_hub_data(specs, corpus=data, cache_dir=cache_dir, seed=train.seed, chunks=chunks,
                                  max_train_items=max_train_items, max_heldout_items=max_heldout_items)  # fmt: skip
-        if chunks:
-            hdata = HubData(
-                hdata.train.compressed(chunks),
-                hdata.heldout.compressed(chunks),
-                {**hdata.info, "chunks": chunks},
-            )
         config = hub_config_for(
             hdata, d_hub=d_hub, pairs=tuple(p for p in pairs.split(",") if p), reference=reference,
             n_tokens=n_tokens, dropout=dropout, shrinkage=shrinkage, w_midpoint=w_midpoint,
             w_procrustes=w_procrustes, readout=readout, expert_sources=tuple(specs),
         )  # fmt: skip
-        tcfg = train.train_config(out=out, batch_size=min(train.batch_size, hdata.train.n),
-                                  warmup_steps=min(train.warmup, train.steps // 10), log_every=max(1, train.steps // 20))  # fmt: skip
-    except (PentachoraError, ImportError, ValueError) as exc:
-        raise _fail(console, exc) from exc
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+    tcfg = train.train_config(out=out, batch_size=min(train.batch_size, hdata.train.n),
+                              warmup_steps=min(train.warmup, train.steps // 10), log_every=max(1, train.steps // 20))  # fmt: skip
     console.print(
         f"data: {hdata.info['train_items']} training / {hdata.info['heldout_items']} held-out items "
         f"(leakage check {hdata.info['leakage']}); experts {hdata.dims}; d_hub {d_hub}"
     )
-    try:
-        run = train_hub(hdata, config, tcfg, make_callbacks=train.diagnostics_callbacks, **fit)
-    except PentachoraError as exc:
-        raise _fail(console, exc) from exc
+    run = train_hub(hdata, config, tcfg, make_callbacks=train.diagnostics_callbacks, **fit)
     _print_eval(console, run.evaluation, f"held-out retrieval ({run.out_dir})")
     for name, rep in run.aligners.items():
         if isinstance(rep, dict) and "lift" in rep:
@@ -170,31 +156,15 @@ def eval_hub_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON."),
 ) -> None:
     """Evaluate a trained hub on its held-out split: R@1/R@5 both directions per pair, floors, CV."""
-    from pentachora.errors import DataError, PentachoraError
-    from pentachora.io import read_json
-    from pentachora.recipes.hub import evaluate_hub, load_hub, prepare_hub_data
+    from pentachora.errors import ConfigError
+    from pentachora.recipes.hub import evaluate_hub, load_hub, run_heldout_features
 
     console = Console()
+    model = load_hub(run)
     try:
-        model = load_hub(run)
-        info_path = Path(run) / "data.json"
-        info = read_json(info_path) if info_path.is_file() else {}
-        specs = list(model.config.expert_sources) or list(info.get("experts", []))
-        if not specs:
-            raise DataError(f"{run} does not say which experts made its features (no data.json)")
-        hdata = prepare_hub_data(
-            specs, corpus=info.get("corpus", "wiki"), cache_dir=cache_dir, seed=int(info.get("seed", 0))
-        )
-        if info.get("chunks"):
-            hdata.heldout = hdata.heldout.compressed(int(info["chunks"]))
-        if hdata.dims != dict(zip(model.config.experts, model.config.expert_dims, strict=True)):
-            raise DataError(
-                f"the features {hdata.dims} do not match the hub's experts "
-                f"{dict(zip(model.config.experts, model.config.expert_dims, strict=True))}"
-            )
-        evaluation = evaluate_hub(model, hdata.heldout)
-    except (PentachoraError, ImportError) as exc:
-        raise _fail(console, exc) from exc
+        evaluation = evaluate_hub(model, run_heldout_features(run, model, cache_dir))
+    except ImportError as exc:
+        raise ConfigError(str(exc)) from exc
     if as_json:
         console.print_json(json.dumps(evaluation))
     else:
@@ -219,9 +189,10 @@ def align_cmd(
 
     Example: pentachora align a.safetensors b.safetensors -o aligner/
     """
-    from pentachora.errors import PentachoraError
+    from pentachora.errors import DataError
     from pentachora.recipes.hub import fit_aligner_files
 
+    check_run_folder(out, "--out")  # before the fit: a file or an unwritable folder is refused first
     console = Console()
     try:
         report = fit_aligner_files(
@@ -235,8 +206,8 @@ def align_cmd(
             heldout_fraction=heldout_fraction,
             seed=seed,
         )
-    except (PentachoraError, ValueError) as exc:
-        raise _fail(console, exc) from exc
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
     h, f = report["heldout"], report["fit_set"]
     console.print(
         f"{report['d_source']}-d → {report['d_hub']}-d ({report['mode']}), target {report['d_target']}-d "

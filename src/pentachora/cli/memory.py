@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from rich.table import Table
 from pentachora.cli.app import app, train_app
 from pentachora.cli.options import (
     TrainOptions,
+    build_config,
     check_output_file,
     check_run_folder,
     parse_overrides,
@@ -135,16 +138,8 @@ def train_memory_cmd(
     import torch
 
     from pentachora.cli.core import set_resume_dir
-    from pentachora.cli.options import build_config, build_model
-    from pentachora.errors import CheckpointError, ConfigError, PentachoraError
-    from pentachora.memory.model import GeometricMemory, MemoryConfig
-    from pentachora.recipes.memory import (
-        MODES,
-        load_memory_model,
-        prepare_memory_data,
-        resolve_config,
-        train_memory,
-    )
+    from pentachora.errors import ConfigError
+    from pentachora.recipes.memory import MODES, build_memory_model, prepare_memory_data, train_memory
     from pentachora.training import TrainingDiverged
 
     console = Console()
@@ -152,31 +147,11 @@ def train_memory_cmd(
         torch.set_num_threads(threads)
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
-    overrides = parse_overrides(set_)
-    init_model = None
-    if init_from is not None:
-        init_model = load_memory_model(init_from)
-        try:
-            base = dataclasses.replace(init_model.config, **overrides)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"MemoryConfig: {exc}") from exc
-    else:
-        base = build_config(MemoryConfig, preset, overrides)
-    try:
-        config, student, teacher = resolve_config(base, local_files_only=not online)
-    except PentachoraError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"MemoryConfig: {exc}") from exc
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot load the frozen encoder/teacher offline: {exc} (pass --online to allow downloads)"
-        ) from exc
-    torch.manual_seed(train.seed)
-    model = build_model(GeometricMemory, config)
-    if init_model is not None:
-        model.load_state_dict_checked(init_model.state_dict(), source=str(init_from))
-    card = _model_card(model)
+    config, init_model = _memory_config(preset, parse_overrides(set_), init_from)
+    with frozen_weights(online):
+        setup = build_memory_model(config, init_model, local_files_only=not online, seed=train.seed)
+    model, card = setup.model, _model_card(setup.model)
+    config = model.config
     console.print(
         f"[bold]GeometricMemory[{preset}][/bold]: {card['parameters']:,} trainable parameters; frozen "
         f"{config.encoder} (W={config.window}, layers {list(config.extraction_layers)}) → {card['memory']} → "
@@ -188,46 +163,64 @@ def train_memory_cmd(
     out = train.out or Path("runs") / f"memory-{preset}"
     check_run_folder(out)
     cfg = train.train_config(out=out)
-    mdata = prepare_memory_data(
-        config,
-        data,
-        cache_root=cache_dir,
-        max_train_docs=max_train_docs or None,
-        max_heldout_docs=max_heldout_docs or None,
-        encoders=(student, teacher),
-        local_files_only=not online,
-    )
+    with frozen_weights(online):
+        mdata = prepare_memory_data(
+            config,
+            data,
+            cache_root=cache_dir,
+            max_train_docs=max_train_docs or None,
+            max_heldout_docs=max_heldout_docs or None,
+            encoders=setup.encoders,
+            local_files_only=not online,
+        )
     console.print(
         f"data: {mdata.corpus.description} — training on {mdata.train.n_docs} documents, evaluating on "
         f"{mdata.heldout.n_docs} held-out ones ({mdata.corpus.licence.split(' — ')[0]})"
     )
     fit_kwargs = train.fit_kwargs(train_memory)
-    diagnostics = train.diagnostics_callbacks(model)
     set_resume_dir(out)
     try:
         run = train_memory(
-            model,
-            mdata,
-            cfg,
-            mode=mode,
-            bank_lr_scale=bank_lr_scale,
-            pretrained_bank=init_model is not None,
-            periodic_eval_docs=eval_docs,
-            callbacks=diagnostics,
-            **fit_kwargs,
-        )
+            model, mdata, cfg, mode=mode, bank_lr_scale=bank_lr_scale, pretrained_bank=setup.pretrained,
+            periodic_eval_docs=eval_docs, callbacks=train.diagnostics_callbacks(model), **fit_kwargs,
+        )  # fmt: skip
     except TrainingDiverged as exc:
         raise ConfigError(f"{exc} (lower --lr or raise --warmup)") from exc
-    from pentachora.diagnostics.plots import save_training_curves
+    _print_memory_run(console, run, preset, mode, out)
 
-    curves = None
-    if run.metrics:
-        split = {
-            "train": [r for r in run.metrics if r.get("split") == "train"],
-            "held-out": [r for r in run.metrics if r.get("split") == "eval"],
-        }
-        keys = ("loss", "m_acc", "pooled_cos", "s_cos", "tail_r1", "cv")
-        curves = save_training_curves(split, out / "curves.png", keys=keys)
+
+@contextmanager
+def frozen_weights(online: bool) -> Iterator[None]:
+    """Frozen encoder/teacher weights that cannot be loaded become one ``CheckpointError`` line."""
+    from pentachora.errors import CheckpointError
+
+    try:
+        yield
+    except OSError as exc:
+        hint = "" if online else " offline (pass --online to allow downloads)"
+        raise CheckpointError(f"cannot load the frozen encoder/teacher{hint}: {exc}") from exc
+
+
+def _memory_config(preset: str, overrides: dict[str, Any], init_from: Path | None):
+    """The ``MemoryConfig`` to train: the preset's, or the ``--init-from`` model's (and that model),
+    with ``--set`` applied."""
+    from pentachora.errors import ConfigError
+    from pentachora.memory.model import MemoryConfig
+    from pentachora.recipes.memory import load_memory_model
+
+    if init_from is None:
+        return build_config(MemoryConfig, preset, overrides), None
+    init_model = load_memory_model(init_from)
+    try:
+        return dataclasses.replace(init_model.config, **overrides), init_model
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"MemoryConfig: {exc}") from exc
+
+
+def _print_memory_run(console: Console, run, preset: str, mode: str, out: Path) -> None:
+    from pentachora.recipes.memory import save_memory_curves
+
+    curves = save_memory_curves(run, out / "curves.png")
     console.print(
         metrics_table(
             f"held-out evaluation after {run.result.steps} steps ({mode})", {preset: run.evaluation}
@@ -291,7 +284,7 @@ def encode_cmd(
     """
     import torch
 
-    from pentachora.errors import CheckpointError, ConfigError, DataError, PentachoraError
+    from pentachora.errors import ConfigError, DataError, PentachoraError
     from pentachora.io import atomic_save_tensors
     from pentachora.recipes.memory import load_memory_model
 
@@ -305,14 +298,8 @@ def encode_cmd(
     if not items:
         raise DataError("give at least one text (argument or --file)")
     model = load_memory_model(model_dir)
-    try:
+    with frozen_weights(online):
         model.load_encoder(local_files_only=not online)
-    except PentachoraError:
-        raise
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot load the frozen encoder {model.config.encoder!r} offline: {exc} (pass --online to allow downloads)"
-        ) from exc
     try:
         enc = model.encode(items, on_overflow=overflow)
     except PentachoraError:
@@ -360,7 +347,6 @@ def eval_memory_cmd(
     online: bool = typer.Option(False, help="Allow downloading encoder/teacher weights."),
 ) -> None:
     """Evaluate a trained memory model on held-out documents (m_acc, s_cos, pooled cosine, CV, tail R@1)."""
-    from pentachora.errors import CheckpointError, PentachoraError
     from pentachora.recipes.memory import (
         baseline_outputs,
         evaluate_memory,
@@ -375,14 +361,8 @@ def eval_memory_cmd(
     check_output_file(json_out, "json", "--json")
     console = Console()
     model = load_memory_model(run)
-    try:
+    with frozen_weights(online):
         encoders = load_encoders(model.config, local_files_only=not online)
-    except PentachoraError:
-        raise
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot load the frozen encoder/teacher offline: {exc} (pass --online to allow downloads)"
-        ) from exc
     mdata = prepare_memory_data(
         model.config,
         data,

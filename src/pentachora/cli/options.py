@@ -29,7 +29,7 @@ import os
 import tempfile
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -324,16 +324,20 @@ IMAGE_DATA_OPTIONS: dict[str, OptionSpec] = {
 
 @dataclass
 class ImageDataOptions:
-    """What an image autoencoder trains and is evaluated on (see :data:`IMAGE_DATA_OPTIONS`)."""
+    """What an image autoencoder trains and is evaluated on (see :data:`IMAGE_DATA_OPTIONS`).
+
+    ``--data`` is parsed once, when the options are built: :attr:`spec` is the parsed
+    :class:`pentachora.data.sources.DataSpec` (a bad spec is a ``ConfigError`` naming the flag).
+    """
 
     data: str = "images"
     image_size: int = 64
     noise_per_type: int = 16
     eval_tiles: int = 0
+    spec: Any = field(init=False, repr=False)
 
-    def spec(self):
-        """The parsed ``--data`` (:class:`pentachora.data.sources.DataSpec`)."""
-        return parse_data(self.data)
+    def __post_init__(self) -> None:
+        self.spec = parse_data(self.data)
 
     def check_patch(self, patch: int) -> None:
         """Refuse an image size that is not a multiple of the model's patch."""
@@ -343,19 +347,9 @@ class ImageDataOptions:
                 f"use e.g. {max(patch, self.image_size - self.image_size % patch)}"
             )
 
-    def eval_data(self, heavy_tails: str | None = None):
-        """Held-out tiles (at most ``--eval-tiles`` per image) and noise batches for the evaluation."""
-        from pentachora.data.noise import NOISE_TYPES
-        from pentachora.recipes import build_eval_data
-
-        return build_eval_data(
-            self.spec(),
-            self.image_size,
-            NOISE_TYPES,
-            n_noise_per_type=self.noise_per_type,
-            heavy_tails=heavy_tails,
-            max_tiles_per_image=self.eval_tiles or None,
-        )
+    def eval_kwargs(self) -> dict[str, Any]:
+        """The evaluation settings, as keyword arguments of ``recipes.build_eval_data``."""
+        return {"n_noise_per_type": self.noise_per_type, "max_tiles_per_image": self.eval_tiles or None}
 
 
 image_data_options = _option_group(IMAGE_DATA_OPTIONS, ImageDataOptions, "images", "Data")

@@ -54,6 +54,7 @@ __all__ = [
     "load_hub",
     "parse_expert_spec",
     "prepare_hub_data",
+    "run_heldout_features",
     "train_hub",
 ]
 
@@ -145,8 +146,12 @@ def prepare_hub_data(
     max_train_items: int = 0,
     max_heldout_items: int = 0,
     use_cache: bool = True,
+    chunks: int = 0,
 ) -> HubData:
     """Corpus → items → every expert's token features for both splits (cached as safetensors).
+
+    With ``chunks``, items of more tokens become that many chunk means (a CPU budget; the cache
+    holds the full features).
 
     Items are the corpus documents; the embedded ``wiki`` corpus is cut into passages of
     ``min_tokens``–``max_tokens`` MiniLM tokens and holds whole articles out. LSA and Word2Vec are
@@ -223,7 +228,37 @@ def prepare_hub_data(
     if leak["shared_items"] or (leak["shared_titles"] and corpus == "wiki"):
         raise DataError(f"the held-out split leaks into the training split: {leak}")
     info.update({"train_items": train.n, "heldout_items": heldout.n, "leakage": leak, "dims": train.dims})
+    if chunks:
+        train, heldout = train.compressed(chunks), heldout.compressed(chunks)
+        info["chunks"] = chunks
     return HubData(train=train, heldout=heldout, info=info)
+
+
+def run_heldout_features(
+    run: str | os.PathLike, model: ConduitHub, cache_dir: str | os.PathLike | None = None
+) -> PairedFeatures:
+    """The held-out features a saved hub is evaluated on, rebuilt as its training made them (the
+    experts, corpus, seed and chunking of its ``data.json``; the feature cache makes this cheap).
+
+    Raises:
+        DataError: the run does not say which experts made its features, or the features' widths
+            do not match the hub's experts.
+    """
+    from pentachora.io import read_json
+
+    info_path = Path(run) / "data.json"
+    info = read_json(info_path) if info_path.is_file() else {}
+    specs = list(model.config.expert_sources) or list(info.get("experts", []))
+    if not specs:
+        raise DataError(f"{run} does not say which experts made its features (no data.json)")
+    hdata = prepare_hub_data(
+        specs, corpus=info.get("corpus", "wiki"), cache_dir=cache_dir, seed=int(info.get("seed", 0))
+    )
+    heldout = hdata.heldout.compressed(int(info["chunks"])) if info.get("chunks") else hdata.heldout
+    expected = dict(zip(model.config.experts, model.config.expert_dims, strict=True))
+    if heldout.dims != expected:
+        raise DataError(f"the features {heldout.dims} do not match the hub's experts {expected}")
+    return heldout
 
 
 class AlternatingPairSource:

@@ -44,7 +44,7 @@ import torch
 
 from pentachora.data.text import TextCorpus, parse_text_spec
 from pentachora.diagnostics.convergence import ConvergenceMonitor
-from pentachora.errors import ConfigError
+from pentachora.errors import ConfigError, PentachoraError
 from pentachora.geometry import ProcrustesMap, cv_metric, orthogonal_procrustes
 from pentachora.io import atomic_write_json
 from pentachora.memory.cache import CachedDocumentSource, FeatureCache, build_feature_cache
@@ -66,6 +66,8 @@ __all__ = [
     "LRScaleCallback",
     "MemoryData",
     "MemoryRun",
+    "MemorySetup",
+    "build_memory_model",
     "concat_chunk_metrics",
     "evaluate_chunks",
     "evaluate_memory",
@@ -76,6 +78,7 @@ __all__ = [
     "memory_convergence_monitor",
     "mode_callbacks",
     "prepare_memory_data",
+    "save_memory_curves",
     "train_memory",
 ]
 
@@ -156,6 +159,55 @@ def resolve_config(
         max_segments=seg.max_segments,
     )
     return resolved, student, teacher
+
+
+@dataclass
+class MemorySetup:
+    """A memory model ready to train: :func:`build_memory_model`'s result."""
+
+    model: GeometricMemory
+    encoders: tuple[FrozenTextEncoder, FrozenTextEncoder]  # (student, teacher), frozen
+    pretrained: bool  # the weights came from a trained model (two-phase skips its pooled-only stage)
+
+
+def build_memory_model(
+    config: MemoryConfig,
+    init: GeometricMemory | None = None,
+    local_files_only: bool = True,
+    seed: int = 0,
+) -> MemorySetup:
+    """A seeded :class:`GeometricMemory` for ``config``, its sizes read off the frozen models, its
+    weights copied from ``init`` when given.
+
+    Raises:
+        ConfigError: the config is invalid once resolved.
+        CheckpointError: ``init``'s weights do not fit the resolved model.
+        OSError: the frozen encoder/teacher cannot be loaded (offline and not cached, say).
+    """
+    try:
+        resolved, student, teacher = resolve_config(config, local_files_only=local_files_only)
+        torch.manual_seed(seed)
+        model = GeometricMemory(resolved)
+    except PentachoraError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"MemoryConfig: {exc}") from exc
+    if init is not None:
+        model.load_state_dict_checked(init.state_dict(), source="the initial model")
+    return MemorySetup(model, (student, teacher), pretrained=init is not None)
+
+
+def save_memory_curves(run: MemoryRun, path: str | os.PathLike) -> Path | None:
+    """The training and held-out curves of ``run`` (loss, m_acc, cosines, tail R@1, CV) as a PNG."""
+    from pentachora.diagnostics.plots import save_training_curves
+
+    if not run.metrics:
+        return None
+    split = {
+        "train": [r for r in run.metrics if r.get("split") == "train"],
+        "held-out": [r for r in run.metrics if r.get("split") == "eval"],
+    }
+    return save_training_curves(split, path, keys=("loss", "m_acc", "pooled_cos", "s_cos", "tail_r1", "cv"))
 
 
 def load_memory_model(path: str | os.PathLike, map_location: str = "cpu") -> GeometricMemory:
