@@ -178,6 +178,19 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
         assert label in md and f"{m['psnr_heldout']:.2f} dB / {m['ssim_heldout']:.3f}" in md
     assert json.loads((tmp_path / "demo.json").read_text())["models"].keys() == summary["models"].keys()
     assert (tmp_path / "reconstructions.png").is_file() and (tmp_path / "curves.png").is_file()
+    # the same command again: the results pair inside --out is the demo's own, not a stranger's
+    again = invoke(
+        "demo", "--steps", "2", "--batch-size", "2", "--image-size", "32", "--eval-tiles", "3",
+        "--noise-per-type", "2", "--out", str(tmp_path), "--results", str(tmp_path / "demo"), "--models", "svae",
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+
+
+def test_demo_cli_names_the_recipe_contenders():
+    from pentachora.cli.demo import DEFAULT_MODELS, DEMO_MODEL_NAMES
+    from pentachora.recipes.demo import DEMO_MODELS
+
+    assert tuple(DEMO_MODELS) == DEMO_MODEL_NAMES and set(DEFAULT_MODELS) <= set(DEMO_MODELS)
 
 
 def test_cli_grad_clip_choices_are_the_trainer_modes():
