@@ -205,3 +205,12 @@ def test_geometry_cli_default_dims_are_the_recipe_defaults():
     from pentachora.recipes.geometry import DEFAULT_DIMS
 
     assert CLI_DIMS == DEFAULT_DIMS
+
+
+def test_cli_memory_modes_are_the_recipe_modes():
+    from typing import get_args
+
+    from pentachora.cli.memory import MemoryMode
+    from pentachora.recipes.memory import MODES
+
+    assert get_args(MemoryMode) == MODES

@@ -60,7 +60,7 @@ def _bank_table(report: dict[str, Any]) -> Table:
 
 @train_app.command("batteries")
 @train_options(
-    include=("steps", "batch_size", "lr", "seed"),
+    include=("steps", "batch_size", "lr", "seed", "threads"),
     steps={"default": 400, "min": 1, "help": "Optimizer steps (every battery steps together)."},
     batch_size={"default": 32, "help": "Patches per battery per step."},
     lr={"default": 3e-3, "help": "Peak learning rate (AdamW, cosine)."},
@@ -86,7 +86,6 @@ def train_batteries(
     compare_loop: int = typer.Option(
         0, min=0, help="Also time N steps of a Python loop over the batteries (speed-up report)."
     ),
-    threads: int = typer.Option(0, min=0, help="torch threads (0 = torch's default)."),
 ) -> None:
     """Train K miniature PatchSVAE batteries in ONE batched module and save them as one file.
 
@@ -94,49 +93,35 @@ def train_batteries(
     """
     import torch
 
-    from pentachora.autoencoders.battery import BatteryConfig
     from pentachora.cli.core import set_resume_dir
-    from pentachora.data.regimes import RegimeSource, parse_regimes
     from pentachora.errors import ConfigError
-    from pentachora.recipes.batteries import time_batched_vs_loop, train_battery_bank
+    from pentachora.recipes.batteries import (
+        battery_config_for,
+        regime_source,
+        time_batched_vs_loop,
+        train_battery_bank,
+    )
 
     check_output_file(out, "safetensors", "--out")
     check_run_folder(run_dir, "--run-dir")
     if heavy_tails not in ("clamp", "raw"):
         raise ConfigError(f"--heavy-tails must be 'clamp' or 'raw', got {heavy_tails!r}")
     console = Console()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        parsed = parse_regimes(regimes)
-        config = BatteryConfig(
-            n_batteries=len(parsed),
-            patch_size=patch_size,
-            V=rows,
-            D=dim,
-            hidden=hidden,
-            n_cross=n_cross,
-            cv_weight=cv_weight,
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"--regimes {regimes!r}: {exc}") from exc
-    steps, batch_size, lr, seed = train.steps, train.batch_size, train.lr, train.seed
+    train.apply_threads()
+    config = battery_config_for(
+        regimes, patch_size=patch_size, V=rows, D=dim, hidden=hidden, n_cross=n_cross, cv_weight=cv_weight
+    )
     console.print(
-        f"{len(parsed)} batteries × {config.params_per_battery:,} parameters "
+        f"{config.n_batteries} batteries × {config.params_per_battery:,} parameters "
         f"(patch {patch_size}, frame {rows}×{dim}, hidden {hidden}); building regimes…"
     )
-    source = RegimeSource(
-        parsed,
-        batch_size,
-        patch_size=patch_size,
-        seed=seed,
-        heavy_tails=heavy_tails,  # type: ignore[arg-type]
-        cluster_patches=cluster_patches,
-    )
+    source = regime_source(regimes, config, train.batch_size, train.seed, heavy_tails=heavy_tails,
+                           cluster_patches=cluster_patches)  # fmt: skip
     set_resume_dir(run_dir)
     bank, report = train_battery_bank(
-        regimes, config, steps, batch_size, lr, seed=seed, out_file=out, run_dir=run_dir, source=source
-    )
+        regimes, config, train.steps, train.batch_size, train.lr, seed=train.seed, out_file=out,
+        run_dir=run_dir, source=source,
+    )  # fmt: skip
     console.print(_bank_table(report))
     console.print(
         f"trained {report['n_batteries']} batteries in one batched module: {report['train_wall_s']:.1f} s for "
@@ -144,17 +129,20 @@ def train_batteries(
         f"{report['final_mse_mean']:.4f}, CV {report['cv_mean']:.3f} (target {report['cv_target']:.3f}) → {out}"
     )
     if compare_loop:
-        timing = time_batched_vs_loop(bank.config, source, steps=compare_loop, progress=True)
-        console.print(
-            f"per step: batched {timing['s_per_step']['batched']:.3f} s, loop of one-battery banks "
-            f"{timing['s_per_step']['loop_bank1']:.3f} s (×{timing['speedup_vs_loop_bank1']:.1f})"
-            + (
-                f", loop of PatchSVAEs {timing['s_per_step']['loop_patchsvae']:.3f} s "
-                f"(×{timing['speedup_vs_loop_patchsvae']:.1f})"
-                if "speedup_vs_loop_patchsvae" in timing
-                else ""
-            )
+        _print_loop_timing(
+            console, time_batched_vs_loop(bank.config, source, steps=compare_loop, progress=True)
         )
+
+
+def _print_loop_timing(console: Console, timing: dict[str, Any]) -> None:
+    per_step = timing["s_per_step"]
+    line = (
+        f"per step: batched {per_step['batched']:.3f} s, loop of one-battery banks "
+        f"{per_step['loop_bank1']:.3f} s (×{timing['speedup_vs_loop_bank1']:.1f})"
+    )
+    if "speedup_vs_loop_patchsvae" in timing:
+        line += f", loop of PatchSVAEs {per_step['loop_patchsvae']:.3f} s (×{timing['speedup_vs_loop_patchsvae']:.1f})"
+    console.print(line)
 
 
 @train_app.command("container")
@@ -211,61 +199,25 @@ def train_container(
     """
     import torch
 
-    from pentachora.autoencoders.battery import BatteryBank, BatteryConfig
-    from pentachora.errors import CheckpointError, ConfigError
     from pentachora.recipes.batteries import (
         FOLDED_ALIGN_FRACTION,
-        build_container,
-        build_folded_container,
         container_phases,
+        load_battery_bank,
+        make_container,
     )
 
     console = Console()
-    bank = None
-    if batteries is not None:
-        try:
-            bank = BatteryBank.load(batteries)
-        except CheckpointError as exc:
-            raise CheckpointError(f"cannot use {batteries}: {exc}") from exc
-    elif implant:
-        raise ConfigError("implanting needs --batteries BANK.safetensors (or pass --no-implant)")
-    overrides = parse_overrides(set_)
-    init = "implanted" if implant else "random init"
-    try:
-        if layout == "folded":
-            calibration = None
-            if spectral:
-                images.check_patch(bank.config.patch_size if bank is not None else 8)
-                source = images.spec.train_source(train.batch_size, images.image_size, seed=train.seed)
-                calibration = torch.cat([source.batch(i) for i in range(calibration_batches)])
-            shape = None if bank is not None else BatteryConfig(n_batteries=n_batteries)
-            model, report = build_folded_container(
-                bank,
-                calibration=calibration,
-                implant=implant,
-                seed=train.seed,
-                latent_dim=latent_dim,
-                depth=depth,
-                battery_config=shape,
-                **overrides,
-            )
-            if report["spectral"] is not None:
-                init += f", spectral bottleneck ({report['spectral']['explained_variance']:.0%} of the frame variance)"
-            label = f"folded BatteryContainer[K={report['slots']}, {init}] (a GeoVAE)"
-        else:
-            overrides.update(latent_dim=latent_dim, routing=routing, top_k=top_k)
-            if bank is None:
-                overrides.setdefault("n_batteries", n_batteries)
-            model = build_container(
-                bank,
-                implant=implant,
-                seed=train.seed,
-                sectors=tuple(s for s in sectors.split(",") if s),
-                **overrides,
-            )
-            label = f"BatteryContainer[K={model.config.n_batteries}, {init}]"
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"container config: {exc}") from exc
+    bank = load_battery_bank(batteries) if batteries is not None else None
+    calibration = None
+    if layout == "folded" and spectral and (bank is not None or not implant):
+        images.check_patch(bank.config.patch_size if bank is not None else 8)
+        source = images.spec.train_source(train.batch_size, images.image_size, seed=train.seed)
+        calibration = torch.cat([source.batch(i) for i in range(calibration_batches)])
+    model, label = make_container(
+        layout, bank, implant=implant, seed=train.seed, latent_dim=latent_dim, n_batteries=n_batteries,
+        calibration=calibration, depth=depth, sectors=tuple(s for s in sectors.split(",") if s),
+        routing=routing, top_k=top_k, **parse_overrides(set_),
+    )  # fmt: skip
     print_model_card(console, model, label)
     if train.steps == 0:
         return

@@ -102,20 +102,17 @@ def train_hub_cmd(
     cache_dir: Path = typer.Option(None, help="Feature cache root (default $PENTACHORA_CACHE/hub-features)."),
     max_train_items: int = typer.Option(0, min=0, help="Use only the first N training items (0 = all)."),
     max_heldout_items: int = typer.Option(0, min=0, help="Use only the first N held-out items (0 = all)."),
-    threads: int = typer.Option(0, min=0, help="torch CPU threads (0 = torch's default)."),
 ) -> None:
     """Train a Conduit hub over frozen experts (default: MiniLM + LSA + Word2Vec on the embedded corpus).
 
     Example: pentachora train hub --steps 600 --out runs/hub
     """
-    import torch
 
     from pentachora.errors import ConfigError
     from pentachora.recipes.hub import hub_config_for, parse_expert_spec, prepare_hub_data, train_hub
 
     console = Console()
-    if threads:
-        torch.set_num_threads(threads)
+    train.apply_threads()
     specs = [s for s in experts.split(",") if s.strip()]
     out = train.out or Path("runs") / "hub"
     check_run_folder(out)

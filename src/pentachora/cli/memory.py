@@ -12,8 +12,9 @@ import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 from rich.console import Console
@@ -21,10 +22,12 @@ from rich.table import Table
 
 from pentachora.cli.app import app, train_app
 from pentachora.cli.options import (
+    OptionSpec,
     TrainOptions,
     build_config,
     check_output_file,
     check_run_folder,
+    option_group,
     parse_overrides,
     train_options,
 )
@@ -33,6 +36,45 @@ TEXT_DATA_HELP = (
     "Text corpus: 'wiki' (embedded English Wikipedia excerpt from gensim's test data, CC BY-SA), "
     "'text:PATH' (documents separated by blank lines), 'jsonl:PATH[:FIELD]', 'hf:NAME[:SPLIT[:COLUMN]]'."
 )
+
+#: ``--mode`` of ``train memory``, spelled out so ``--help`` needs no torch (a test checks they equal
+#: ``pentachora.recipes.memory.MODES``); typer refuses any other value before the run.
+MemoryMode = Literal["joint", "two-phase", "pooled"]
+
+#: The text data options of the memory commands: which corpus, where its features are cached, how
+#: much of it, and whether the frozen models may be downloaded.
+TEXT_DATA_OPTIONS: dict[str, OptionSpec] = {
+    "data": OptionSpec("wiki", str, TEXT_DATA_HELP),
+    "cache_dir": OptionSpec(
+        None, Path, "Feature-cache root (default $PENTACHORA_CACHE or ~/.cache/pentachora/memory-features)."
+    ),
+    "max_train_docs": OptionSpec(0, int, "Use only the first N training documents (0 = all).", min=0),
+    "max_heldout_docs": OptionSpec(0, int, "Use only the first N held-out documents (0 = all).", min=0),
+    "online": OptionSpec(False, bool, "Allow downloading encoder/teacher weights from the Hub."),
+}
+
+
+@dataclass
+class TextDataOptions:
+    """What a memory command reads (see :data:`TEXT_DATA_OPTIONS`)."""
+
+    data: str = "wiki"
+    cache_dir: Path | None = None
+    max_train_docs: int = 0
+    max_heldout_docs: int = 0
+    online: bool = False
+
+    def data_kwargs(self) -> dict[str, Any]:
+        """These options as keyword arguments of ``recipes.memory.prepare_memory_data``."""
+        return {
+            "cache_root": self.cache_dir,
+            "max_train_docs": self.max_train_docs or None,
+            "max_heldout_docs": self.max_heldout_docs or None,
+            "local_files_only": not self.online,
+        }
+
+
+text_data_options = option_group(TEXT_DATA_OPTIONS, TextDataOptions, "text", "Data")
 
 METRIC_ROWS: tuple[tuple[str, str, str], ...] = (
     ("m_acc (pooled→teacher, batches of 32) ↑", "m_acc", "{:.3f}"),
@@ -96,8 +138,10 @@ def _model_card(model) -> dict[str, Any]:
     bf16={"help": "bf16 autocast (fp32 is the default; the seed's bigG needed fp32)."},
     out={"help": "Run folder (default runs/memory-<preset>). Rerun to resume."},
 )
+@text_data_options()
 def train_memory_cmd(
     train: TrainOptions,
+    text: TextDataOptions,
     preset: str = typer.Option(
         "minilm-tiny",
         help="minilm-tiny (CPU: d=192), minilm-tiny-long (the same with native-exact short prompts, the "
@@ -105,8 +149,7 @@ def train_memory_cmd(
         "sdxl-bigg (SDXL; penultimate layer). Add --set sequence_mode=residual --set contextual_chunks=true "
         "--set mean_shift=0.75 to clip-l / sdxl-bigg for the diffusion setting.",
     ),
-    data: str = typer.Option("wiki", help=TEXT_DATA_HELP),
-    mode: str = typer.Option(
+    mode: MemoryMode = typer.Option(
         "joint",
         help="joint (all losses from step 1), two-phase (pooled-only → reconstructor only → all with "
         "bank LR × --bank-lr-scale), pooled (bank + pooled output only).",
@@ -116,63 +159,36 @@ def train_memory_cmd(
     ),
     init_from: Path = typer.Option(
         None,
-        help="Start from this trained memory model (run or checkpoint folder); two-phase then skips "
-        "its pooled-only stage.",
+        help="Start from this trained memory model (run or checkpoint "
+        "folder); two-phase then skips its pooled-only stage.",
     ),
     set_: list[str] = typer.Option(None, "--set", help="MemoryConfig override KEY=VALUE (repeatable)."),
-    cache_dir: Path = typer.Option(
-        None, help="Feature-cache root (default $PENTACHORA_CACHE or ~/.cache/pentachora/memory-features)."
-    ),
-    max_train_docs: int = typer.Option(0, min=0, help="Use only the first N training documents (0 = all)."),
-    max_heldout_docs: int = typer.Option(0, min=0, help="Use only the first N held-out documents (0 = all)."),
     eval_docs: int = typer.Option(128, min=2, help="Held-out documents in the periodic evaluations."),
-    online: bool = typer.Option(False, help="Allow downloading encoder/teacher weights from the Hub."),
-    threads: int = typer.Option(
-        0, min=0, help="torch CPU threads (0 = torch's default; 1 is fastest on a busy 2-core machine)."
-    ),
 ) -> None:
     """Train the long-prompt geometric memory (frozen encoder + memory bank + sequence reconstructor).
 
     Example: pentachora train memory --preset minilm-tiny --steps 600 --out runs/memory
     """
-    import torch
-
     from pentachora.cli.core import set_resume_dir
     from pentachora.errors import ConfigError
-    from pentachora.recipes.memory import MODES, build_memory_model, prepare_memory_data, train_memory
+    from pentachora.recipes.memory import build_memory_model, prepare_memory_data, train_memory
     from pentachora.training import TrainingDiverged
 
     console = Console()
-    if threads:
-        torch.set_num_threads(threads)
-    if mode not in MODES:
-        raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
+    train.apply_threads()
     config, init_model = _memory_config(preset, parse_overrides(set_), init_from)
-    with frozen_weights(online):
-        setup = build_memory_model(config, init_model, local_files_only=not online, seed=train.seed)
-    model, card = setup.model, _model_card(setup.model)
-    config = model.config
-    console.print(
-        f"[bold]GeometricMemory[{preset}][/bold]: {card['parameters']:,} trainable parameters; frozen "
-        f"{config.encoder} (W={config.window}, layers {list(config.extraction_layers)}) → {card['memory']} → "
-        f"{card['output']}; teacher {config.teacher} ({config.teacher_max_length} tokens)"
-    )
+    with frozen_weights(text.online):
+        setup = build_memory_model(config, init_model, local_files_only=not text.online, seed=train.seed)
+    model = setup.model
+    _print_memory_card(console, model, preset)
     if train.steps == 0:
-        console.print_json(json.dumps({**card, "config": dataclasses.asdict(config)}))
+        console.print_json(json.dumps({**_model_card(model), "config": dataclasses.asdict(model.config)}))
         return
     out = train.out or Path("runs") / f"memory-{preset}"
     check_run_folder(out)
     cfg = train.train_config(out=out)
-    with frozen_weights(online):
-        mdata = prepare_memory_data(
-            config,
-            data,
-            cache_root=cache_dir,
-            max_train_docs=max_train_docs or None,
-            max_heldout_docs=max_heldout_docs or None,
-            encoders=setup.encoders,
-            local_files_only=not online,
-        )
+    with frozen_weights(text.online):
+        mdata = prepare_memory_data(model.config, text.data, encoders=setup.encoders, **text.data_kwargs())
     console.print(
         f"data: {mdata.corpus.description} — training on {mdata.train.n_docs} documents, evaluating on "
         f"{mdata.heldout.n_docs} held-out ones ({mdata.corpus.licence.split(' — ')[0]})"
@@ -187,6 +203,15 @@ def train_memory_cmd(
     except TrainingDiverged as exc:
         raise ConfigError(f"{exc} (lower --lr or raise --warmup)") from exc
     _print_memory_run(console, run, preset, mode, out)
+
+
+def _print_memory_card(console: Console, model, preset: str) -> None:
+    card, config = _model_card(model), model.config
+    console.print(
+        f"[bold]GeometricMemory[{preset}][/bold]: {card['parameters']:,} trainable parameters; frozen "
+        f"{config.encoder} (W={config.window}, layers {list(config.extraction_layers)}) → {card['memory']} → "
+        f"{card['output']}; teacher {config.teacher} ({config.teacher_max_length} tokens)"
+    )
 
 
 @contextmanager
@@ -282,45 +307,20 @@ def encode_cmd(
 
     Example: pentachora encode "a long prompt ..." --model runs/memory -o prompt.safetensors
     """
-    import torch
-
-    from pentachora.errors import ConfigError, DataError, PentachoraError
-    from pentachora.io import atomic_save_tensors
-    from pentachora.recipes.memory import load_memory_model
+    from pentachora.errors import ConfigError, DataError
+    from pentachora.recipes.memory import encode_to_file, load_memory_model
 
     if overflow not in ("truncate", "error"):
         raise ConfigError(f"--overflow must be 'truncate' or 'error', got {overflow!r}")
     check_output_file(output, "safetensors", "--output")
     console = Console()
-    items = list(texts or [])
-    if file is not None:
-        items += read_text_file(file)
+    items = list(texts or []) + (read_text_file(file) if file is not None else [])
     if not items:
         raise DataError("give at least one text (argument or --file)")
     model = load_memory_model(model_dir)
     with frozen_weights(online):
         model.load_encoder(local_files_only=not online)
-    try:
-        enc = model.encode(items, on_overflow=overflow)
-    except PentachoraError:
-        raise
-    except ValueError as exc:
-        raise DataError(str(exc)) from exc
-    tensors = {
-        "pooled": enc.pooled,
-        "sequence": enc.sequence,
-        "n_segments": enc.n_segments,
-        "n_tokens": enc.n_tokens,
-        "truncated": enc.truncated.to(dtype=enc.n_tokens.dtype),
-    }
-    if enc.chunks is not None:
-        tensors["chunks"] = enc.chunks
-        tensors["chunk_mask"] = enc.chunk_mask.to(torch.uint8)
-    atomic_save_tensors(
-        output,
-        tensors,
-        metadata={"model": str(model_dir), "encoder": model.config.encoder, "texts": str(len(items))},
-    )
+    enc = encode_to_file(model, items, output, on_overflow=overflow, metadata={"model": str(model_dir)})
     for i in range(len(items)):
         cut = " (truncated)" if bool(enc.truncated[i]) else ""
         console.print(
@@ -333,52 +333,29 @@ def encode_cmd(
 
 # ---------------------------------------------------------------------------- eval-memory
 @app.command("eval-memory")
+@text_data_options(include=("data", "cache_dir", "online"))
 def eval_memory_cmd(
+    text: TextDataOptions,
     run: Path = typer.Argument(
         ..., help="Memory run folder (final/ or latest checkpoint) or checkpoint folder."
     ),
-    data: str = typer.Option("wiki", help=TEXT_DATA_HELP),
-    cache_dir: Path = typer.Option(None, help="Feature-cache root."),
     max_docs: int = typer.Option(0, min=0, help="Evaluate on the first N held-out documents (0 = all)."),
     baselines: bool = typer.Option(
         True, help="Also report the frozen-encoder baselines: truncation, window mean, concatenation."
     ),
     json_out: Path = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
-    online: bool = typer.Option(False, help="Allow downloading encoder/teacher weights."),
 ) -> None:
     """Evaluate a trained memory model on held-out documents (m_acc, s_cos, pooled cosine, CV, tail R@1)."""
-    from pentachora.recipes.memory import (
-        baseline_outputs,
-        evaluate_memory,
-        fit_student_to_teacher,
-        load_encoders,
-        load_memory_model,
-        prepare_memory_data,
-        retrieval_metrics,
-        same_space,
-    )
+    from pentachora.recipes.memory import evaluate_memory_with_baselines, load_memory_model
 
     check_output_file(json_out, "json", "--json")
     console = Console()
     model = load_memory_model(run)
-    with frozen_weights(online):
-        encoders = load_encoders(model.config, local_files_only=not online)
-    mdata = prepare_memory_data(
-        model.config,
-        data,
-        cache_root=cache_dir,
-        max_heldout_docs=max_docs or None,
-        encoders=encoders,
-        include_train=not same_space(*encoders),
-    )
-    seq_map = fit_student_to_teacher(mdata.train, same_space(*encoders))
-    results: dict[str, dict[str, float]] = {}
-    if baselines:
-        for name, outs in baseline_outputs(mdata.heldout, seq_map).items():
-            results[name] = retrieval_metrics(outs["pooled"], mdata.heldout, outs["seq_mean"])
-            if name in ("truncate", "concat"):
-                results[name]["s_cos"] = 1.0  # their first W positions ARE the native sequence
-    results["memory"] = evaluate_memory(model, mdata.heldout, seq_map=seq_map)
+    with frozen_weights(text.online):
+        results, mdata = evaluate_memory_with_baselines(
+            model, text.data, cache_root=text.cache_dir, max_heldout_docs=max_docs or None,
+            baselines=baselines, local_files_only=not text.online,
+        )  # fmt: skip
     console.print(metrics_table(f"held-out evaluation of {run} ({mdata.heldout.n_docs} documents)", results))
     if json_out is not None:
         json_out.write_text(json.dumps(results, indent=2) + "\n")

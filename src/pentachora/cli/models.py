@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -26,43 +25,26 @@ def models_cmd(
     config defaults (shown as ``(defaults)``).
     """
     from rich.console import Console
-    from rich.table import Table
 
     from pentachora.cli.options import check_output_file
+    from pentachora.recipes.loading import preset_rows
 
     check_output_file(json_out, "json", "--json")
+    rows = preset_rows(family, count_params=params)
+    Console().print(_presets_table(rows))
+    if json_out is not None:
+        json_out.write_text(json.dumps(rows, indent=2) + "\n")
 
-    import pentachora.autoencoders
-    from pentachora.errors import ConfigError
-    from pentachora.modeling import describe_preset, list_presets
 
-    with contextlib.suppress(ImportError):  # without the memory extra, its family is not listed
-        import pentachora.memory  # noqa: F401  (registers the memory family)
-    listing = list_presets()
-    unknown = sorted(set(family) - set(listing))
-    if unknown:
-        raise typer.BadParameter(
-            f"unknown model type(s) {unknown}; known: {sorted(listing)}", param_hint="--family"
-        )
-    rows = []
-    for model_type, names in listing.items():
-        if family and model_type not in family:
-            continue
-        for name in names or [None]:
-            try:
-                rows.append(describe_preset(model_type, name, count_params=params))
-            except (ConfigError, ImportError) as exc:  # e.g. AutoencoderKL without diffusers
-                rows.append({"model_type": model_type, "model": "?", "preset": name, "error": str(exc)})
+def _presets_table(rows: list[dict]):
+    from rich.table import Table
+
     table = Table(
         title="pentachora model families and presets",
         caption="params: trainable parameters (memory: without the frozen text encoders)",
     )
-    for col, justify in (
-        ("family", "left"),
-        ("preset", "left"),
-        ("params", "right"),
-        ("latent floats / patch", "right"),
-    ):
+    for col, justify in (("family", "left"), ("preset", "left"), ("params", "right"),
+                         ("latent floats / patch", "right")):  # fmt: skip
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in rows:
         floats = (
@@ -70,6 +52,4 @@ def models_cmd(
         )
         count = f"{r['params']:,}" if r.get("params") is not None else ("n/a" if "error" in r else "—")
         table.add_row(r["model_type"], r["preset"] or "(defaults)", count, floats)
-    Console().print(table)
-    if json_out is not None:
-        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+    return table

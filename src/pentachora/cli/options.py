@@ -53,6 +53,7 @@ __all__ = [
     "check_run_folder",
     "image_data_options",
     "load_autoencoder",
+    "option_group",
     "parse_data",
     "parse_overrides",
     "resolve_checkpoint",
@@ -105,7 +106,7 @@ class OptionSpec:
         )
 
 
-def _option_group(specs: Mapping[str, OptionSpec], target: type, param: str, panel: str):
+def option_group(specs: Mapping[str, OptionSpec], target: type, param: str, panel: str):
     """A decorator factory adding ``specs`` as options to a command and passing them as ``target``."""
 
     def factory(
@@ -207,6 +208,9 @@ TRAIN_OPTIONS: dict[str, OptionSpec] = {
         "Resume even though the seed or model config differs from the saved run (the model type and the "
         "data must still match).",
     ),
+    "threads": OptionSpec(
+        0, int, "torch CPU threads (0 = torch's default; 1 is fastest on a busy 2-core machine).", min=0
+    ),
 }
 
 
@@ -234,6 +238,14 @@ class TrainOptions:
     force_resume: bool = False
     audit: str | None = None
     audit_every: int = 100
+    threads: int = 0
+
+    def apply_threads(self) -> None:
+        """``torch.set_num_threads(--threads)`` when it is given (0 keeps torch's default)."""
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
 
     def diagnostics_callbacks(self, model: Any) -> list[Any]:
         """The trainer callbacks ``--audit`` asks for (none without it): the CV precision auditor on
@@ -306,7 +318,7 @@ class TrainOptions:
             raise ConfigError(str(exc)) from exc
 
 
-train_options = _option_group(TRAIN_OPTIONS, TrainOptions, "train", "Training")
+train_options = option_group(TRAIN_OPTIONS, TrainOptions, "train", "Training")
 """``@train_options(include=..., exclude=..., NAME={"default": ..., "help": ...})`` on a command
 with a ``train: TrainOptions`` parameter adds the shared training options to it."""
 
@@ -352,7 +364,7 @@ class ImageDataOptions:
         return {"n_noise_per_type": self.noise_per_type, "max_tiles_per_image": self.eval_tiles or None}
 
 
-image_data_options = _option_group(IMAGE_DATA_OPTIONS, ImageDataOptions, "images", "Data")
+image_data_options = option_group(IMAGE_DATA_OPTIONS, ImageDataOptions, "images", "Data")
 """``@image_data_options(...)`` on a command with an ``images: ImageDataOptions`` parameter."""
 
 

@@ -170,7 +170,6 @@ def train_t2i_cmd(
         200, min=0, help="Held-out test captions scored at the end (3 seeds each)."
     ),
     reader: Path = typer.Option(None, help="A trained reader run (default: the world's cached reader)."),
-    threads: int = typer.Option(0, min=0, help="torch threads (0 = torch's default)."),
 ) -> None:
     """Train the miniature text-to-image model (diffusers UNet, DDPM) on short captions only.
 
@@ -186,8 +185,7 @@ def train_t2i_cmd(
     from pentachora.t2i import MiniT2I, MiniT2IConfig, SceneReader
 
     check_run_folder(train.out)
-    if threads:
-        torch.set_num_threads(threads)
+    train.apply_threads()
     config = build_config(MiniT2IConfig, preset, parse_overrides(set_))
     torch.manual_seed(train.seed)
     model = MiniT2I(config)
@@ -253,7 +251,6 @@ def train_memory_image_cmd(
     ),
     captions: int = typer.Option(2000, min=2, help="Training scenes (train split, long captions)."),
     val_captions: int = typer.Option(128, min=2, help="Validation scenes for the denoising-loss check."),
-    threads: int = typer.Option(0, min=0, help="torch threads (0 = torch's default)."),
 ) -> None:
     """Train the long-prompt memory through the frozen miniature T2I UNet (the consumer in the loop).
 
@@ -263,7 +260,6 @@ def train_memory_image_cmd(
     is written to OUT/loudness.json. The result is a memory run: `--encoder memory:OUT` in
     `pentachora generate`. Rerun the same command to resume.
     """
-    import torch
 
     from pentachora.cli.core import set_resume_dir
     from pentachora.data.scenes import SceneWorld
@@ -279,8 +275,7 @@ def train_memory_image_cmd(
     from pentachora.t2i import MiniT2I
 
     check_run_folder(train.out)
-    if threads:
-        torch.set_num_threads(threads)
+    train.apply_threads()
     t2i = load_run_model(model)
     if not isinstance(t2i, MiniT2I):
         raise ConfigError(f"--model {model} holds a {type(t2i).__name__}, not a mini-t2i model")

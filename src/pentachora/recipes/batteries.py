@@ -23,6 +23,7 @@ from pentachora.autoencoders.export import count_flops
 from pentachora.autoencoders.folded import folded_config, implant_batteries, spectral_bottleneck_init
 from pentachora.autoencoders.geovae import GeoVAE
 from pentachora.data.regimes import RegimeSource, parse_regimes
+from pentachora.errors import CheckpointError, ConfigError
 from pentachora.recipes.autoencoders import GEOVAE_ALIGN_WEIGHTS, GEOVAE_HANDOFF_WEIGHTS, geovae_schedule
 from pentachora.training import PhaseCallback, TrainConfig, Trainer
 
@@ -32,10 +33,14 @@ __all__ = [
     "ALIGN_WEIGHTS",
     "FOLDED_ALIGN_FRACTION",
     "HANDOFF_WEIGHTS",
+    "battery_config_for",
     "build_container",
     "build_folded_container",
     "container_phases",
     "export_report",
+    "load_battery_bank",
+    "make_container",
+    "regime_source",
     "time_batched_vs_loop",
     "train_battery_bank",
 ]
@@ -44,6 +49,44 @@ __all__ = [
 #: :mod:`pentachora.recipes.autoencoders`; the anchors are held at ``cv_anchor_weight`` throughout).
 ALIGN_WEIGHTS = GEOVAE_ALIGN_WEIGHTS
 HANDOFF_WEIGHTS = GEOVAE_HANDOFF_WEIGHTS
+
+
+def battery_config_for(regimes: str, **shape: Any) -> BatteryConfig:
+    """The :class:`BatteryConfig` of one battery per regime of ``regimes`` (K = their count).
+
+    Raises:
+        ConfigError: a bad regime spec or a shape the config refuses (the message names the spec).
+    """
+    try:
+        return BatteryConfig(n_batteries=len(parse_regimes(regimes)), **shape)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--regimes {regimes!r}: {exc}") from exc
+
+
+def regime_source(
+    regimes: str,
+    config: BatteryConfig,
+    batch_size: int,
+    seed: int = 0,
+    noise_image_size: int = 32,
+    heavy_tails: str = "clamp",
+    cluster_patches: int = 32768,
+) -> RegimeSource:
+    """The training patches of every battery of ``regimes``, in ``config``'s patch space (``batch_size``
+    patches per battery per step)."""
+    if heavy_tails not in ("clamp", "raw"):
+        raise ConfigError(f"heavy_tails must be 'clamp' or 'raw', got {heavy_tails!r}")
+    return RegimeSource(
+        parse_regimes(regimes),
+        batch_size,
+        patch_size=config.patch_size,
+        channels=config.channels,
+        seed=seed,
+        noise_image_size=noise_image_size,
+        heavy_tails=heavy_tails,  # type: ignore[arg-type]
+        cluster_patches=cluster_patches,
+        magnitude_eps=config.magnitude_eps,
+    )
 
 
 def train_battery_bank(
@@ -87,16 +130,8 @@ def train_battery_bank(
     config = dataclasses.replace(config, n_batteries=len(parsed))
     t0 = time.perf_counter()
     if source is None:
-        source = RegimeSource(
-            parsed,
-            batch_size,
-            patch_size=config.patch_size,
-            channels=config.channels,
-            seed=seed,
-            noise_image_size=noise_image_size,
-            heavy_tails=heavy_tails,  # type: ignore[arg-type]
-            cluster_patches=cluster_patches,
-            magnitude_eps=config.magnitude_eps,
+        source = regime_source(
+            regimes, config, batch_size, seed, noise_image_size, heavy_tails, cluster_patches
         )
     source_s = time.perf_counter() - t0
     torch.manual_seed(seed)
@@ -369,3 +404,60 @@ def export_report(
         "stages": flops["stages"],
         "module": export,
     }
+
+
+def make_container(
+    layout: str,
+    bank: BatteryBank | None,
+    implant: bool = True,
+    seed: int = 0,
+    latent_dim: int = 15,
+    n_batteries: int = 64,
+    calibration: torch.Tensor | None = None,
+    depth: int = 2,
+    sectors: tuple[str, ...] = ("encoder", "decoder", "anchors"),
+    routing: str = "soft",
+    top_k: int = 8,
+    **overrides: Any,
+) -> tuple[GeoVAE | BatteryContainer, str]:
+    """The container ``train container`` trains, and its label.
+
+    ``layout="folded"``: :func:`build_folded_container` (a plain GeoVAE of the batteries' widths;
+    ``calibration`` images start its bottleneck at the frames' principal subspace). ``"routed"``:
+    :func:`build_container` (the seed's container, every battery a routed slot). Without a bank the
+    shape comes from ``n_batteries`` (and ``overrides``).
+
+    Raises:
+        ConfigError: an unknown layout, implanting without a bank, or a shape the configs refuse.
+    """
+    if layout not in ("folded", "routed"):
+        raise ConfigError(f"layout must be 'folded' or 'routed', got {layout!r}")
+    if implant and bank is None:
+        raise ConfigError("implanting needs --batteries BANK.safetensors (or pass --no-implant)")
+    init = "implanted" if implant else "random init"
+    try:
+        if layout == "folded":
+            shape = None if bank is not None else BatteryConfig(n_batteries=n_batteries)
+            model, report = build_folded_container(
+                bank, calibration=calibration, implant=implant, seed=seed, latent_dim=latent_dim, depth=depth,
+                battery_config=shape, **overrides,
+            )  # fmt: skip
+            if report["spectral"] is not None:
+                share = report["spectral"]["explained_variance"]
+                init += f", spectral bottleneck ({share:.0%} of the frame variance)"
+            return model, f"folded BatteryContainer[K={report['slots']}, {init}] (a GeoVAE)"
+        overrides.update(latent_dim=latent_dim, routing=routing, top_k=top_k)
+        if bank is None:
+            overrides.setdefault("n_batteries", n_batteries)
+        routed = build_container(bank, implant=implant, seed=seed, sectors=sectors, **overrides)
+        return routed, f"BatteryContainer[K={routed.config.n_batteries}, {init}]"
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"container config: {exc}") from exc
+
+
+def load_battery_bank(path: str | Path) -> BatteryBank:
+    """A bank written by :func:`train_battery_bank`; a bad file is a ``CheckpointError`` naming it."""
+    try:
+        return BatteryBank.load(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot use {path}: {exc}") from exc

@@ -18,7 +18,7 @@ import torch
 from pentachora.modeling import PentachoraModel
 from pentachora.training.state import FINAL_DIR, resolve_model_dir
 
-__all__ = ["FINAL_DIR", "load_model", "load_run_model", "resolve_model_dir"]
+__all__ = ["FINAL_DIR", "load_model", "load_run_model", "preset_rows", "resolve_model_dir"]
 
 
 def _register_families() -> None:
@@ -40,3 +40,30 @@ def load_model(directory: str | os.PathLike, map_location: str | torch.device = 
 def load_run_model(path: str | os.PathLike, map_location: str = "cpu") -> PentachoraModel:
     """Load a model from a run folder (its ``final/`` or latest checkpoint) or a checkpoint folder."""
     return load_model(resolve_model_dir(path), map_location)
+
+
+def preset_rows(families: list[str] | None = None, count_params: bool = True) -> list[dict]:
+    """One row per registered model family and preset (``pentachora models``): its parameters and
+    latent floats per patch, or the ``error`` that kept it from being built.
+
+    Raises:
+        ConfigError: a family in ``families`` that is not registered (the known ones are listed).
+    """
+    from pentachora.errors import ConfigError
+    from pentachora.modeling import describe_preset, list_presets
+
+    _register_families()
+    listing = list_presets()
+    unknown = sorted(set(families or ()) - set(listing))
+    if unknown:
+        raise ConfigError(f"--family: unknown model type(s) {unknown}; known: {sorted(listing)}")
+    rows = []
+    for model_type, names in listing.items():
+        if families and model_type not in families:
+            continue
+        for name in names or [None]:
+            try:
+                rows.append(describe_preset(model_type, name, count_params=count_params))
+            except (ConfigError, ImportError) as exc:  # e.g. AutoencoderKL without diffusers
+                rows.append({"model_type": model_type, "model": "?", "preset": name, "error": str(exc)})
+    return rows

@@ -69,8 +69,10 @@ __all__ = [
     "MemorySetup",
     "build_memory_model",
     "concat_chunk_metrics",
+    "encode_to_file",
     "evaluate_chunks",
     "evaluate_memory",
+    "evaluate_memory_with_baselines",
     "fit_student_to_teacher",
     "load_encoders",
     "load_memory_model",
@@ -450,6 +452,80 @@ def evaluate_memory(
     metrics["cv_target"] = model.cv_target
     metrics["temperature"] = float(model.temperature)
     return metrics
+
+
+def evaluate_memory_with_baselines(
+    model: GeometricMemory,
+    data: str = "wiki",
+    cache_root: str | os.PathLike | None = None,
+    max_heldout_docs: int | None = None,
+    baselines: bool = True,
+    local_files_only: bool = True,
+) -> tuple[dict[str, dict[str, float]], MemoryData]:
+    """``pentachora eval-memory``: the memory model on the held-out documents of ``data``, beside the
+    frozen encoder's own long-prompt baselines (truncation, window mean, concatenation) when
+    ``baselines``.
+
+    Returns:
+        ``(results, data)``: results maps ``truncate`` / ``mean`` / ``concat`` / ``memory`` to their
+        metrics (:func:`retrieval_metrics`, :func:`evaluate_memory`).
+    """
+    encoders = load_encoders(model.config, local_files_only=local_files_only)
+    identity = same_space(*encoders)
+    mdata = prepare_memory_data(
+        model.config, data, cache_root=cache_root, max_heldout_docs=max_heldout_docs, encoders=encoders,
+        include_train=not identity, local_files_only=local_files_only,
+    )  # fmt: skip
+    seq_map = fit_student_to_teacher(mdata.train, identity)
+    results: dict[str, dict[str, float]] = {}
+    if baselines:
+        for name, outs in baseline_outputs(mdata.heldout, seq_map).items():
+            results[name] = retrieval_metrics(outs["pooled"], mdata.heldout, outs["seq_mean"])
+            if name in ("truncate", "concat"):
+                results[name]["s_cos"] = 1.0  # their first W positions ARE the native sequence
+    results["memory"] = evaluate_memory(model, mdata.heldout, seq_map=seq_map)
+    return results, mdata
+
+
+def encode_to_file(
+    model: GeometricMemory,
+    texts: Sequence[str],
+    path: str | os.PathLike,
+    on_overflow: str = "truncate",
+    metadata: dict[str, str] | None = None,
+):
+    """``pentachora encode``: encode ``texts`` and write pooled ``(B, P)``, sequence ``(B, L, H)``,
+    ``n_segments``, ``n_tokens``, ``truncated`` (and, with contextual chunks, ``chunks`` ``(B, 77·k, H)``
+    and ``chunk_mask``) to one safetensors file, atomically.
+
+    Returns:
+        The model's encoding (:meth:`GeometricMemory.encode`).
+
+    Raises:
+        DataError: a text the model cannot encode (over ``max_tokens`` with ``on_overflow="error"``).
+    """
+    from pentachora.errors import DataError
+    from pentachora.io import atomic_save_tensors
+
+    try:
+        enc = model.encode(list(texts), on_overflow=on_overflow)
+    except PentachoraError:
+        raise
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+    tensors = {
+        "pooled": enc.pooled,
+        "sequence": enc.sequence,
+        "n_segments": enc.n_segments,
+        "n_tokens": enc.n_tokens,
+        "truncated": enc.truncated.to(dtype=enc.n_tokens.dtype),
+    }
+    if enc.chunks is not None:
+        tensors["chunks"] = enc.chunks
+        tensors["chunk_mask"] = enc.chunk_mask.to(torch.uint8)
+    info = {"encoder": model.config.encoder, "texts": str(len(texts)), **(metadata or {})}
+    atomic_save_tensors(path, tensors, metadata=info)
+    return enc
 
 
 def _subset(cache: FeatureCache, n: int) -> FeatureCache:
