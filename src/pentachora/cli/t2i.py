@@ -180,9 +180,8 @@ def train_t2i_cmd(
     import torch
 
     from pentachora.cli.core import set_resume_dir
-    from pentachora.recipes.loading import load_run_model
-    from pentachora.recipes.t2i import train_t2i
-    from pentachora.t2i import MiniT2I, MiniT2IConfig, SceneReader
+    from pentachora.recipes.t2i import load_scene_reader, train_t2i
+    from pentachora.t2i import MiniT2I, MiniT2IConfig
 
     check_run_folder(train.out)
     train.apply_threads()
@@ -193,14 +192,7 @@ def train_t2i_cmd(
                f"{config.latent_size}², encoder {config.encoder}")  # fmt: skip
     if train.steps == 0:
         return
-    reader_model = None
-    if reader is not None:
-        loaded = load_run_model(reader)
-        if not isinstance(loaded, SceneReader):
-            from pentachora.errors import ConfigError
-
-            raise ConfigError(f"--reader {reader} holds a {type(loaded).__name__}, not a scene reader")
-        reader_model = loaded
+    reader_model = load_scene_reader(reader) if reader is not None else None
     set_resume_dir(train.out)
     run = train_t2i(
         model, train.train_config(), pool_size=pool_size, reader=reader_model, eval_captions=eval_captions,
@@ -260,43 +252,24 @@ def train_memory_image_cmd(
     is written to OUT/loudness.json. The result is a memory run: `--encoder memory:OUT` in
     `pentachora generate`. Rerun the same command to resume.
     """
-
     from pentachora.cli.core import set_resume_dir
-    from pentachora.data.scenes import SceneWorld
-    from pentachora.errors import ConfigError
-    from pentachora.memory.model import LOSS_WEIGHTS
-    from pentachora.recipes.loading import load_run_model
-    from pentachora.recipes.memory import load_encoders
     from pentachora.recipes.memory_image import (
-        memory_from_run,
-        prepare_scene_caption_data,
+        memory_for_consumer,
+        scene_caption_splits,
         train_memory_through_unet,
     )
-    from pentachora.t2i import MiniT2I
+    from pentachora.recipes.t2i import load_t2i_run
 
     check_run_folder(train.out)
     train.apply_threads()
-    t2i = load_run_model(model)
-    if not isinstance(t2i, MiniT2I):
-        raise ConfigError(f"--model {model} holds a {type(t2i).__name__}, not a mini-t2i model")
-    overrides = parse_overrides(set_)
-    if not text_losses:
-        overrides = {**{k: 0.0 for k in LOSS_WEIGHTS if k != "image_weight"}, **overrides}
-    overrides.setdefault("image_weight", 1.0)
-    try:
-        memory = memory_from_run(init, overrides, preset=preset, reinit=reinit or (), seed=train.seed)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"MemoryConfig: {exc}") from exc
-    if memory.config.image_weight <= 0:
-        raise ConfigError("consumer-in-the-loop training needs image_weight > 0 (it weighs the UNet's loss)")
+    t2i = load_t2i_run(model)
+    memory = memory_for_consumer(init, parse_overrides(set_), preset=preset, reinit=reinit or (),
+                                 seed=train.seed, text_losses=text_losses)  # fmt: skip
     typer.echo(f"memory: {memory.num_parameters():,} parameters ({'from ' + str(init) if init else preset}); "
                f"consumer: the frozen UNet of {model} reading its {memory.config.consumer_output}")  # fmt: skip
     if train.steps == 0:
         return
-    world = SceneWorld(t2i.config.world)
-    encoders = load_encoders(memory.config)
-    train_data = prepare_scene_caption_data(world, memory.config, captions, "train", encoders=encoders)
-    val_data = prepare_scene_caption_data(world, memory.config, val_captions, "val", encoders=encoders)
+    train_data, val_data, encoders = scene_caption_splits(t2i, memory.config, captions, val_captions)
     set_resume_dir(train.out)
     run_data = {"t2i": str(model), "init": str(init) if init else None, "preset": None if init else preset,
                 "reinit": list(reinit or []), "text_losses": text_losses}  # fmt: skip
@@ -350,45 +323,25 @@ def generate(
     import torch
 
     from pentachora.diagnostics.plots import save_image_grid
-    from pentachora.diffusion.mini import MiniT2IPipeline, prompt_conditioning
-    from pentachora.errors import ConfigError
+    from pentachora.recipes.t2i import generate_from_prompt
 
     check_output_file(output, "image", "--output")
-    if not prompt.strip():
-        raise ConfigError("the prompt is empty; describe a scene, e.g. 'a small red circle in the centre.'")
-    pipe = MiniT2IPipeline.from_run(model)
-    build = prompt_conditioning(encoder, pipe.model, pipe.encoder, weighting=weighting)
-    embeds = build([prompt])
-    n_tokens = int(embeds.n_tokens[0]) if embeds.n_tokens is not None else None
-    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-    kwargs = embeds.pipeline_kwargs()
-    kwargs = {k: v.repeat_interleave(n, 0) for k, v in kwargs.items()}
-    images = pipe(**kwargs, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-                  sampler=sampler, output_type="pt").images  # fmt: skip
-    big = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    made = generate_from_prompt(model, prompt, encoder, weighting, n=n, seed=seed, steps=steps,
+                                guidance=guidance, sampler=sampler, read=read)  # fmt: skip
+    big = torch.nn.functional.interpolate(made.images, scale_factor=scale, mode="nearest")
     written = save_image_grid(big, output, nrow=None)
-    length = f"{n_tokens} tokens, " if n_tokens is not None else ""
+    length = f"{made.n_tokens} tokens, " if made.n_tokens is not None else ""
     typer.echo(
         f"{n} image(s), {length}encoder {encoder}"
         + (f", weighting {weighting}" if weighting != "none" else "")
-        + f", positions {kwargs['prompt_embeds'].shape[1]} → {written}"
+        + f", positions {made.positions} → {written}"
     )
-    if read:
-        from pentachora.data.scenes import SceneWorld
-        from pentachora.recipes.t2i import cached_reader
-
-        world = SceneWorld(pipe.model.config.world)
-        reader = cached_reader(pipe.model.config.world)
-        if reader is None:
-            typer.echo(
-                "  (no reader of this world is cached yet: `pentachora train t2i` trains one; skipping the reading)"
-            )
-            return
-        reading = reader.read(images)
-        for i in range(n):
-            found = [f"{world.class_name(int(lab))} @ {world.cell_name(cell)}"
-                     for cell, lab in enumerate(reading.labels[i].tolist()) if lab]  # fmt: skip
-            typer.echo(f"  seed {seed + i}: " + ("; ".join(found) if found else "(nothing drawn)"))
+    if read and made.layouts is None:
+        typer.echo(
+            "  (no reader of this world is cached yet: `pentachora train t2i` trains one; skipping the reading)"
+        )
+    for i, found in enumerate(made.layouts or []):
+        typer.echo(f"  seed {seed + i}: " + ("; ".join(found) if found else "(nothing drawn)"))
 
 
 @app.command("read")

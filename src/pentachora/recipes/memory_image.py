@@ -38,7 +38,7 @@ from pentachora.data.scenes import SceneWorld
 from pentachora.errors import ConfigError
 from pentachora.io import CheckpointError, atomic_save_tensors, atomic_write_json, load_tensors
 from pentachora.memory.cache import FeatureCache, build_feature_cache
-from pentachora.memory.model import GeometricMemory, MemoryConfig, native_window_sequences
+from pentachora.memory.model import LOSS_WEIGHTS, GeometricMemory, MemoryConfig, native_window_sequences
 from pentachora.memory.segmenter import Segmenter
 from pentachora.nn.text_encoder import FrozenTextEncoder
 from pentachora.recipes.loading import FINAL_DIR
@@ -55,8 +55,10 @@ __all__ = [
     "UNetConsumer",
     "gradient_loudness",
     "image_validation_loss",
+    "memory_for_consumer",
     "memory_from_run",
     "prepare_scene_caption_data",
+    "scene_caption_splits",
     "train_memory_through_unet",
 ]
 
@@ -256,6 +258,44 @@ def memory_from_run(
 
 
 @torch.no_grad()
+def memory_for_consumer(
+    path: str | os.PathLike | None,
+    overrides: dict[str, Any],
+    preset: str = "minilm-tiny-image",
+    reinit: Sequence[str] = (),
+    seed: int = 0,
+    text_losses: bool = True,
+) -> GeometricMemory:
+    """:func:`memory_from_run` for consumer-in-the-loop training: the UNet's loss weighs 1 unless
+    ``overrides`` say otherwise, and without ``text_losses`` every text objective weighs 0.
+
+    Raises:
+        ConfigError: an invalid config, or ``image_weight`` ≤ 0 (the UNet's loss would not count).
+    """
+    if not text_losses:
+        overrides = {**{k: 0.0 for k in LOSS_WEIGHTS if k != "image_weight"}, **overrides}
+    overrides = {"image_weight": 1.0, **overrides}
+    try:
+        memory = memory_from_run(path, overrides, preset=preset, reinit=reinit, seed=seed)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"MemoryConfig: {exc}") from exc
+    if memory.config.image_weight <= 0:
+        raise ConfigError("consumer-in-the-loop training needs image_weight > 0 (it weighs the UNet's loss)")
+    return memory
+
+
+def scene_caption_splits(
+    t2i: MiniT2I, config: MemoryConfig, captions: int, val_captions: int
+) -> tuple[SceneCaptionData, SceneCaptionData, tuple[FrozenTextEncoder, FrozenTextEncoder]]:
+    """The training and validation scenes of ``t2i``'s world with their long captions encoded for a
+    memory of ``config``, and the frozen (student, teacher) encoders that encoded them."""
+    world = SceneWorld(t2i.config.world)
+    encoders = load_encoders(config)
+    train_data = prepare_scene_caption_data(world, config, captions, "train", encoders=encoders)
+    val_data = prepare_scene_caption_data(world, config, val_captions, "val", encoders=encoders)
+    return train_data, val_data, encoders
+
+
 def image_validation_loss(
     model: GeometricMemory,
     consumer: UNetConsumer,

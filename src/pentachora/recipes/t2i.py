@@ -56,6 +56,7 @@ from pentachora.training.state import is_main_process, run_folder_lock
 
 __all__ = [
     "POOL_FORMAT",
+    "PromptImages",
     "ReaderRun",
     "T2IRun",
     "cached_reader",
@@ -64,6 +65,9 @@ __all__ = [
     "encode_prompts",
     "evaluate_prompts",
     "evaluate_reader",
+    "generate_from_prompt",
+    "load_scene_reader",
+    "load_t2i_run",
     "load_window_encoder",
     "scene_pool",
     "train_reader",
@@ -516,3 +520,77 @@ def reader_degraded_accuracy(reader: SceneReader, n: int = 512, seed: int = 3) -
     batch = SceneRenderSource(world, n, seed=seed, augment=False, split="test").batch(-3)
     noisy = degrade(batch["pixel_values"], step_generator(seed, 0))
     return float((reader.read(noisy).labels == batch["labels"]).float().mean())
+
+
+# ----------------------------------------------------------------------------- the commands' work
+def load_scene_reader(path: str | os.PathLike) -> SceneReader:
+    """A trained reader run (``pentachora train reader``); any other run is a ``ConfigError``."""
+    from pentachora.recipes.loading import load_run_model
+
+    loaded = load_run_model(path)
+    if not isinstance(loaded, SceneReader):
+        raise ConfigError(f"--reader {path} holds a {type(loaded).__name__}, not a scene reader")
+    return loaded
+
+
+def load_t2i_run(path: str | os.PathLike) -> MiniT2I:
+    """A trained miniature T2I run; any other run is a ``ConfigError``."""
+    from pentachora.recipes.loading import load_run_model
+
+    loaded = load_run_model(path)
+    if not isinstance(loaded, MiniT2I):
+        raise ConfigError(f"--model {path} holds a {type(loaded).__name__}, not a mini-t2i model")
+    return loaded
+
+
+@dataclass
+class PromptImages:
+    """What :func:`generate_from_prompt` made: the images and how the prompt reached the UNet."""
+
+    images: torch.Tensor  # (n, 3, H, W) in [0, 1]
+    positions: int  # conditioning positions the UNet read (77, or 77·k for chunked encoders)
+    n_tokens: int | None  # the prompt's tokens, when the encoder counts them
+    layouts: (
+        list[list[str]] | None
+    )  # per image, "colour shape @ cell" the reader sees; None: no reader cached
+
+
+def generate_from_prompt(
+    run: str | os.PathLike,
+    prompt: str,
+    encoder: str = "native",
+    weighting: str = "none",
+    n: int = 1,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance: float | None = None,
+    sampler: str | None = None,
+    read: bool = True,
+) -> PromptImages:
+    """``pentachora generate``: ``n`` images of ``prompt`` (seeds ``seed … seed+n−1``) from a trained
+    run, conditioned as ``encoder`` says (:func:`pentachora.diffusion.mini.prompt_conditioning`), and —
+    with ``read`` and a cached reader of the world — the layout the reader sees in each.
+
+    Raises:
+        ConfigError: an empty prompt, an unknown encoder or weighting.
+        CheckpointError: ``run`` is not a mini-t2i run.
+    """
+    from pentachora.diffusion.mini import MiniT2IPipeline, prompt_conditioning
+
+    if not prompt.strip():
+        raise ConfigError("the prompt is empty; describe a scene, e.g. 'a small red circle in the centre.'")
+    pipe = MiniT2IPipeline.from_run(run)
+    embeds = prompt_conditioning(encoder, pipe.model, pipe.encoder, weighting=weighting)([prompt])
+    kwargs = {k: v.repeat_interleave(n, 0) for k, v in embeds.pipeline_kwargs().items()}
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+    images = pipe(**kwargs, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
+                  sampler=sampler, output_type="pt").images  # fmt: skip
+    layouts = None
+    reader = cached_reader(pipe.model.config.world) if read else None
+    if reader is not None:
+        world = SceneWorld(pipe.model.config.world)
+        labels = reader.read(images).labels.tolist()
+        layouts = [[f"{world.class_name(int(lab))} @ {world.cell_name(cell)}" for cell, lab in enumerate(row) if lab]
+                   for row in labels]  # fmt: skip
+    n_tokens = int(embeds.n_tokens[0]) if embeds.n_tokens is not None else None
+    return PromptImages(images, kwargs["prompt_embeds"].shape[1], n_tokens, layouts)
