@@ -690,3 +690,16 @@ def test_eval_of_finite_but_exploding_weights_fails_instead_of_printing_nan(tmp_
     )
     assert result.exit_code == 2, result.output
     assert "reconstruct to NaN/inf" in error_line(result) and "model is broken" in error_line(result)
+
+
+def test_a_closed_pipe_is_not_reported_as_a_bug(monkeypatch):
+    """`pentachora demo --help | head` printed a traceback and "this is a bug in pentachora"."""
+    import pentachora.recipes.loading as loading
+
+    def reader_left(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(loading, "preset_rows", reader_left)
+    result = CliRunner().invoke(app, ["models", "--no-params"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "this is a bug" not in result.output

@@ -93,6 +93,8 @@ def user_errors(*, body: bool) -> Iterator[None]:
         hint = f" — rerun the same command to resume from {where}" if where else ""
         print(f"interrupted{hint}", file=sys.stderr)
         raise typer.Exit(EXIT_INTERRUPTED) from exc
+    except BrokenPipeError:  # `pentachora ... | head`: the reader left. Not a bug: click exits quietly
+        raise
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         print(BUG_HINT, file=sys.stderr)
