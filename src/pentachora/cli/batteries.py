@@ -37,8 +37,19 @@ from pentachora.cli.options import (
     train_options,
 )
 
+#: ``train batteries --heavy-tails`` choices (:class:`pentachora.data.regimes.RegimeSource`).
+HeavyTails = Literal["clamp", "raw"]
+
 #: ``train container --layout`` choices (see :mod:`pentachora.autoencoders.folded`).
 ContainerLayout = Literal["folded", "routed"]
+LAYOUT_HELP = (
+    "'folded': the batteries initialise a plain GeoVAE of their widths (V = K·v, hidden K·h), trained and run "
+    "as a GeoVAE; 'routed': the seed's container, every battery a routed slot at run time (8× a GeoVAE step)."
+)
+SPECTRAL_HELP = (
+    "folded: start the bottleneck at the frames' principal subspace (fp64 eigh on the first "
+    "--calibration-batches training batches)."
+)
 
 
 # ============================================================================================ CLI
@@ -80,21 +91,17 @@ def train_batteries(
     hidden: int = typer.Option(8, min=1, help="Hidden width of a battery's encoder/decoder."),
     n_cross: int = typer.Option(1, min=0, help="Spectral self-gate layers on S."),
     cv_weight: float = typer.Option(0.3, min=0.0, help="Weight of the differentiable CV term."),
-    heavy_tails: str = typer.Option("clamp", help="Noise heavy tails: clamp or raw."),
+    heavy_tails: HeavyTails = typer.Option("clamp", help="Noise heavy tails: clamp or raw."),
     cluster_patches: int = typer.Option(32768, min=64, help="Photo patches sampled for the k-means."),
     run_dir: Path = typer.Option(None, help="Optional trainer run folder (metrics, checkpoints, resume)."),
-    compare_loop: int = typer.Option(
-        0, min=0, help="Also time N steps of a Python loop over the batteries (speed-up report)."
-    ),
+    compare_loop: int = typer.Option(0, min=0, help="Also time N steps of a Python loop over the batteries."),
 ) -> None:
     """Train K miniature PatchSVAE batteries in ONE batched module and save them as one file.
 
     Example: pentachora train batteries --regimes patch-clusters:192+noise-types:64 --out bank.safetensors
     """
-    import torch
 
     from pentachora.cli.core import set_resume_dir
-    from pentachora.errors import ConfigError
     from pentachora.recipes.batteries import (
         battery_config_for,
         regime_source,
@@ -104,8 +111,6 @@ def train_batteries(
 
     check_output_file(out, "safetensors", "--out")
     check_run_folder(run_dir, "--run-dir")
-    if heavy_tails not in ("clamp", "raw"):
-        raise ConfigError(f"--heavy-tails must be 'clamp' or 'raw', got {heavy_tails!r}")
     console = Console()
     train.apply_threads()
     config = battery_config_for(
@@ -125,7 +130,7 @@ def train_batteries(
     console.print(_bank_table(report))
     console.print(
         f"trained {report['n_batteries']} batteries in one batched module: {report['train_wall_s']:.1f} s for "
-        f"{report['steps']} steps ({torch.get_num_threads()} torch threads); mean final MSE "
+        f"{report['steps']} steps ({report['torch_threads']} torch threads); mean final MSE "
         f"{report['final_mse_mean']:.4f}, CV {report['cv_mean']:.3f} (target {report['cv_target']:.3f}) → {out}"
     )
     if compare_loop:
@@ -168,21 +173,10 @@ def train_container(
     batteries: Path = typer.Option(
         None, "--batteries", help="Bank file from `pentachora train batteries` (sets the slot shape)."
     ),
-    layout: ContainerLayout = typer.Option(
-        "folded",
-        help="'folded': the batteries initialise a plain GeoVAE of their widths (V = K·v, hidden K·h), "
-        "trained and run as a GeoVAE; 'routed': the seed's container, every battery a routed slot at run "
-        "time (8× a GeoVAE step).",
-    ),
+    layout: ContainerLayout = typer.Option("folded", help=LAYOUT_HELP),
     implant: bool = typer.Option(True, help="Implant the batteries (--no-implant: same shape, random init)."),
-    spectral: bool = typer.Option(
-        True,
-        help="folded: start the bottleneck at the frames' principal subspace (fp64 eigh on the first "
-        "--calibration-batches training batches).",
-    ),
-    calibration_batches: int = typer.Option(
-        8, min=1, help="folded + --spectral: training batches to calibrate on."
-    ),
+    spectral: bool = typer.Option(True, help=SPECTRAL_HELP),
+    calibration_batches: int = typer.Option(8, min=1, help="folded + --spectral: batches to calibrate on."),
     depth: int = typer.Option(
         2, min=0, help="folded: residual blocks per side (they start as the identity)."
     ),

@@ -7,16 +7,18 @@ is detected before anything is written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from pentachora.cli.app import app, train_app
-from pentachora.cli.options import TrainOptions, check_run_folder, train_options
+from pentachora.cli.options import OptionSpec, TrainOptions, check_run_folder, option_group, train_options
 
 #: ``ConduitHubConfig.readout`` values, spelled out so the CLI starts without importing torch (a test
 #: checks they equal ``pentachora.hub.model.READOUTS``); typer refuses any other value before the run.
@@ -56,48 +58,69 @@ def _print_eval(console: Console, evaluation: dict, title: str) -> None:
     )
 
 
+#: The hub's own settings, declared once (``HubModelOptions`` carries them into ``ConduitHubConfig``).
+HUB_MODEL_OPTIONS: dict[str, OptionSpec] = {
+    "d_hub": OptionSpec(256, int, "Hub width (256: MiniLM is PCA'd down, LSA direct, W2V padded up).", min=4),
+    "pairs": OptionSpec("", str, "Trained pairs 'A|B,B|C' (default: every pair)."),
+    "reference": OptionSpec("", str, "Expert the aligners rotate onto (default: first of width d_hub)."),
+    "n_tokens": OptionSpec(4, int, "Pooled tokens per expert.", min=1),
+    "dropout": OptionSpec(0.1, float, "Dropout of pooling and fusion.", min=0.0, max=0.9),
+    "shrinkage": OptionSpec(0.2, float, "Covariance shrinkage of the aligners.", min=0.0, max=1.0),
+    "w_midpoint": OptionSpec(0.1, float, "Weight of the midpoint pentachoron variance.", min=0.0),
+    "w_procrustes": OptionSpec(0.1, float, "Weight of the running Procrustes term.", min=0.0),
+    "readout": OptionSpec(
+        "anchored",
+        HubReadout,
+        "'anchored': each read-out is the aligned mean plus a learned gate × the fusion output (training "
+        "starts at the frozen aligners); 'fusion': the seed's identity-token read-out.",
+    ),
+}
+
+
+@dataclass
+class HubModelOptions:
+    """The hub settings of ``train hub`` (see :data:`HUB_MODEL_OPTIONS`)."""
+
+    d_hub: int = 256
+    pairs: str = ""
+    reference: str = ""
+    n_tokens: int = 4
+    dropout: float = 0.1
+    shrinkage: float = 0.2
+    w_midpoint: float = 0.1
+    w_procrustes: float = 0.1
+    readout: str = "anchored"
+
+    def config_kwargs(self) -> dict[str, Any]:
+        """These settings as ``ConduitHubConfig`` fields (``pairs`` split into a tuple)."""
+        values = dataclasses.asdict(self)
+        values["pairs"] = tuple(p for p in self.pairs.split(",") if p)
+        return values
+
+
+hub_model_options = option_group(HUB_MODEL_OPTIONS, HubModelOptions, "hub", "Hub")
+
+
 @train_app.command("hub")
 @train_options(
     exclude=("grad_clip_mode", "grad_clip"),
     steps={"default": 600},
-    batch_size={
-        "default": 256,
-        "min": 2,
-        "help": "Items per batch (InfoNCE negatives; at most the training items).",
-    },
-    lr={
-        "default": 1e-3,
-        "help": "Peak learning rate (AdamW, cosine); chosen on a validation split (hub_tuning.md).",
-    },
+    batch_size={"default": 256, "min": 2, "help": "Items per batch (InfoNCE negatives; at most the training items)."},
+    lr={"default": 1e-3, "help": "Peak learning rate (AdamW, cosine); chosen on a validation split (hub_tuning.md)."},
     warmup={"default": 30, "help": "Linear warm-up steps (at most a tenth of --steps)."},
     weight_decay={"default": 0.05},
     eval_every={"default": 0},
     save_every={"default": 0},
     out={"help": "Run folder (default runs/hub). Rerun the same command to resume."},
-)
+)  # fmt: skip
+@hub_model_options()
 def train_hub_cmd(
     train: TrainOptions,
+    hub: HubModelOptions,
     experts: str = typer.Option("minilm,lsa,w2v", help=EXPERTS_HELP),
     data: str = typer.Option("wiki", help=DATA_HELP),
-    d_hub: int = typer.Option(
-        256, min=4, help="Hub width (256: MiniLM is PCA'd down, LSA direct, W2V padded up)."
-    ),
-    pairs: str = typer.Option("", help="Trained pairs 'A|B,B|C' (default: every pair)."),
-    reference: str = typer.Option(
-        "", help="Expert the aligners rotate onto (default: first of width d_hub)."
-    ),
     chunks: int = typer.Option(
-        8, min=0, help="Items of more tokens become this many chunk means (CPU budget; 0 = every token)."
-    ),
-    n_tokens: int = typer.Option(4, min=1, help="Pooled tokens per expert."),
-    dropout: float = typer.Option(0.1, min=0.0, max=0.9),
-    shrinkage: float = typer.Option(0.2, min=0.0, max=1.0, help="Covariance shrinkage of the aligners."),
-    w_midpoint: float = typer.Option(0.1, min=0.0, help="Weight of the midpoint pentachoron variance."),
-    w_procrustes: float = typer.Option(0.1, min=0.0, help="Weight of the running Procrustes term."),
-    readout: HubReadout = typer.Option(
-        "anchored",
-        help="'anchored': each read-out is the aligned mean plus a learned gate × the fusion output "
-        "(training starts at the frozen aligners); 'fusion': the seed's identity-token read-out.",
+        8, min=0, help="Items of more tokens become this many chunk means (0 = every token)."
     ),
     cache_dir: Path = typer.Option(None, help="Feature cache root (default $PENTACHORA_CACHE/hub-features)."),
     max_train_items: int = typer.Option(0, min=0, help="Use only the first N training items (0 = all)."),
@@ -107,7 +130,6 @@ def train_hub_cmd(
 
     Example: pentachora train hub --steps 600 --out runs/hub
     """
-
     from pentachora.errors import ConfigError
     from pentachora.recipes.hub import hub_config_for, parse_expert_spec, prepare_hub_data, train_hub
 
@@ -122,20 +144,20 @@ def train_hub_cmd(
             parse_expert_spec(s)
         hdata = prepare_hub_data(specs, corpus=data, cache_dir=cache_dir, seed=train.seed, chunks=chunks,
                                  max_train_items=max_train_items, max_heldout_items=max_heldout_items)  # fmt: skip
-        config = hub_config_for(
-            hdata, d_hub=d_hub, pairs=tuple(p for p in pairs.split(",") if p), reference=reference,
-            n_tokens=n_tokens, dropout=dropout, shrinkage=shrinkage, w_midpoint=w_midpoint,
-            w_procrustes=w_procrustes, readout=readout, expert_sources=tuple(specs),
-        )  # fmt: skip
+        config = hub_config_for(hdata, expert_sources=tuple(specs), **hub.config_kwargs())
     except (ImportError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
     tcfg = train.train_config(out=out, batch_size=min(train.batch_size, hdata.train.n),
                               warmup_steps=min(train.warmup, train.steps // 10), log_every=max(1, train.steps // 20))  # fmt: skip
     console.print(
         f"data: {hdata.info['train_items']} training / {hdata.info['heldout_items']} held-out items "
-        f"(leakage check {hdata.info['leakage']}); experts {hdata.dims}; d_hub {d_hub}"
+        f"(leakage check {hdata.info['leakage']}); experts {hdata.dims}; d_hub {hub.d_hub}"
     )
     run = train_hub(hdata, config, tcfg, make_callbacks=train.diagnostics_callbacks, **fit)
+    _print_run(console, run)
+
+
+def _print_run(console: Console, run) -> None:
     _print_eval(console, run.evaluation, f"held-out retrieval ({run.out_dir})")
     for name, rep in run.aligners.items():
         if isinstance(rep, dict) and "lift" in rep:

@@ -41,6 +41,18 @@ TEXT_DATA_HELP = (
 #: ``pentachora.recipes.memory.MODES``); typer refuses any other value before the run.
 MemoryMode = Literal["joint", "two-phase", "pooled"]
 
+PRESET_HELP = (
+    "minilm-tiny (CPU: d=192), minilm-tiny-long (the same with native-exact short prompts, the mean shift and "
+    "contextual chunks: the diffusion setting), minilm (d=384), clip-l (SD 1.5), sdxl-bigg (SDXL; penultimate "
+    "layer). Add --set sequence_mode=residual --set contextual_chunks=true --set mean_shift=0.75 to clip-l / "
+    "sdxl-bigg for the diffusion setting."
+)
+MODE_HELP = (
+    "joint (all losses from step 1), two-phase (pooled-only → reconstructor only → all with bank LR × "
+    "--bank-lr-scale), pooled (bank + pooled output only)."
+)
+INIT_FROM_HELP = "Start from this trained memory model (run or checkpoint folder); two-phase then skips its pooled-only stage."
+
 #: The text data options of the memory commands: which corpus, where its features are cached, how
 #: much of it, and whether the frozen models may be downloaded.
 TEXT_DATA_OPTIONS: dict[str, OptionSpec] = {
@@ -142,26 +154,12 @@ def _model_card(model) -> dict[str, Any]:
 def train_memory_cmd(
     train: TrainOptions,
     text: TextDataOptions,
-    preset: str = typer.Option(
-        "minilm-tiny",
-        help="minilm-tiny (CPU: d=192), minilm-tiny-long (the same with native-exact short prompts, the "
-        "mean shift and contextual chunks: the diffusion setting), minilm (d=384), clip-l (SD 1.5), "
-        "sdxl-bigg (SDXL; penultimate layer). Add --set sequence_mode=residual --set contextual_chunks=true "
-        "--set mean_shift=0.75 to clip-l / sdxl-bigg for the diffusion setting.",
-    ),
-    mode: MemoryMode = typer.Option(
-        "joint",
-        help="joint (all losses from step 1), two-phase (pooled-only → reconstructor only → all with "
-        "bank LR × --bank-lr-scale), pooled (bank + pooled output only).",
-    ),
+    preset: str = typer.Option("minilm-tiny", help=PRESET_HELP),
+    mode: MemoryMode = typer.Option("joint", help=MODE_HELP),
     bank_lr_scale: float = typer.Option(
         0.1, min=0.0, help="Bank-side LR multiplier in two-phase's last stage."
     ),
-    init_from: Path = typer.Option(
-        None,
-        help="Start from this trained memory model (run or checkpoint "
-        "folder); two-phase then skips its pooled-only stage.",
-    ),
+    init_from: Path = typer.Option(None, help=INIT_FROM_HELP),
     set_: list[str] = typer.Option(None, "--set", help="MemoryConfig override KEY=VALUE (repeatable)."),
     eval_docs: int = typer.Option(128, min=2, help="Held-out documents in the periodic evaluations."),
 ) -> None:

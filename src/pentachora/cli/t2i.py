@@ -210,6 +210,17 @@ def train_t2i_cmd(
 
 
 # ============================================================================================ memory-image
+INIT_HELP = "Start from this trained memory run (its config, with --set applied); default: a fresh --preset."
+MEMORY_SET_HELP = (
+    "Override a MemoryConfig field (KEY=VALUE), repeatable: e.g. image_weight=1, consumer_output=chunks, "
+    "infonce_weight=0."
+)
+TEXT_LOSSES_HELP = "Keep the text objectives beside the image loss (--no-text-losses: the image loss alone)."
+REINIT_HELP = (
+    "Re-initialise parameters under this prefix before training (e.g. 'reconstructor.'), repeatable."
+)
+
+
 @train_app.command("memory-image")
 @train_options(
     exclude=("audit", "audit_every", "grad_clip_mode", "bf16"),
@@ -223,24 +234,11 @@ def train_t2i_cmd(
 def train_memory_image_cmd(
     train: TrainOptions,
     model: Path = typer.Option(..., help="The trained mini-t2i run whose frozen UNet is the consumer."),
-    init: Path = typer.Option(
-        None,
-        help="Start from this trained memory run (its config, with --set applied); default: a fresh --preset.",
-    ),
+    init: Path = typer.Option(None, help=INIT_HELP),
     preset: str = typer.Option("minilm-tiny-image", help="Memory preset when no --init is given."),
-    set_: list[str] = typer.Option(
-        None,
-        "--set",
-        help="Override a MemoryConfig field (KEY=VALUE), repeatable: e.g. image_weight=1, "
-        "consumer_output=chunks, infonce_weight=0.",
-    ),
-    text_losses: bool = typer.Option(
-        True, help="Keep the text objectives beside the image loss (--no-text-losses: the image loss alone)."
-    ),
-    reinit: list[str] = typer.Option(
-        None,
-        help="Re-initialise parameters under this prefix before training (e.g. 'reconstructor.'), repeatable.",
-    ),
+    set_: list[str] = typer.Option(None, "--set", help=MEMORY_SET_HELP),
+    text_losses: bool = typer.Option(True, help=TEXT_LOSSES_HELP),
+    reinit: list[str] = typer.Option(None, help=REINIT_HELP),
     captions: int = typer.Option(2000, min=2, help="Training scenes (train split, long captions)."),
     val_captions: int = typer.Option(128, min=2, help="Validation scenes for the denoising-loss check."),
 ) -> None:
