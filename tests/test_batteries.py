@@ -350,7 +350,7 @@ def test_no_svd_or_eigh_in_the_container():
         out.loss.backward()
         model.reconstruct(x)
         model.sample_prior(1, 16, 16)
-        model.export_linear()(x)
+        LinearExport.from_container(model)(x)
     assert "addmm" in rec.names and ("linalg_det" in rec.names or "_linalg_det" in rec.names)
     assert not _forbidden(rec.names), _forbidden(rec.names)
     # positive control: the batteries themselves are SVD-trained
@@ -370,7 +370,7 @@ def test_linear_export_matches_the_model(tmp_path, routing, n_cross, merge):
             p.add_(0.05 * torch.randn_like(p))
     model.eval()
     x = images(3)
-    export = model.export_linear(merge_mu_inverse=merge)
+    export = LinearExport.from_container(model, merge_mu_inverse=merge)
     assert export.merged_inverse == bool(merge)
     ref = model.reconstruct(x)
     got = export(x)
@@ -390,7 +390,7 @@ def test_linear_export_matches_the_model(tmp_path, routing, n_cross, merge):
         LinearExport.load(_write(tmp_path / "other.safetensors", {"w": torch.zeros(1)}, None))
     if n_cross:
         with pytest.raises(ValueError, match="cannot be merged"):
-            model.export_linear(merge_mu_inverse=True)
+            LinearExport.from_container(model, merge_mu_inverse=True)
 
 
 # ----------------------------------------------------------------------------- CLI

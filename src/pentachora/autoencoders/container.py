@@ -36,7 +36,7 @@ the space this encoder reads), and ``anchors[k]`` from the battery's prototype (
 on its regime). The battery's spectral gate is not implanted (the container has no S).
 
 **Linear export** (:class:`~pentachora.autoencoders.export.LinearExport`, in
-:mod:`pentachora.autoencoders.export` with the FLOP counter): folds the trained container for
+:mod:`pentachora.autoencoders.export` with the FLOP counter; `LinearExport.from_container(model)`): folds the trained container for
 inference into as few linear maps as its structure allows.
 """
 
@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,9 +56,6 @@ from pentachora.autoencoders.battery import BatteryBank
 from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig, GeoVAEOutput
 from pentachora.geometry import cv_loss_term, target_cv
 from pentachora.modeling import register_model
-
-if TYPE_CHECKING:
-    from pentachora.autoencoders.export import LinearExport
 
 __all__ = [
     "BatteryContainer",
@@ -480,10 +477,3 @@ class BatteryContainer(GeoVAE):
         if "anchors" in sectors:
             self.anchors.copy_(F.normalize(bank.prototypes[idx].float(), dim=-1))
         return {"slots": c.n_batteries, "sectors": list(sectors), "batteries": indices}
-
-    # ------------------------------------------------------------------ export
-    def export_linear(self, merge_mu_inverse: bool | None = None) -> LinearExport:
-        """The folded inference model (see :class:`~pentachora.autoencoders.export.LinearExport`)."""
-        from pentachora.autoencoders.export import LinearExport
-
-        return LinearExport.from_container(self, merge_mu_inverse=merge_mu_inverse)

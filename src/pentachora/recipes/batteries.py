@@ -19,7 +19,7 @@ import torch
 
 from pentachora.autoencoders.battery import BatteryBank, BatteryConfig
 from pentachora.autoencoders.container import BatteryContainer, BatteryContainerConfig
-from pentachora.autoencoders.export import count_flops
+from pentachora.autoencoders.export import LinearExport, count_flops
 from pentachora.autoencoders.folded import folded_config, implant_batteries, spectral_bottleneck_init
 from pentachora.autoencoders.geovae import GeoVAE
 from pentachora.data.regimes import RegimeSource, parse_regimes
@@ -381,7 +381,7 @@ def export_report(
         linear-map counts before and after folding, and the folded ``module``.
     """
     model.eval()
-    export = model.export_linear(merge_mu_inverse=merge_mu_inverse)
+    export = LinearExport.from_container(model, merge_mu_inverse=merge_mu_inverse)
     ref = model.reconstruct(x)
     got = export(x)
     flops = count_flops(export, x)
