@@ -454,7 +454,7 @@ def geovae_eval_data(size: int) -> Any:
     from pentachora.recipes import build_eval_data
 
     if size not in _EVAL:
-        from pentachora.data.sources import parse_data_spec
+        from pentachora.data.spec import parse_data_spec
 
         _EVAL[size] = build_eval_data(parse_data_spec("images"), size).subset(max_tiles=8, n_noise=2)
     return _EVAL[size]

@@ -339,7 +339,7 @@ class ImageDataOptions:
     """What an image autoencoder trains and is evaluated on (see :data:`IMAGE_DATA_OPTIONS`).
 
     ``--data`` is parsed once, when the options are built: :attr:`spec` is the parsed
-    :class:`pentachora.data.sources.DataSpec` (a bad spec is a ``ConfigError`` naming the flag).
+    :class:`pentachora.data.spec.DataSpec` (a bad spec is a ``ConfigError`` naming the flag).
     """
 
     data: str = "images"
@@ -382,7 +382,7 @@ def describe_eval_data(eval_data) -> str:
 # ============================================================================== checks on the input
 def parse_data(data: str):
     """Parse ``--data``; a bad spec is a :class:`ConfigError` naming the flag."""
-    from pentachora.data.sources import parse_data_spec
+    from pentachora.data.spec import parse_data_spec
 
     try:
         return parse_data_spec(data)

@@ -2,7 +2,7 @@
 
 Every training source implements :class:`BatchSource` — ``batch(step)`` is a pure function of the
 source's seed and the step (see :func:`step_generator`), so resumed runs see the same batches.
-:class:`BatchSource` and :func:`step_seed` are defined once, in :mod:`pentachora.data.sources`; the
+:class:`BatchSource` and :func:`step_seed` are defined once, in :mod:`pentachora.data.seeding`; the
 trainer imports them from there. Battery regimes (:func:`parse_regimes`, :class:`RegimeSource`) live
 in :mod:`pentachora.data.regimes`.
 Pixel convention: images load as [0, 1]; models see ``2x − 1``; PSNR is in [0, 1] pixel space.
@@ -36,16 +36,8 @@ from pentachora.data.noise import (
     tier_types,
 )
 from pentachora.data.regimes import REGIME_FORMS, Regime, RegimeSource, parse_regimes, unit_rms
-from pentachora.data.sources import (
-    EVAL_SALT,
-    SEED_STRIDE,
-    TRAIN_SALT,
-    BatchSource,
-    DataSpec,
-    parse_data_spec,
-    step_generator,
-    step_seed,
-)
+from pentachora.data.seeding import EVAL_SALT, SEED_STRIDE, TRAIN_SALT, BatchSource, step_generator, step_seed
+from pentachora.data.spec import DataSpec, parse_data_spec
 
 __all__ = [
     "CLAMP_BOUND",

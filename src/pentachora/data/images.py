@@ -34,7 +34,7 @@ import torch
 from einops import rearrange
 from PIL import Image, UnidentifiedImageError
 
-from pentachora.data.sources import step_generator
+from pentachora.data.seeding import step_generator
 from pentachora.errors import DataError
 
 logger = logging.getLogger(__name__)

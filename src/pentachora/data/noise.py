@@ -40,7 +40,7 @@ from typing import Literal
 
 import torch
 
-from pentachora.data.sources import step_generator
+from pentachora.data.seeding import step_generator
 
 logger = logging.getLogger(__name__)
 

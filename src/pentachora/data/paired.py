@@ -10,7 +10,7 @@ Splits are by **source document**: the embedded corpus holds whole Wikipedia art
 (:func:`pentachora.data.text.wikipedia_corpus`); :func:`leakage_check` verifies that no title and no
 item text is on both sides.
 
-:class:`PairedBatchSource` is the trainer's :class:`~pentachora.data.sources.BatchSource`: ``batch(step)``
+:class:`PairedBatchSource` is the trainer's :class:`~pentachora.data.seeding.BatchSource`: ``batch(step)``
 draws B distinct items with a generator seeded by ``(seed, step)`` and returns
 ``{expert: {"features": (B, T, d) float32, "mask": (B, T) bool}, "index": (B,)}``.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from pentachora.data.sources import step_generator
+from pentachora.data.seeding import step_generator
 from pentachora.errors import DataError
 from pentachora.io import loads_json
 

@@ -8,7 +8,7 @@ photos; needs scikit-learn, the ``batteries`` extra), and ``A+B`` concatenations
 
 Patches are in the *unit-RMS* space (:func:`unit_rms`) the battery container's encoder reads, so an
 implanted battery sees exactly what it was trained on. The source is a
-:class:`~pentachora.data.sources.BatchSource`: ``batch(step)`` is a pure function of ``(seed, step)``.
+:class:`~pentachora.data.seeding.BatchSource`: ``batch(step)`` is a pure function of ``(seed, step)``.
 This module needs only the data layer and :mod:`pentachora.nn` (no model family).
 """
 
@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 
 from pentachora.data.noise import CURRICULUM_TIERS, NOISE_TYPES, NoiseSource
-from pentachora.data.sources import step_generator
+from pentachora.data.seeding import step_generator
 from pentachora.nn.patch import patchify
 
 __all__ = [

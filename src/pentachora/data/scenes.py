@@ -47,7 +47,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
-from pentachora.data.sources import step_generator, step_seed
+from pentachora.data.seeding import step_generator, step_seed
 from pentachora.errors import ConfigError, DataError
 
 __all__ = [

@@ -421,7 +421,7 @@ class CachedDocumentSource:
         self.seed = seed
 
     def _perm(self, epoch: int) -> torch.Tensor:
-        from pentachora.data.sources import step_generator
+        from pentachora.data.seeding import step_generator
 
         return torch.randperm(self.cache.n_docs, generator=step_generator(self.seed, -1 - epoch))
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from pentachora.data.noise import NOISE_TYPES
-from pentachora.data.sources import DataSpec, parse_data_spec
+from pentachora.data.spec import DataSpec, parse_data_spec
 from pentachora.diagnostics.nonfinite import NonFiniteOriginCallback
 from pentachora.errors import ConfigError
 from pentachora.io import atomic_write_json

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pentachora.data.sources import DataSpec
+from pentachora.data.spec import DataSpec
 from pentachora.recipes.autoencoders import AutoencoderRun, train_autoencoder
 from pentachora.recipes.evaluation import EvalData, evaluate_autoencoder
 from pentachora.training import TrainConfig

@@ -40,7 +40,7 @@ from pentachora.autoencoders import (
     PatchSVAEConfig,
 )
 from pentachora.data import psnr
-from pentachora.data.sources import step_generator
+from pentachora.data.seeding import step_generator
 from pentachora.geometry import cv_metric, target_cv
 from pentachora.t2i.model import MiniT2I, MiniT2IConfig
 from pentachora.t2i.reader import SceneReader

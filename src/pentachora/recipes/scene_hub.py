@@ -35,7 +35,7 @@ import torch
 from pentachora.data.images import to_model_space
 from pentachora.data.paired import PairedFeatures, extract_paired_features, text_hash
 from pentachora.data.scenes import Scene, SceneWorld
-from pentachora.data.sources import step_seed
+from pentachora.data.seeding import step_seed
 from pentachora.errors import ConfigError, DataError
 
 __all__ = [

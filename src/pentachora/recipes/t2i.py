@@ -42,7 +42,7 @@ from pentachora.data.scenes import (
     SceneWorldConfig,
     degrade,
 )
-from pentachora.data.sources import step_generator
+from pentachora.data.seeding import step_generator
 from pentachora.errors import CheckpointError, ConfigError
 from pentachora.io import atomic_save_tensors, atomic_write_json, load_tensors, read_json
 from pentachora.nn.text_encoder import FrozenTextEncoder

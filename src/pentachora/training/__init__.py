@@ -13,11 +13,11 @@ Run the same script with ``accelerate launch`` for multi-GPU / multi-node. Run i
 :mod:`pentachora.training.state` for the run-folder layout and
 :mod:`pentachora.training.logging` for the ``metrics.jsonl`` schema.
 
-:class:`BatchSource` and :func:`step_seed` are re-exported from :mod:`pentachora.data.sources`, where
+:class:`BatchSource` and :func:`step_seed` are re-exported from :mod:`pentachora.data.seeding`, where
 they are defined (one definition; the trainer seeds its model stream with ``salt=TRAIN_SALT``).
 """
 
-from pentachora.data.sources import BatchSource, step_seed
+from pentachora.data.seeding import BatchSource, step_seed
 from pentachora.training.callbacks import (
     Callback,
     EarlyStopOnPlateau,

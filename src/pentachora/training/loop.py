@@ -63,7 +63,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from pentachora.data.sources import EVAL_SALT, TRAIN_SALT, BatchSource, step_seed
+from pentachora.data.seeding import EVAL_SALT, TRAIN_SALT, BatchSource, step_seed
 from pentachora.errors import ConfigError, RunFolderError
 from pentachora.io import CheckpointError, atomic_write_json, read_json
 from pentachora.modeling import PentachoraModel, config_to_dict
