@@ -123,8 +123,8 @@ def long_texts(n: int, min_segments: int, encoder: Any) -> list[str]:
 
 def memory_batches(config: Any, student: Any, texts: list[str]) -> dict[str, torch.Tensor]:
     """Features of ``texts`` (all segments) with the training targets."""
+    from pentachora.data.text_features import segment_features
     from pentachora.memory import Segmenter
-    from pentachora.memory.cache import segment_features
 
     seg = Segmenter(student, config.max_tokens, config.overlap)(texts)
     feats = segment_features(student, seg)

@@ -111,7 +111,7 @@ def _throughput_worker(
 ) -> None:
     """Load once, then time one pass over ``texts`` per ``"run"`` command (``"stop"`` reports memory)."""
     torch.set_num_threads(threads)
-    from pentachora.memory.cache import segment_features
+    from pentachora.data.text_features import segment_features
     from pentachora.recipes.memory import load_encoders, load_memory_model
 
     model = load_memory_model(model_dir)
@@ -677,7 +677,7 @@ def short_prompt_buckets(model, encoder, texts: list[str], n_docs: int = 48, see
 
 def _first_docs(cache, n: int):
     """The first ``n`` documents of a feature cache, per-document and per-segment tensors alike."""
-    from pentachora.memory.cache import FeatureCache
+    from pentachora.data.text_features import FeatureCache
 
     docs, segs = cache.n_docs, int(cache.seg_offsets[-1])
     m = int(cache.seg_offsets[n])
@@ -738,8 +738,8 @@ def long_prompt_suite(argv: list[str] | None = None) -> dict:
         held = _first_docs(held, min(args.suite_docs, held.n_docs))
     # The shift's λ is chosen on training documents (the training-free shift fits nothing on them; cached
     # with their tails, as the held-out ones are), then reported on the held-out ones.
-    from pentachora.memory.cache import build_feature_cache
-    from pentachora.memory.segmenter import Segmenter
+    from pentachora.data.segmenter import Segmenter
+    from pentachora.data.text_features import build_feature_cache
 
     val_cache = build_feature_cache(
         data.corpus.train[: args.suite_docs or VALIDATION_DOCS], student, teacher,

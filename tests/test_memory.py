@@ -13,16 +13,16 @@ import socket
 import pytest
 import torch
 
-from pentachora.diagnostics.convergence import convergence_order
-from pentachora.geometry import procrustes_alignment_loss
-from pentachora.io import CheckpointError
-from pentachora.memory import FrozenTextEncoder, GeometricMemory, MemoryConfig, Segmenter
-from pentachora.memory.cache import (
+from pentachora.data.text_features import (
     CachedDocumentSource,
     FeatureCache,
     build_feature_cache,
     segment_features,
 )
+from pentachora.diagnostics.convergence import convergence_order
+from pentachora.geometry import procrustes_alignment_loss
+from pentachora.io import CheckpointError
+from pentachora.memory import FrozenTextEncoder, GeometricMemory, MemoryConfig, Segmenter
 from pentachora.memory.metrics import (
     attention_probe_recall,
     in_batch_accuracy,
@@ -129,7 +129,7 @@ def test_empty_text_is_a_clear_error(bert):
 def test_overlong_text_truncates_with_warning_or_refuses(bert, caplog):
     seg = Segmenter(bert, max_tokens=100)
     long = words(300)
-    with caplog.at_level(logging.WARNING, logger="pentachora.memory.segmenter"):
+    with caplog.at_level(logging.WARNING, logger="pentachora.data.segmenter"):
         sb = seg([long, "short text"])
     assert "exceed max_tokens=100" in caplog.text
     assert sb.truncated.tolist() == [True, False]
@@ -310,7 +310,7 @@ def test_cache_hit_invalidation_and_resume(tmp_path, bert, monkeypatch):
     assert c1.n_docs == 5 and len(list(c1.path.glob("shard-*.safetensors"))) == 3
     assert c1.tensors["states"].dtype == torch.float16 and c1.seg_offsets[-1] == c1.tensors["states"].shape[0]
     # a hit never runs the encoder
-    import pentachora.memory.cache as cache_mod
+    import pentachora.data.text_features as cache_mod
 
     def boom(*a, **k):
         raise AssertionError("encoder ran on a cache hit")

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from pentachora.data.text_features import segment_features
 from pentachora.errors import CheckpointError, ConfigError
 from pentachora.memory import GeometricMemory, MemoryConfig, Segmenter
-from pentachora.memory.cache import segment_features
 from pentachora.memory.chunks import tail_ramp, window_mean_shift
 
 pytestmark = pytest.mark.usefixtures("one_thread", "offline")
@@ -273,7 +273,7 @@ def test_empty_and_whitespace_prompts_are_clear_errors(bert):
 
 def test_overlong_prompt_warns_how_many_tokens_were_dropped(bert, caplog):
     model = trained_looking(config(max_tokens=100))
-    with caplog.at_level(logging.WARNING, logger="pentachora.memory.segmenter"):
+    with caplog.at_level(logging.WARNING, logger="pentachora.data.segmenter"):
         out = model.encode([words(130, 7)], encoder=bert)
     assert "30 token(s) dropped" in caplog.text and bool(out.truncated[0])
 

@@ -68,7 +68,7 @@ def test_batches_carry_full_width_native_windows_and_images(scene_data):
     assert float(batch["pixel_values"].min()) >= 0 and float(batch["pixel_values"].max()) <= 1
     assert bool(batch["segment_mask"][:, 1].all())  # long captions span ≥ 2 windows
     # every window encoded alone at full width, as the pipeline feeds the UNet (padding positions included)
-    from pentachora.memory.segmenter import Segmenter
+    from pentachora.data.segmenter import Segmenter
 
     part = Segmenter(encoder, 576)([train.captions[0]])
     ids, mask, _ = part.flat_windows()

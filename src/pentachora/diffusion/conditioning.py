@@ -52,9 +52,9 @@ from typing import Any
 
 import torch
 
+from pentachora.data.segmenter import Segmenter
 from pentachora.errors import ConfigError
 from pentachora.memory.model import GeometricMemory, native_window_sequences
-from pentachora.memory.segmenter import Segmenter
 from pentachora.nn.text_encoder import FrozenTextEncoder
 
 __all__ = ["POOLED_MODES", "LongPromptEmbeds", "long_prompt_embeds", "sdxl_long_prompt_embeds"]

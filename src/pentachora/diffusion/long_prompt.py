@@ -55,12 +55,12 @@ from typing import Any
 
 import torch
 
+from pentachora.data.segmenter import Segmenter
 from pentachora.diffusion.conditioning import POOLED_MODES, LongPromptEmbeds, _check_alpha
 from pentachora.diffusion.weighting import DIALECTS, Fragment, parse_negative, parse_prompt
 from pentachora.diffusion.windows import SPLIT_LOOKBACK, SPLIT_POLICIES, PromptWindows, prompt_windows
 from pentachora.errors import ConfigError
 from pentachora.memory.model import GeometricMemory
-from pentachora.memory.segmenter import Segmenter
 from pentachora.nn.text_encoder import FrozenTextEncoder
 
 __all__ = ["DEFAULT_MAX_WINDOWS", "LongPrompt"]

@@ -17,16 +17,17 @@ Quick start (CPU, offline, the embedded MiniLM and Wikipedia corpus)::
     run = train_memory(GeometricMemory(config), data, TrainConfig(steps=600, batch_size=32, lr=1e-3))
     enc = run.model.encode(["a long prompt ..."])        # enc.pooled (1, 384), enc.sequence (1, 77, 384)
 
-Modules: :mod:`~pentachora.nn.text_encoder` (FrozenTextEncoder), :mod:`~pentachora.memory.segmenter`,
-:mod:`~pentachora.memory.bank`, :mod:`~pentachora.memory.reconstructor`,
-:mod:`~pentachora.memory.model`, :mod:`~pentachora.memory.cache`, :mod:`~pentachora.memory.metrics`,
-training glue lives in :mod:`pentachora.recipes.memory` (it imports the trainer).
+Modules: :mod:`~pentachora.memory.bank`, :mod:`~pentachora.memory.reconstructor`,
+:mod:`~pentachora.memory.model`, :mod:`~pentachora.memory.metrics`. What the memory reads lives below
+it: the frozen encoder in :mod:`~pentachora.nn.text_encoder`, the segmenter and the long-text feature
+store in :mod:`~pentachora.data.segmenter` and :mod:`~pentachora.data.text_features`; training glue
+lives in :mod:`pentachora.recipes.memory` (it imports the trainer).
 """
 
+from pentachora.data.segmenter import SegmentBatch, Segmenter
 from pentachora.memory.bank import BankState, DepthProfileFusion, MemoryBank
 from pentachora.memory.model import PRESETS, GeometricMemory, MemoryConfig, MemoryEncoding, MemoryOutput
 from pentachora.memory.reconstructor import SequenceReconstructor
-from pentachora.memory.segmenter import SegmentBatch, Segmenter
 from pentachora.nn.text_encoder import (
     DEFAULT_ENCODER,
     TINY_ENCODERS,

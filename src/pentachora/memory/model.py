@@ -9,7 +9,7 @@ The pooled output is ``MLP(LN([mean of the memory tokens ; mean of the per-segme
 projected to the teacher's dimension; the sequence comes from the
 :class:`~pentachora.memory.reconstructor.SequenceReconstructor`.
 
-Training batches (built from the feature cache, see :mod:`pentachora.memory.cache`) are dicts::
+Training batches (built from the feature cache, see :mod:`pentachora.data.text_features`) are dicts::
 
     states          (B, S, n_layers, W, H)  frozen encoder states of the extraction layers, per segment
     attention_mask  (B, S, W)               real tokens (specials included)
@@ -89,7 +89,7 @@ from pentachora.memory.reconstructor import SequenceReconstructor
 from pentachora.modeling import ModelOutput, PentachoraModel, Presets, register_model
 
 if TYPE_CHECKING:
-    from pentachora.memory.segmenter import SegmentBatch, Segmenter
+    from pentachora.data.segmenter import SegmentBatch, Segmenter
     from pentachora.nn.text_encoder import FrozenTextEncoder
 
 __all__ = [
@@ -821,8 +821,8 @@ class GeometricMemory(PentachoraModel):
             raise ValueError("encoder does not match the memory model: " + "; ".join(problems))
 
     def segmenter(self, encoder: FrozenTextEncoder | None = None, on_overflow: str = "truncate") -> Segmenter:
-        """A :class:`~pentachora.memory.segmenter.Segmenter` with this model's window settings."""
-        from pentachora.memory.segmenter import Segmenter
+        """A :class:`~pentachora.data.segmenter.Segmenter` with this model's window settings."""
+        from pentachora.data.segmenter import Segmenter
 
         encoder = encoder or self.load_encoder()
         return Segmenter(encoder, self.config.max_tokens, self.config.overlap, on_overflow=on_overflow)
@@ -831,7 +831,7 @@ class GeometricMemory(PentachoraModel):
     def encode_segments(
         self, part: SegmentBatch, encoder: FrozenTextEncoder, native: torch.Tensor | None = None
     ) -> MemoryOutput:
-        """Read windows that are already cut (:class:`~pentachora.memory.segmenter.SegmentBatch`).
+        """Read windows that are already cut (:class:`~pentachora.data.segmenter.SegmentBatch`).
 
         Args:
             part: The windows ``(B, S, W)`` of a batch of texts.
@@ -843,7 +843,7 @@ class GeometricMemory(PentachoraModel):
         Returns:
             The :class:`MemoryOutput` (no losses), on the model's device.
         """
-        from pentachora.memory.cache import segment_features
+        from pentachora.data.text_features import segment_features
 
         self.check_encoder(encoder)
         device = next(self.parameters()).device
@@ -932,11 +932,11 @@ def native_window_sequences(
     For CLIP towers (every position is read, padding included) each window is padded to W with the
     tokenizer's padding and run alone — exactly the pipeline's own first-window output for a short
     prompt. For masked encoders the real positions of ``target`` (from
-    :func:`~pentachora.memory.cache.segment_features`) are already exact and are used as they are.
+    :func:`~pentachora.data.text_features.segment_features`) are already exact and are used as they are.
 
     Args:
         encoder: The frozen student.
-        part: A :class:`~pentachora.memory.segmenter.SegmentBatch`.
+        part: A :class:`~pentachora.data.segmenter.SegmentBatch`.
         target: Its ``segment_features(...)["target"]`` (reused for masked encoders).
     """
     b, s, w = part.input_ids.shape

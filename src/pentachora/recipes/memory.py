@@ -42,19 +42,19 @@ from typing import Any
 
 import torch
 
+from pentachora.data.segmenter import Segmenter
 from pentachora.data.text import TextCorpus, parse_text_spec
+from pentachora.data.text_features import CachedDocumentSource, FeatureCache, build_feature_cache
 from pentachora.diagnostics.convergence import ConvergenceMonitor
 from pentachora.errors import ConfigError, PentachoraError
 from pentachora.geometry import ProcrustesMap, cv_metric, orthogonal_procrustes
 from pentachora.io import atomic_write_json
-from pentachora.memory.cache import CachedDocumentSource, FeatureCache, build_feature_cache
 from pentachora.memory.metrics import (
     in_batch_accuracy,
     paired_cosine,
     recall_at_1,
 )
 from pentachora.memory.model import GeometricMemory, MemoryConfig
-from pentachora.memory.segmenter import Segmenter
 from pentachora.nn.text_encoder import FrozenTextEncoder
 from pentachora.recipes.loading import FINAL_DIR, resolve_model_dir
 from pentachora.training import Callback, PhaseCallback, TrainConfig, Trainer, TrainResult, read_metrics

@@ -10,7 +10,7 @@ weights are config fields; the image term is ``image_weight``).
 
 Data: scenes of the world's ``train`` split with long captions in the training phrasings (nothing from
 the validation or test splits, nothing in held-out phrasings). The captions' features are cached once
-(:func:`~pentachora.memory.cache.build_feature_cache`), with every window's native encoding run alone
+(:func:`~pentachora.data.text_features.build_feature_cache`), with every window's native encoding run alone
 at full width — what a pipeline feeds the UNet, padding positions included.
 
 Run folder (as :func:`~pentachora.recipes.memory.train_memory`'s, plus)::
@@ -35,11 +35,11 @@ import numpy as np
 import torch
 
 from pentachora.data.scenes import SceneWorld
+from pentachora.data.segmenter import Segmenter
+from pentachora.data.text_features import FeatureCache, build_feature_cache
 from pentachora.errors import ConfigError
 from pentachora.io import CheckpointError, atomic_save_tensors, atomic_write_json, load_tensors
-from pentachora.memory.cache import FeatureCache, build_feature_cache
 from pentachora.memory.model import LOSS_WEIGHTS, GeometricMemory, MemoryConfig, native_window_sequences
-from pentachora.memory.segmenter import Segmenter
 from pentachora.nn.text_encoder import FrozenTextEncoder
 from pentachora.recipes.loading import FINAL_DIR
 from pentachora.recipes.memory import load_encoders, loss_gradient_norms
@@ -206,10 +206,10 @@ def prepare_scene_caption_data(
 
 class SceneCaptionSource:
     """Training batches from :class:`SceneCaptionData`: a pure function of (seed, step), epoch by epoch
-    without replacement (as :class:`~pentachora.memory.cache.CachedDocumentSource`)."""
+    without replacement (as :class:`~pentachora.data.text_features.CachedDocumentSource`)."""
 
     def __init__(self, data: SceneCaptionData, batch_size: int, seed: int = 0) -> None:
-        from pentachora.memory.cache import CachedDocumentSource
+        from pentachora.data.text_features import CachedDocumentSource
 
         self.data = data
         self.docs = CachedDocumentSource(data.cache, batch_size, seed=seed)

@@ -1,4 +1,5 @@
-"""Feature cache: run the frozen encoder and the teacher once, train for many epochs from disk.
+"""The long-text feature store (the memory family's training data): run the frozen encoder and the
+teacher once, train for many epochs from disk.
 
 The frozen student's per-segment states (the extraction layers), the teacher embedding of each
 document, the first-window sequence target and — for evaluation splits — the teacher embedding of
@@ -52,9 +53,9 @@ from typing import Any
 
 import torch
 
+from pentachora.data.segmenter import SegmentBatch, Segmenter
 from pentachora.data.text import corpus_fingerprint
 from pentachora.io import CheckpointError, atomic_save_tensors, atomic_write_json, load_tensors, read_json
-from pentachora.memory.segmenter import SegmentBatch, Segmenter
 from pentachora.nn.text_encoder import FrozenTextEncoder
 
 __all__ = [
