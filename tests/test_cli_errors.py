@@ -703,3 +703,18 @@ def test_a_closed_pipe_is_not_reported_as_a_bug(monkeypatch):
     result = CliRunner().invoke(app, ["models", "--no-params"])
     assert result.exit_code == 1
     assert "Traceback" not in result.output and "this is a bug" not in result.output
+
+
+def test_cv_table_refuses_sizes_it_cannot_allocate_before_allocating(monkeypatch):
+    """The documented --samples maximum ended in an allocator traceback (issue 25)."""
+    import pentachora.geometry.cv as cv
+
+    def never(*args, **kwargs):
+        raise AssertionError("the table was computed")
+
+    monkeypatch.setattr(cv, "_target_cv_stats_cached", never)
+    result = CliRunner().invoke(app, ["geometry", "cv-table", "--dim", "16", "--samples", "10000000"])
+    assert result.exit_code == 2, result.output
+    assert "GiB" in result.output and "--samples" in result.output and "Traceback" not in result.output
+    with pytest.raises(ValueError, match="GiB"):
+        cv.target_cv_stats(4096, n_points=100_000, n_samples=10, trials=8)

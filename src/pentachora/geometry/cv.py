@@ -183,6 +183,17 @@ def cv_loss_term(
     return per_set.mean().to(points.dtype), readout.float()
 
 
+#: Peak memory :func:`target_cv_stats` may ask for; larger settings are refused before allocating.
+TARGET_CV_MAX_BYTES: int = 4 * 2**30
+
+
+def target_cv_bytes(dim: int, n_points: int = 64, n_samples: int = 2000, trials: int = 8) -> int:
+    """Peak bytes :func:`target_cv_stats` allocates: the points ``(trials, N, D)`` fp64, the subset
+    keys ``(n_samples, N)`` fp32, and the gathered simplices ``(trials, n_samples, 5, D)`` fp64 twice
+    (the gather and the Cayley–Menger differences)."""
+    return 8 * trials * n_points * dim + 4 * n_samples * n_points + 2 * 8 * trials * n_samples * 5 * dim
+
+
 def target_cv_stats(
     dim: int, n_points: int = 64, n_samples: int = 2000, trials: int = 8, seed: int = 0
 ) -> tuple[float, float]:
@@ -194,7 +205,18 @@ def target_cv_stats(
         n_samples: random pentachora per trial.
         trials: independent trials.
         seed: seed of the generator.
+
+    Raises:
+        ValueError: D < 4, fewer than 5 points, no trial, or settings that would allocate more than
+            :data:`TARGET_CV_MAX_BYTES` (refused before allocating).
     """
+    need = target_cv_bytes(dim, n_points, n_samples, trials)
+    if need > TARGET_CV_MAX_BYTES:
+        raise ValueError(
+            f"D={dim} with {trials} trials × {n_samples:,} samples of {n_points:,} points would allocate "
+            f"≈{need / 2**30:.1f} GiB (the bound is {TARGET_CV_MAX_BYTES / 2**30:.0f} GiB); use fewer samples, "
+            "trials or points"
+        )
     return _target_cv_stats_cached(int(dim), int(n_points), int(n_samples), int(trials), int(seed))
 
 

@@ -23,9 +23,23 @@ def cv_table_rows(
     n_points: int = 64,
     seed: int = 0,
 ) -> list[dict[str, float]]:
-    """CV of uniformly random unit vectors on S^(D−1) for each D: mean and spread over trials."""
-    from pentachora.geometry import target_cv_stats
+    """CV of uniformly random unit vectors on S^(D−1) for each D: mean and spread over trials.
 
+    Raises:
+        ConfigError: settings whose allocation exceeds ``TARGET_CV_MAX_BYTES`` (checked for every D
+            before any is computed).
+    """
+    from pentachora.errors import ConfigError
+    from pentachora.geometry.cv import TARGET_CV_MAX_BYTES, target_cv_bytes, target_cv_stats
+
+    for d in dims:
+        need = target_cv_bytes(d, n_points, n_samples, trials)
+        if need > TARGET_CV_MAX_BYTES:
+            raise ConfigError(
+                f"--dim {d} with --trials {trials}, --samples {n_samples:,}, --points {n_points:,} would allocate "
+                f"≈{need / 2**30:.1f} GiB (the bound is {TARGET_CV_MAX_BYTES / 2**30:.0f} GiB); lower --samples, "
+                "--trials or --points"
+            )
     rows = []
     for d in dims:
         mean, spread = target_cv_stats(d, n_points=n_points, n_samples=n_samples, trials=trials, seed=seed)
