@@ -718,3 +718,34 @@ def test_cv_table_refuses_sizes_it_cannot_allocate_before_allocating(monkeypatch
     assert "GiB" in result.output and "--samples" in result.output and "Traceback" not in result.output
     with pytest.raises(ValueError, match="GiB"):
         cv.target_cv_stats(4096, n_points=100_000, n_samples=10, trials=8)
+
+
+def test_eval_of_a_training_run_survives_a_checkpoint_pruned_while_it_is_read(tmp_path, monkeypatch):
+    """A live training saves step N+1 and prunes step N between `eval`'s resolve and its load; that
+    was a CheckpointError (issue 25). The newest checkpoint is loaded instead."""
+    import shutil
+
+    import pentachora.recipes
+    from pentachora.training.state import TRAINER_STATE_NAME, checkpoint_name
+
+    out = tmp_path / "run"
+    trained = run("train", "svae", "--steps", "2", "--batch-size", "2", "--image-size", "16", "--save-every", "1",
+                  "--eval-every", "0", "--noise-per-type", "1", "--data", "noise", "--out", str(out))  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    shutil.rmtree(out / "final")  # the run is still training: only checkpoints so far
+    real_load, calls = pentachora.recipes.load_model, []
+
+    def racing_load(folder, *args, **kwargs):
+        calls.append(folder)
+        if len(calls) == 1:  # the trainer saves a newer checkpoint and prunes the one just resolved
+            newer = folder.parent / checkpoint_name(3)
+            shutil.copytree(folder, newer)
+            state = json.loads((newer / TRAINER_STATE_NAME).read_text())
+            (newer / TRAINER_STATE_NAME).write_text(json.dumps({**state, "step": 3}))
+            shutil.rmtree(folder)
+        return real_load(folder, *args, **kwargs)
+
+    monkeypatch.setattr(pentachora.recipes, "load_model", racing_load)
+    result = run("eval", str(out), "--data", "noise", "--image-size", "16", "--noise-per-type", "1")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in calls] == [checkpoint_name(2), checkpoint_name(3)]

@@ -668,14 +668,33 @@ def load_autoencoder(run: Path):
     """Load an image autoencoder from a run or checkpoint folder, refusing other model families.
 
     Args:
-        run: a run folder (its ``final/`` or latest checkpoint) or a checkpoint folder.
+        run: a run folder (its ``final/`` or latest checkpoint) or a checkpoint folder. A checkpoint
+            pruned by a live training while it is read is replaced by the newest one.
 
     Raises:
         CheckpointError: no model there, or one that cannot be loaded.
         ConfigError: the folder holds a model of another family (the message names it); checked on
             ``config.json`` before anything is built.
     """
-    folder, model_type = resolve_checkpoint(run)
+    from pentachora.recipes.loading import load_latest
+
+    try:
+        resolve_checkpoint(run)  # "cannot load RUN: ..." when there is no model at all
+        return load_latest(run, lambda folder: _load_image_autoencoder(run, folder))
+    except CheckpointError as exc:
+        if str(exc).startswith(f"cannot load {run}"):
+            raise
+        raise CheckpointError(f"cannot load {run}: {exc}") from exc
+
+
+def _load_image_autoencoder(run: Path, folder: Path):
+    """The autoencoder in checkpoint ``folder`` (of ``run``); another family is a ``ConfigError``."""
+    try:
+        model_type = str(
+            lazy_loads_json((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+        )
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"cannot read {folder / 'config.json'}: {exc}") from exc
     if model_type in _OTHER_COMMANDS:
         raise ConfigError(
             f"{run} holds a {model_type!r} model, not an image autoencoder; {_OTHER_COMMANDS[model_type]}"
@@ -689,11 +708,7 @@ def load_autoencoder(run: Path):
     if model_type not in images:  # refused before anything is built
         known = "unknown model_type" if model_type not in MODEL_REGISTRY else "model type"
         raise ConfigError(f"{run} holds a {known} {model_type!r}, not an image autoencoder (one of {images})")
-    try:
-        model = load_model(folder)
-    except CheckpointError as exc:
-        raise CheckpointError(f"cannot load {run}: {exc}") from exc
-    return model
+    return load_model(folder)
 
 
 def lazy_loads_json(text: str) -> Any:

@@ -531,9 +531,9 @@ def _load_memory(memory: Any) -> GeometricMemory | None:
     if memory is None or isinstance(memory, GeometricMemory):
         return memory
     if isinstance(memory, str | os.PathLike):
-        from pentachora.training.state import resolve_model_dir
+        from pentachora.training.state import load_latest
 
-        return GeometricMemory.from_pretrained(resolve_model_dir(memory)).eval()
+        return load_latest(memory, GeometricMemory.from_pretrained).eval()
     raise ConfigError(f"a memory is a run folder or a GeometricMemory, got {type(memory).__name__}")
 
 

@@ -29,7 +29,7 @@ from pentachora.errors import ConfigError, DataError
 from pentachora.memory.model import GeometricMemory, MemoryConfig
 from pentachora.nn.text_encoder import FrozenTextEncoder
 from pentachora.t2i.model import MiniT2I
-from pentachora.training.state import resolve_model_dir
+from pentachora.training.state import load_latest
 
 __all__ = [
     "ENCODER_SPECS",
@@ -90,7 +90,7 @@ class MiniT2IPipeline:
         Raises:
             CheckpointError: not a ``mini-t2i`` checkpoint (a run of another family says which).
         """
-        return cls(MiniT2I.from_pretrained(resolve_model_dir(path)))
+        return cls(load_latest(path, MiniT2I.from_pretrained))
 
     def encode_prompt(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """``(B, 77, H)``: each prompt's first window (SD's truncation)."""
@@ -311,7 +311,7 @@ def prompt_conditioning(
         memory = training_free_memory(enc, float(parsed.value or 0.0), chunks=chunks)
     elif parsed.kind in ("memory", "chunks"):
         assert parsed.run is not None
-        memory = GeometricMemory.from_pretrained(resolve_model_dir(parsed.run)).eval()
+        memory = load_latest(parsed.run, GeometricMemory.from_pretrained).eval()
     if memory is not None:
         _check_memory(memory, model, parsed.label)
     alpha = parsed.alpha

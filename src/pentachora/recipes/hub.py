@@ -37,7 +37,7 @@ from pentachora.hub import ConduitHub, ConduitHubConfig, ProcrustesAligner, retr
 from pentachora.hub.aligner import alignment_report, shuffled_floor
 from pentachora.hub.text_experts import LSAExpert, MiniLMExpert, TextExpert, Word2VecExpert
 from pentachora.io import atomic_write_json
-from pentachora.recipes.loading import FINAL_DIR, resolve_model_dir
+from pentachora.recipes.loading import FINAL_DIR, load_latest
 from pentachora.training import Callback, TrainConfig, Trainer, TrainResult
 
 __all__ = [
@@ -444,7 +444,7 @@ def train_hub(
 
 def load_hub(path: str | os.PathLike, map_location: str = "cpu") -> ConduitHub:
     """A :class:`ConduitHub` from a checkpoint or run folder (``final/`` or the latest checkpoint)."""
-    return ConduitHub.from_pretrained(resolve_model_dir(path), map_location=map_location)
+    return load_latest(path, lambda folder: ConduitHub.from_pretrained(folder, map_location=map_location))
 
 
 # ----------------------------------------------------------------------------- `pentachora align`

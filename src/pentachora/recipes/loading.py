@@ -16,9 +16,9 @@ import os
 import torch
 
 from pentachora.modeling import PentachoraModel
-from pentachora.training.state import FINAL_DIR, resolve_model_dir
+from pentachora.training.state import FINAL_DIR, load_latest, resolve_model_dir
 
-__all__ = ["FINAL_DIR", "load_model", "load_run_model", "preset_rows", "resolve_model_dir"]
+__all__ = ["FINAL_DIR", "load_latest", "load_model", "load_run_model", "preset_rows", "resolve_model_dir"]
 
 
 def _register_families() -> None:
@@ -39,7 +39,7 @@ def load_model(directory: str | os.PathLike, map_location: str | torch.device = 
 
 def load_run_model(path: str | os.PathLike, map_location: str = "cpu") -> PentachoraModel:
     """Load a model from a run folder (its ``final/`` or latest checkpoint) or a checkpoint folder."""
-    return load_model(resolve_model_dir(path), map_location)
+    return load_latest(path, lambda folder: load_model(folder, map_location))
 
 
 def preset_rows(families: list[str] | None = None, count_params: bool = True) -> list[dict]:

@@ -56,7 +56,7 @@ from pentachora.memory.metrics import (
 )
 from pentachora.memory.model import GeometricMemory, MemoryConfig
 from pentachora.nn.text_encoder import FrozenTextEncoder
-from pentachora.recipes.loading import FINAL_DIR, resolve_model_dir
+from pentachora.recipes.loading import FINAL_DIR, load_latest
 from pentachora.training import Callback, PhaseCallback, TrainConfig, Trainer, TrainResult, read_metrics
 from pentachora.training.state import is_main_process, run_folder_lock
 
@@ -215,7 +215,9 @@ def save_memory_curves(run: MemoryRun, path: str | os.PathLike) -> Path | None:
 def load_memory_model(path: str | os.PathLike, map_location: str = "cpu") -> GeometricMemory:
     """Load a :class:`GeometricMemory` from a checkpoint folder or a run folder (``final/`` or the
     latest checkpoint)."""
-    return GeometricMemory.from_pretrained(resolve_model_dir(path), map_location=map_location)
+    return load_latest(
+        path, lambda folder: GeometricMemory.from_pretrained(folder, map_location=map_location)
+    )
 
 
 # ----------------------------------------------------------------------------- data

@@ -36,9 +36,9 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -64,6 +64,7 @@ from pentachora.modeling import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHECKPOINTS_DIR = "checkpoints"
 #: The folder inside a run folder that holds the trained model.
@@ -769,3 +770,35 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
         f"{path} is neither a checkpoint folder (config.json + model.safetensors) nor a run folder "
         f"with {FINAL_DIR}/ or checkpoints/"
     )
+
+
+def load_latest(path: str | os.PathLike, load: Callable[[Path], T], attempts: int = 3) -> T:
+    """``load(resolve_model_dir(path))``, safe against a live training in ``path``.
+
+    A run that is training saves new checkpoints and prunes old ones: the checkpoint resolved a moment
+    ago can be gone when it is read. When loading fails and ``path`` now resolves to another folder, it
+    is resolved and loaded again (up to ``attempts`` times); a failure that is not such a race (the
+    same folder still resolves) is raised as it is.
+
+    Raises:
+        CheckpointError: no model in ``path``, or one that cannot be loaded.
+    """
+    for attempt in range(attempts):
+        folder = resolve_model_dir(path)
+        try:
+            return load(folder)
+        except (CheckpointError, OSError):
+            if attempt + 1 == attempts or not _moved_on(path, folder):
+                raise
+            logger.info(
+                "%s was pruned while it was being read; loading the newest checkpoint instead", folder
+            )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _moved_on(path: str | os.PathLike, folder: Path) -> bool:
+    """Whether ``path`` resolves to a folder other than ``folder`` now (a newer checkpoint or final/)."""
+    try:
+        return resolve_model_dir(path) != folder
+    except CheckpointError:
+        return False
