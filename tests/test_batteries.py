@@ -18,6 +18,7 @@ from pentachora.cli import batteries as _batteries  # noqa: F401  (registers the
 from pentachora.data.regimes import RegimeSource, parse_regimes, unit_rms
 from pentachora.io import CheckpointError, atomic_save_tensors, read_tensor_metadata
 from pentachora.recipes import load_model
+from pentachora.recipes.batteries import load_battery_bank
 from test_geovae import _forbidden, _OpRecorder  # the no-eigh/no-SVD dispatch recorder of GeoVAE's tests
 
 TINY = dict(patch_size=4, V=6, D=4, hidden=5, cv_samples=8, cv_patches=3)
@@ -124,10 +125,10 @@ def test_bank_forward_loss_is_sum_and_finite():
 # ----------------------------------------------------------------------------- one-file save / load
 def test_bank_save_load_round_trip(tmp_path):
     bank = summarized(tiny_bank(3))
-    path = bank.save(tmp_path / "bank.safetensors", extra_metadata={"steps": 7})
+    path = bank.save_pretrained(tmp_path / "bank.safetensors", extra_metadata={"steps": 7})
     meta = read_tensor_metadata(path)
     assert meta["format"] == BANK_FORMAT and {"config", "batteries"} <= set(meta)
-    loaded = BatteryBank.load(path)
+    loaded = BatteryBank.from_pretrained(path)
     assert loaded.config == bank.config and loaded.info == bank.info and loaded.run_metadata == {"steps": 7}
     for (name, a), (_, b) in zip(bank.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
@@ -139,7 +140,7 @@ def test_bank_save_load_round_trip(tmp_path):
 
 def test_bank_save_needs_metadata(tmp_path):
     with pytest.raises(ValueError, match="summarize"):
-        tiny_bank(2).save(tmp_path / "x.safetensors")
+        tiny_bank(2).save_pretrained(tmp_path / "x.safetensors")
 
 
 def _write(path, state, header):
@@ -149,50 +150,54 @@ def _write(path, state, header):
 
 def test_bad_bank_files_give_clear_errors(tmp_path):
     bank = summarized(tiny_bank(3))
-    good = bank.save(tmp_path / "good.safetensors")
+    good = bank.save_pretrained(tmp_path / "good.safetensors")
     meta = read_tensor_metadata(good)
     state = bank.state_dict()
     with pytest.raises(CheckpointError, match="not found"):
-        BatteryBank.load(tmp_path / "missing.safetensors")
+        BatteryBank.from_pretrained(tmp_path / "missing.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
-        BatteryBank.load(tmp_path / "junk.safetensors")
+        BatteryBank.from_pretrained(tmp_path / "junk.safetensors")
     # no metadata at all (e.g. a plain state-dict dump)
     with pytest.raises(CheckpointError, match="not a battery bank"):
-        BatteryBank.load(_write(tmp_path / "nometa.safetensors", state, None))
+        BatteryBank.from_pretrained(_write(tmp_path / "nometa.safetensors", state, None))
     # per-battery metadata missing
     no_batt = {k: v for k, v in meta.items() if k != "batteries"}
     with pytest.raises(CheckpointError, match=r"lacks \['batteries'\]"):
-        BatteryBank.load(_write(tmp_path / "nobatt.safetensors", state, no_batt))
+        BatteryBank.from_pretrained(_write(tmp_path / "nobatt.safetensors", state, no_batt))
     # a record without final_mse
     records = json.loads(meta["batteries"])
     del records[2]["final_mse"]
     with pytest.raises(CheckpointError, match=r"battery 2 metadata lacks \['final_mse'\]"):
-        BatteryBank.load(
+        BatteryBank.from_pretrained(
             _write(tmp_path / "rec.safetensors", state, {**meta, "batteries": json.dumps(records)})
         )
     # too few records
     with pytest.raises(CheckpointError, match="one metadata record per battery"):
-        BatteryBank.load(
+        BatteryBank.from_pretrained(
             _write(tmp_path / "few.safetensors", state, {**meta, "batteries": json.dumps(records[:1])})
         )
     # wrong dims: the header says hidden=6, the tensors are hidden=5
     cfg = json.loads(meta["config"])
     cfg["hidden"] = 6
     with pytest.raises(CheckpointError, match="shape mismatch"):
-        BatteryBank.load(_write(tmp_path / "dims.safetensors", state, {**meta, "config": json.dumps(cfg)}))
+        BatteryBank.from_pretrained(
+            _write(tmp_path / "dims.safetensors", state, {**meta, "config": json.dumps(cfg)})
+        )
     # an unknown config key
     cfg = {**json.loads(meta["config"]), "wings": 2}
     with pytest.raises(CheckpointError, match="unknown keys"):
-        BatteryBank.load(_write(tmp_path / "key.safetensors", state, {**meta, "config": json.dumps(cfg)}))
+        BatteryBank.from_pretrained(
+            _write(tmp_path / "key.safetensors", state, {**meta, "config": json.dumps(cfg)})
+        )
 
 
 # ----------------------------------------------------------------------------- checkpoint folders
 def test_bank_checkpoint_folder_round_trip(tmp_path):
     bank = summarized(tiny_bank(3))
-    folder = bank.save(tmp_path / "bank", extra_metadata={"steps": 7})  # no .safetensors: a folder
+    folder = bank.save_pretrained(tmp_path / "bank", extra_metadata={"steps": 7})  # no .safetensors: a folder
     assert sorted(p.name for p in folder.iterdir()) == ["batteries.json", "config.json", "model.safetensors"]
-    for loaded in (BatteryBank.load(folder), BatteryBank.from_pretrained(folder)):
+    for loaded in (BatteryBank.from_pretrained(folder), load_battery_bank(folder)):
         assert (
             loaded.config == bank.config and loaded.info == bank.info and loaded.run_metadata == {"steps": 7}
         )
@@ -204,18 +209,18 @@ def test_bank_checkpoint_folder_round_trip(tmp_path):
     plain = tiny_bank(2).save_pretrained(tmp_path / "plain")
     assert not (plain / "batteries.json").exists() and BatteryBank.from_pretrained(plain).info == []
     with pytest.raises(CheckpointError, match=r"has no batteries\.json"):
-        BatteryBank.load(plain)
+        load_battery_bank(plain)
     (folder / "batteries.json").write_text(
         json.dumps({"format": "pentachora-battery-bank", "batteries": [{}]})
     )
     with pytest.raises(CheckpointError, match="one metadata record per battery"):
-        BatteryBank.load(folder)
+        BatteryBank.from_pretrained(folder)
 
 
 def test_bank_single_file_and_folder_hold_the_same_bank(tmp_path):
     bank = summarized(tiny_bank(3))
-    a = BatteryBank.load(bank.save(tmp_path / "bank.safetensors"))
-    b = BatteryBank.load(bank.save(tmp_path / "bank"))
+    a = BatteryBank.from_pretrained(bank.save_pretrained(tmp_path / "bank.safetensors"))
+    b = BatteryBank.from_pretrained(bank.save_pretrained(tmp_path / "bank"))
     assert a.config == b.config and a.info == b.info
     x = patches(3, 4)
     assert torch.equal(a.eval()(x).recon, b.eval()(x).recon)
@@ -406,7 +411,7 @@ def test_cli_batteries_container_export(tmp_path):
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "3 batteries" in r.output and "batched" in r.output
-    bank = BatteryBank.load(bank_file)
+    bank = BatteryBank.from_pretrained(bank_file)
     assert bank.n_batteries == 3 and bank.info[0]["regime"] == "noise-type:gaussian/r0"
     run = tmp_path / "run"
     r = runner.invoke(

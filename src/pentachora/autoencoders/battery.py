@@ -30,23 +30,22 @@ loops. Its loss is the **sum** of the K battery losses, so every battery's gradi
 its own; with AdamW (element-wise) and no global gradient clipping, training the bank is training
 K independent batteries.
 
-Saved formats (both carry the config and the per-battery metadata — regime, final MSE, CV,
-effective rank, mean spectrum, ... — and :meth:`BatteryBank.load` reads either, refusing anything
-without them with a :class:`~pentachora.io.CheckpointError`):
+Saved formats — one pair, :meth:`BatteryBank.save_pretrained` / :meth:`BatteryBank.from_pretrained`,
+for both; the format follows the path (a summarised bank carries the config and the per-battery
+metadata — regime, final MSE, CV, effective rank, mean spectrum, ... — in either):
 
-* **checkpoint folder** (:meth:`BatteryBank.save_pretrained`, and :meth:`BatteryBank.save` for a path
-  not ending in ``.safetensors``): ``config.json`` + ``model.safetensors`` as every model (loadable by
-  ``BatteryBank.from_pretrained`` and :func:`pentachora.recipes.load_model`), plus
-  ``batteries.json`` = ``{"format": "pentachora-battery-bank", "format_version": "1", "batteries":
-  [one record per battery], "run": {...}}`` (``run`` only when given). ``from_pretrained`` reads
-  ``batteries.json`` into :attr:`BatteryBank.info` when it is there (``load_model`` builds the bank
-  without it: ``info`` stays empty); trainer checkpoints of an unsummarised bank have no
-  ``batteries.json``.
-* **single file** (:meth:`BatteryBank.save` for a path ending in ``.safetensors``, the format of
-  earlier versions and of ``pentachora train batteries --out bank.safetensors``): ONE safetensors
-  file of the state dict whose header holds ``format = "pentachora-battery-bank"``,
-  ``format_version = "1"``, ``model_type``, ``pentachora_version``, ``config`` (JSON string),
-  ``batteries`` (JSON list of the records) and optionally ``run`` (JSON).
+* **checkpoint folder** (any path not ending in ``.safetensors``): ``config.json`` +
+  ``model.safetensors`` as every model (also loadable by :func:`pentachora.recipes.load_model`),
+  plus ``batteries.json`` = ``{"format": "pentachora-battery-bank", "format_version": "1",
+  "batteries": [one record per battery], "run": {...}}`` (``run`` only when given).
+  ``from_pretrained`` reads ``batteries.json`` into :attr:`BatteryBank.info` when it is there
+  (``load_model`` builds the bank without it: ``info`` stays empty); trainer checkpoints of an
+  unsummarised bank have no ``batteries.json``.
+* **single file** (a path ending in ``.safetensors``, the format of ``pentachora train batteries
+  --out bank.safetensors``): ONE safetensors file of the state dict whose header holds ``format =
+  "pentachora-battery-bank"``, ``format_version = "1"``, ``model_type``, ``pentachora_version``,
+  ``config`` (JSON string), ``batteries`` (JSON list of the records) and optionally ``run`` (JSON).
+  It always carries the records: saving an unsummarised bank to it is a ``ValueError``.
 
 What each battery trains on (its *regime*: a noise type, a curriculum tier or a k-means cluster of
 photo patches) is data, not model: :func:`~pentachora.data.regimes.parse_regimes` and
@@ -637,19 +636,24 @@ class BatteryBank(PentachoraModel):
     def save_pretrained(
         self, directory: str | os.PathLike, extra_metadata: dict[str, Any] | None = None
     ) -> Path:
-        """Write the checkpoint folder (``config.json`` + ``model.safetensors`` + ``batteries.json``).
+        """Write the bank: a checkpoint folder (``config.json`` + ``model.safetensors`` +
+        ``batteries.json``), or ONE safetensors file for a path ending in ``.safetensors``.
 
-        ``batteries.json`` is written when :attr:`info` holds one complete record per battery (after
-        :meth:`summarize` or :meth:`load`); a bank in training (empty ``info``) saves without it.
+        See the module docstring for both formats. In a folder, ``batteries.json`` is written when
+        :attr:`info` holds one complete record per battery (after :meth:`summarize` or a load); a
+        bank in training (empty ``info``) saves without it. The single file always needs the records.
 
         Args:
-            directory: the folder (created if needed).
-            extra_metadata: optional JSON-able dict stored under ``run`` in ``batteries.json``.
+            directory: the folder (created if needed) or the ``.safetensors`` file.
+            extra_metadata: optional JSON-able dict stored under ``run``.
 
         Raises:
-            ValueError: :attr:`info` is non-empty but not one complete record per battery.
+            ValueError: :attr:`info` is not one complete record per battery (non-empty, or a single file).
         """
-        directory = super().save_pretrained(directory)
+        path = Path(directory)
+        if path.suffix == ".safetensors":
+            return self._save_file(path, extra_metadata)
+        directory = super().save_pretrained(path)
         if self.info:
             _check_records(self.info, self.config, where="bank.info")
             meta: dict[str, Any] = {
@@ -667,12 +671,17 @@ class BatteryBank(PentachoraModel):
     def from_pretrained(
         cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
     ) -> BatteryBank:
-        """Load a checkpoint folder strictly; ``batteries.json`` (when present) fills :attr:`info`.
+        """Load a bank strictly from a checkpoint folder (``batteries.json``, when present, fills
+        :attr:`info`) or from the single ``.safetensors`` file (which always carries the records).
 
         Raises:
-            CheckpointError: as :meth:`PentachoraModel.from_pretrained`, or a ``batteries.json``
-                that is not one complete record per battery.
+            CheckpointError: as :meth:`PentachoraModel.from_pretrained`; a ``batteries.json`` that is
+                not one complete record per battery; a file that is missing or not safetensors, whose
+                header lacks the bank format, the config or the per-battery records (or they are
+                invalid), or whose tensors do not have the shapes the config implies.
         """
+        if not Path(directory).is_dir():
+            return cls._load_file(Path(directory), map_location)
         bank = super().from_pretrained(directory, map_location=map_location)
         path = Path(directory) / BATTERIES_NAME
         if path.is_file():
@@ -690,25 +699,11 @@ class BatteryBank(PentachoraModel):
             bank.run_metadata = run if isinstance(run, dict) else {"raw": run}
         return bank
 
-    def save(self, path: str | os.PathLike, extra_metadata: dict[str, Any] | None = None) -> Path:
-        """Write a summarised bank: ONE safetensors file for a ``.safetensors`` path, else a folder.
-
-        See the module docstring for both formats (the folder is :meth:`save_pretrained`'s).
-
-        Args:
-            path: destination ``.safetensors`` file, or a checkpoint folder.
-            extra_metadata: optional JSON-able dict stored under ``run``.
-
-        Raises:
-            ValueError: when :attr:`info` does not hold one complete record per battery (call
-                :meth:`summarize` first).
-        """
+    def _save_file(self, path: Path, extra_metadata: dict[str, Any] | None) -> Path:
+        """The single-file format (see the module docstring); needs the per-battery records."""
         from pentachora import __version__
 
         _check_records(self.info, self.config, where="bank.info")
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            return self.save_pretrained(path, extra_metadata=extra_metadata)
         header = {
             "format": BANK_FORMAT,
             "format_version": BANK_FORMAT_VERSION,
@@ -723,29 +718,13 @@ class BatteryBank(PentachoraModel):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> BatteryBank:
-        """Load a summarised bank in either format (a checkpoint folder or the single file).
-
-        Raises:
-            CheckpointError: the path is missing or not safetensors; the metadata lacks the bank
-                format, the config or the per-battery records (or they are invalid, e.g. a record
-                without ``final_mse`` or a spectrum of the wrong length); or the tensors do not
-                have the shapes the config implies (wrong dims).
-        """
-        path = Path(path)
-        if path.is_dir():
-            bank = cls.from_pretrained(path, map_location=map_location)
-            if not bank.info:
-                raise CheckpointError(
-                    f"{path} has no {BATTERIES_NAME}: a bank checkpoint without per-battery metadata "
-                    "(summarise it, e.g. with `pentachora train batteries`, and save it again)"
-                )
-            return bank
+    def _load_file(cls, path: Path, map_location: str | torch.device) -> BatteryBank:
+        """The single-file format (see the module docstring)."""
         meta = read_tensor_metadata(path)
         if meta.get("format") != BANK_FORMAT:
             raise CheckpointError(
                 f"{path} is not a battery bank: its safetensors header has no format={BANK_FORMAT!r} "
-                f"(header keys: {sorted(meta)}); write banks with BatteryBank.save or "
+                f"(header keys: {sorted(meta)}); write banks with BatteryBank.save_pretrained or "
                 "`pentachora train batteries`"
             )
         missing = [k for k in ("config", "batteries") if k not in meta]

@@ -179,7 +179,7 @@ def train_battery_bank(
         "torch_threads": torch.get_num_threads(),
     }
     if out_file is not None:
-        bank.save(out_file, extra_metadata={k: v for k, v in report.items() if k != "by_kind"})
+        bank.save_pretrained(out_file, extra_metadata={k: v for k, v in report.items() if k != "by_kind"})
         report["out_file"] = str(out_file)
     return bank, report
 
@@ -456,8 +456,19 @@ def make_container(
 
 
 def load_battery_bank(path: str | Path) -> BatteryBank:
-    """A bank written by :func:`train_battery_bank`; a bad file is a ``CheckpointError`` naming it."""
+    """A summarised bank written by :func:`train_battery_bank` (its file or folder).
+
+    Raises:
+        CheckpointError: a bad file or folder, or a bank without per-battery records (the message
+            names the path).
+    """
     try:
-        return BatteryBank.load(path)
+        bank = BatteryBank.from_pretrained(path)
     except CheckpointError as exc:
         raise CheckpointError(f"cannot use {path}: {exc}") from exc
+    if not bank.info:
+        raise CheckpointError(
+            f"cannot use {path}: it has no batteries.json — a bank checkpoint without per-battery metadata "
+            "(summarise it, e.g. with `pentachora train batteries`, and save it again)"
+        )
+    return bank
