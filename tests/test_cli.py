@@ -211,6 +211,6 @@ def test_cli_memory_modes_are_the_recipe_modes():
     from typing import get_args
 
     from pentachora.cli.memory import MemoryMode
-    from pentachora.recipes.memory import MODES
+    from pentachora.memory.modes import TRAINING_MODES
 
-    assert get_args(MemoryMode) == MODES
+    assert get_args(MemoryMode) == TRAINING_MODES

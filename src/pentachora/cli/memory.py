@@ -38,7 +38,7 @@ TEXT_DATA_HELP = (
 )
 
 #: ``--mode`` of ``train memory``, spelled out so ``--help`` needs no torch (a test checks they equal
-#: ``pentachora.recipes.memory.MODES``); typer refuses any other value before the run.
+#: ``pentachora.memory.modes.TRAINING_MODES``); typer refuses any other value before the run.
 MemoryMode = Literal["joint", "two-phase", "pooled"]
 
 PRESET_HELP = (

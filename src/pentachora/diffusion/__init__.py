@@ -10,14 +10,10 @@ are the lower-level calls over a memory model and separately loaded encoders (no
 text-to-image model called like a diffusers pipeline. Needs ``diffusers`` only to run a pipeline.
 """
 
-from pentachora.diffusion.conditioning import (
-    POOLED_MODES,
-    LongPromptEmbeds,
-    long_prompt_embeds,
-    sdxl_long_prompt_embeds,
-)
+from pentachora.diffusion.conditioning import LongPromptEmbeds, long_prompt_embeds, sdxl_long_prompt_embeds
 from pentachora.diffusion.long_prompt import LongPrompt
 from pentachora.diffusion.weighting import DIALECTS, Fragment, PromptSyntaxError, parse_prompt
+from pentachora.memory.modes import POOLED_MODES  # the modes' one home (pentachora.memory.modes)
 
 __all__ = [
     "DIALECTS",

@@ -55,13 +55,13 @@ import torch
 from pentachora.data.segmenter import Segmenter
 from pentachora.errors import ConfigError
 from pentachora.memory.model import GeometricMemory, native_window_sequences
+from pentachora.memory.modes import check_pooled_mode
 from pentachora.nn.text_encoder import FrozenTextEncoder
 
-__all__ = ["POOLED_MODES", "LongPromptEmbeds", "long_prompt_embeds", "sdxl_long_prompt_embeds"]
+__all__ = ["LongPromptEmbeds", "long_prompt_embeds", "sdxl_long_prompt_embeds"]
 
 logger = logging.getLogger(__name__)
 
-POOLED_MODES = ("window_mean", "memory", "first_window")
 _WEIGHTING = re.compile(r"\([^()]*:\s*-?[0-9.]+\s*\)|\w[+-]{2,}|\(\(|\[\[")
 DEFAULT_MAX_TOKENS = 576
 
@@ -217,11 +217,7 @@ def _chunk_windows(
     n_tokens = torch.tensor([min(len(t), max_tokens) for t in encoder.tokenize(prompts)])
     if isinstance(source, FrozenTextEncoder):
         return native, segs, n_tokens
-    if not source.config.contextual_chunks:
-        raise ConfigError(
-            "chunks=True needs a memory model trained with contextual_chunks=True "
-            "(pentachora train memory --set contextual_chunks=true)"
-        )
+    source.config.output_mode.require_chunks()
     enc = source.encode(list(prompts), encoder=encoder)
     b, s = segs.shape
     chunks = enc.chunks.view(b, -1, encoder.window, enc.chunks.shape[-1])[:, :s]
@@ -329,8 +325,7 @@ def sdxl_long_prompt_embeds(
     Raises:
         ConfigError: An unknown ``pooled`` mode, or towers that do not fit it.
     """
-    if pooled not in POOLED_MODES:
-        raise ConfigError(f"pooled must be one of {POOLED_MODES}, got {pooled!r}")
+    check_pooled_mode(pooled)
     alpha = _check_alpha(alpha)
     prompts = _as_list(prompts)
     negatives = _negatives(negative_prompts, len(prompts))

@@ -56,11 +56,12 @@ from typing import Any
 import torch
 
 from pentachora.data.segmenter import Segmenter
-from pentachora.diffusion.conditioning import POOLED_MODES, LongPromptEmbeds, _check_alpha
+from pentachora.diffusion.conditioning import LongPromptEmbeds, _check_alpha
 from pentachora.diffusion.weighting import DIALECTS, Fragment, parse_negative, parse_prompt
 from pentachora.diffusion.windows import SPLIT_LOOKBACK, SPLIT_POLICIES, PromptWindows, prompt_windows
 from pentachora.errors import ConfigError
 from pentachora.memory.model import GeometricMemory
+from pentachora.memory.modes import check_pooled_mode
 from pentachora.nn.text_encoder import FrozenTextEncoder
 
 __all__ = ["DEFAULT_MAX_WINDOWS", "LongPrompt"]
@@ -129,8 +130,7 @@ class LongPrompt:
             raise ConfigError(f"one or two text towers, got {len(self.encoders)}")
         if dialect not in DIALECTS:
             raise ConfigError(f"dialect must be one of {DIALECTS}, got {dialect!r}")
-        if pooled not in POOLED_MODES:
-            raise ConfigError(f"pooled must be one of {POOLED_MODES}, got {pooled!r}")
+        check_pooled_mode(pooled)
         alpha = _check_alpha(alpha)
         if weight_pooled and dialect != "compel":
             raise ConfigError("weight_pooled needs dialect='compel' (A1111 never weights the pooled vector)")
@@ -143,11 +143,10 @@ class LongPrompt:
         self.dialect, self.chunks, self.pooled_mode = dialect, chunks, pooled
         self.alpha, self.zero_negative, self.weight_pooled = float(alpha), zero_negative, weight_pooled
         self.split_lookback = int(split_lookback)
-        if chunks and any(m is not None and not m.config.contextual_chunks for m in self.memories):
-            raise ConfigError(
-                "chunks=True needs memory models trained with contextual_chunks=True "
-                "(pentachora train memory --set contextual_chunks=true)"
-            )
+        if chunks:
+            for m in self.memories:
+                if m is not None:
+                    m.config.output_mode.require_chunks()
         if pooled == "memory" and (len(self.encoders) < 2 or self.memories[-1] is None):
             raise ConfigError("pooled='memory' needs an SDXL pipeline with a memory on the bigG tower")
         limits = [m.config.max_segments for m in self.memories if m is not None]

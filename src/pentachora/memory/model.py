@@ -85,6 +85,7 @@ from pentachora.geometry import cv_loss, cv_metric, procrustes_alignment_loss, t
 from pentachora.memory.bank import BankState, DepthProfileFusion, MemoryBank
 from pentachora.memory.chunks import ContextualChunks, MeanShift, tail_ramp, window_mean_shift
 from pentachora.memory.metrics import masked_sequence_cosine
+from pentachora.memory.modes import OutputMode
 from pentachora.memory.reconstructor import SequenceReconstructor
 from pentachora.modeling import ModelOutput, PentachoraModel, Presets, register_model
 
@@ -96,7 +97,6 @@ __all__ = [
     "CONSUMER_OUTPUTS",
     "LOSS_WEIGHTS",
     "PRESETS",
-    "SEQUENCE_MODES",
     "GeometricMemory",
     "MemoryConfig",
     "MemoryEncoding",
@@ -117,7 +117,6 @@ LOSS_WEIGHTS = (
     "image_weight",
 )
 
-SEQUENCE_MODES = ("reconstruct", "residual")
 CONSUMER_OUTPUTS = ("sequence", "chunks")
 
 
@@ -253,22 +252,13 @@ class MemoryConfig(Presets):
             problems.append("need at least one extraction layer")
         if self.seq_pool_weight > 0 and self.hidden_size != self.teacher_dim:
             problems.append("seq_pool_weight > 0 needs hidden_size == teacher_dim (a shared space)")
-        if self.sequence_mode not in SEQUENCE_MODES:
-            problems.append(f"sequence_mode must be one of {SEQUENCE_MODES}, got {self.sequence_mode!r}")
-        if self.sequence_mode == "residual" and self.seq_len != self.window:
-            problems.append(
-                f"sequence_mode='residual' needs seq_len == window ({self.seq_len} != {self.window})"
-            )
+        problems += self.output_mode.problems(seq_len=self.seq_len, window=self.window)
         if self.contextual_chunks and self.chunk_ctx_weight > 0 and self.hidden_size != self.teacher_dim:
             problems.append("chunk_ctx_weight > 0 needs hidden_size == teacher_dim (a shared space)")
         if self.native_state_index is not None and not (
             -len(self.extraction_layers) <= self.native_state_index < len(self.extraction_layers)
         ):
             problems.append(f"native_state_index {self.native_state_index} is not an extraction-layer index")
-        if not (math.isfinite(self.mean_shift) and self.mean_shift >= 0):
-            problems.append(f"mean_shift must be a finite number >= 0, got {self.mean_shift}")
-        elif self.mean_shift > 0 and not self.needs_native:
-            problems.append("mean_shift > 0 needs sequence_mode='residual' or contextual_chunks=True")
         if self.consumer_output not in CONSUMER_OUTPUTS:
             problems.append(
                 f"consumer_output must be one of {CONSUMER_OUTPUTS}, got {self.consumer_output!r}"
@@ -281,9 +271,15 @@ class MemoryConfig(Presets):
             raise ConfigError("invalid MemoryConfig: " + "; ".join(problems))
 
     @property
+    def output_mode(self) -> OutputMode:
+        """The long-prompt output fields (``sequence_mode``, ``contextual_chunks``, ``mean_shift``) and
+        their rules (:mod:`pentachora.memory.modes`)."""
+        return OutputMode(self.sequence_mode, bool(self.contextual_chunks), float(self.mean_shift))
+
+    @property
     def needs_native(self) -> bool:
         """Whether the model reads the native window sequences (residual mode or contextual chunks)."""
-        return self.sequence_mode == "residual" or self.contextual_chunks
+        return self.output_mode.needs_native
 
     @property
     def anchor_cv_target(self) -> float:

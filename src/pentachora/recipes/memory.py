@@ -55,13 +55,13 @@ from pentachora.memory.metrics import (
     recall_at_1,
 )
 from pentachora.memory.model import GeometricMemory, MemoryConfig
+from pentachora.memory.modes import check_training_mode
 from pentachora.nn.text_encoder import FrozenTextEncoder
 from pentachora.recipes.loading import FINAL_DIR, load_latest
 from pentachora.training import Callback, PhaseCallback, TrainConfig, Trainer, TrainResult, read_metrics
 from pentachora.training.state import is_main_process, run_folder_lock
 
 __all__ = [
-    "MODES",
     "ConvergenceMonitor",
     "LRScaleCallback",
     "MemoryData",
@@ -86,7 +86,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MODES = ("joint", "two-phase", "pooled")
 EVAL_BATCH = 32
 
 
@@ -617,8 +616,7 @@ def mode_callbacks(
         parameter_names: The model's parameter names; prefixes of parts the model does not have (the
             ``chunker.`` of a model without contextual chunks) are dropped from the freeze lists.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_training_mode(mode)
     bank = list(GeometricMemory.BANK_PREFIXES)
     recon = list(GeometricMemory.RECONSTRUCTOR_PREFIXES)
     if parameter_names is not None:
@@ -824,10 +822,8 @@ def evaluate_chunks(
     Raises:
         ConfigError: The model has no contextual chunks.
     """
-    from pentachora.errors import ConfigError
 
-    if not model.config.contextual_chunks:
-        raise ConfigError("this memory model has no contextual chunks (contextual_chunks=False)")
+    model.config.output_mode.require_chunks("evaluate_chunks")
     n = cache.n_docs if max_docs is None else min(max_docs, cache.n_docs)
     device = next(model.parameters()).device
     means, coss = [], []
