@@ -859,3 +859,25 @@ def test_a_kill_before_the_final_eval_record_is_made_up_on_rerun(tmp_path: Path)
     # a third run of the finished folder adds nothing
     Trainer(model(), tcfg(tmp_path, steps=4, eval_every=3, save_every=4), Toy(), eval_fn=eval_fn).fit()
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "eval"] == [3, 4]
+
+
+@pytest.mark.parametrize(
+    "entry", ["tensorboard", "final", "checkpoints", "metrics.jsonl", "checkpoints/step-0000001"]
+)
+def test_a_symlink_inside_a_run_folder_is_refused_and_nothing_is_written_through_it(tmp_path, entry):
+    """`OUT/tensorboard -> /elsewhere` sent the event files to /elsewhere (issue 25)."""
+    from typer.testing import CliRunner
+
+    from pentachora.cli import app
+    from pentachora.training.state import run_folder_lock
+
+    out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / entry).parent.mkdir(parents=True, exist_ok=True)
+    (out / entry).symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(RunFolderError, match="symbolic links"), run_folder_lock(out):
+        pass
+    result = CliRunner().invoke(app, ["train", "svae", "--steps", "2", "--batch-size", "2", "--image-size", "16",
+                                      "--data", "noise", "--noise-per-type", "1", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 2 and "symbolic links" in result.output, result.output
+    assert list(elsewhere.iterdir()) == []

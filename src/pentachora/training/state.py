@@ -652,6 +652,27 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def check_no_links(out_dir: str | os.PathLike) -> None:
+    """Refuse a run folder whose own entries (:data:`RUN_ARTIFACTS`, the checkpoints under
+    ``checkpoints/``) include a symbolic link: a run writes only inside its folder, never through a
+    link to somewhere else (``tensorboard -> /elsewhere`` would fill /elsewhere).
+
+    Raises:
+        RunFolderError: naming the links.
+    """
+    out_dir = Path(out_dir)
+    links = [out_dir / name for name in RUN_ARTIFACTS if (out_dir / name).is_symlink()]
+    ckpts = out_dir / CHECKPOINTS_DIR
+    if ckpts.is_dir() and not ckpts.is_symlink():
+        links += [p for p in ckpts.iterdir() if p.is_symlink()]
+    if links:
+        shown = ", ".join(f"{p} -> {os.readlink(p)}" for p in links[:3])
+        raise RunFolderError(
+            f"{out_dir} holds symbolic links ({shown}); a run writes only inside its own folder — "
+            "replace them with plain folders or choose another out_dir"
+        )
+
+
 @contextlib.contextmanager
 def run_folder_lock(out_dir: str | os.PathLike, enabled: bool = True) -> Iterator[Path]:
     """Hold an exclusive, non-blocking lock on ``out_dir/.lock`` (``fcntl.flock``) for the block.
@@ -665,7 +686,8 @@ def run_folder_lock(out_dir: str | os.PathLike, enabled: bool = True) -> Iterato
         enabled: ``False`` makes it a no-op (non-main processes of a distributed run).
 
     Raises:
-        RunFolderError: another process holds the lock.
+        RunFolderError: another process holds the lock, or the folder's own entries include a
+            symbolic link (:func:`check_no_links`).
     """
     out_dir = Path(out_dir)
     if not enabled:
@@ -709,6 +731,7 @@ def run_folder_lock(out_dir: str | os.PathLike, enabled: bool = True) -> Iterato
             "another out_dir"
         ) from exc
     try:
+        check_no_links(out_dir)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         _HELD_LOCKS[key] = [fd, 1]
