@@ -881,3 +881,24 @@ def test_a_symlink_inside_a_run_folder_is_refused_and_nothing_is_written_through
                                       "--data", "noise", "--noise-per-type", "1", "--out", str(out)])  # fmt: skip
     assert result.exit_code == 2 and "symbolic links" in result.output, result.output
     assert list(elsewhere.iterdir()) == []
+
+
+def test_fresh_moves_the_old_runs_pictures_aside_with_it(tmp_path):
+    """`--fresh` left the old run's pictures in OUT, shown beside a new run until it overwrote them."""
+    from typer.testing import CliRunner
+
+    from pentachora.cli import app
+
+    out = tmp_path / "run"
+    args = ["train", "svae", "--steps", "2", "--batch-size", "2", "--image-size", "16", "--data", "noise",
+            "--noise-per-type", "1", "--eval-every", "0", "--out", str(out)]  # fmt: skip
+    assert CliRunner().invoke(app, args).exit_code == 0
+    (out / "curves.png").write_bytes(b"the old run's curves")
+    (out / "reconstructions.png").write_bytes(b"the old run's reconstructions")
+    result = CliRunner().invoke(app, [*args, "--fresh"])
+    assert result.exit_code == 0, result.output
+    (old,) = tmp_path.glob("run.old-*")
+    assert (old / "curves.png").read_bytes() == b"the old run's curves"
+    assert (old / "reconstructions.png").read_bytes() == b"the old run's reconstructions"
+    assert not (out / "reconstructions.png").exists()  # the new run (noise only) draws none
+    assert (out / "curves.png").read_bytes() != b"the old run's curves"

@@ -89,6 +89,19 @@ RUN_ARTIFACTS: tuple[str, ...] = (
     CHECKPOINTS_DIR,
     "tensorboard",
 )
+#: What recipes and commands derive from a run's results into its folder (pictures, reports): moved
+#: aside with the run by ``--fresh`` (a new run must not show the old run's pictures), never written
+#: through a link, but not themselves a run to resume.
+RUN_OUTPUTS: tuple[str, ...] = (
+    "curves.png",
+    "reconstructions.png",
+    "aligners.json",
+    "caches.json",
+    "loudness.json",
+    "convergence.json",
+    "diagnostics_convergence.json",
+    "audit",
+)
 #: Artifacts that are finished or resumable work (a rerun must not silently replace them).
 FINISHED_ARTIFACTS: tuple[str, ...] = ("final", "eval.json")
 #: Temporary files of :mod:`pentachora.io` atomic writes: ``.NAME.XXXXXXXX.tmp``.
@@ -588,15 +601,17 @@ def previous_run_artifacts(out_dir: str | os.PathLike) -> list[str]:
 
 
 def move_run_aside(out_dir: str | os.PathLike) -> Path | None:
-    """Move every earlier-run artifact of ``out_dir`` into a new sibling ``OUT.old-YYYYmmdd-HHMMSS``
-    (``-2``, ``-3`` ... when taken); the folder itself and its lock stay. ``None`` if nothing to move.
+    """Move every earlier-run artifact of ``out_dir`` (:data:`RUN_ARTIFACTS`) and what was derived from
+    it (:data:`RUN_OUTPUTS`: pictures, reports) into a new sibling ``OUT.old-YYYYmmdd-HHMMSS`` (``-2``,
+    ``-3`` ... when taken); the folder itself and its lock stay. ``None`` if nothing to move.
     """
     import time
 
     out_dir = Path(out_dir)
     names = previous_run_artifacts(out_dir)
     ckdir = out_dir / CHECKPOINTS_DIR
-    if not names and not ckdir.exists():
+    outputs = [name for name in RUN_OUTPUTS if (out_dir / name).exists() or (out_dir / name).is_symlink()]
+    if not names and not ckdir.exists() and not outputs:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = out_dir.with_name(f"{out_dir.name}.old-{stamp}")
@@ -605,8 +620,8 @@ def move_run_aside(out_dir: str | os.PathLike) -> Path | None:
         n += 1
         target = out_dir.with_name(f"{out_dir.name}.old-{stamp}-{n}")
     target.mkdir(parents=True)
-    for name in RUN_ARTIFACTS:
-        if (out_dir / name).exists():
+    for name in (*RUN_ARTIFACTS, *RUN_OUTPUTS):
+        if (out_dir / name).exists() or (out_dir / name).is_symlink():
             os.replace(out_dir / name, target / name)
     _fsync_dir(out_dir)
     return target
@@ -653,7 +668,7 @@ def is_main_process() -> bool:
 
 
 def check_no_links(out_dir: str | os.PathLike) -> None:
-    """Refuse a run folder whose own entries (:data:`RUN_ARTIFACTS`, the checkpoints under
+    """Refuse a run folder whose own entries (:data:`RUN_ARTIFACTS`, :data:`RUN_OUTPUTS`, the checkpoints under
     ``checkpoints/``) include a symbolic link: a run writes only inside its folder, never through a
     link to somewhere else (``tensorboard -> /elsewhere`` would fill /elsewhere).
 
@@ -661,7 +676,7 @@ def check_no_links(out_dir: str | os.PathLike) -> None:
         RunFolderError: naming the links.
     """
     out_dir = Path(out_dir)
-    links = [out_dir / name for name in RUN_ARTIFACTS if (out_dir / name).is_symlink()]
+    links = [out_dir / name for name in (*RUN_ARTIFACTS, *RUN_OUTPUTS) if (out_dir / name).is_symlink()]
     ckpts = out_dir / CHECKPOINTS_DIR
     if ckpts.is_dir() and not ckpts.is_symlink():
         links += [p for p in ckpts.iterdir() if p.is_symlink()]
