@@ -231,3 +231,18 @@ def test_align_audit_and_eval_hub_errors_go_to_stderr_and_outputs_are_checked_fi
     # eval-hub of something that is not a hub run
     res = runner.invoke(app, ["eval-hub", str(tmp_path / "empty")])
     assert res.exit_code == 2 and res.stderr.startswith("error:") and res.stdout == ""
+
+
+def test_cli_hub_option_defaults_are_the_config_defaults():
+    """The hub's settings are declared for the CLI without importing torch; their defaults must stay
+    those of ConduitHubConfig (one source of truth, checked here)."""
+    import dataclasses
+
+    from pentachora.cli.hub import HUB_MODEL_OPTIONS, HubModelOptions
+    from pentachora.hub.model import ConduitHubConfig
+
+    config = {f.name: f.default for f in dataclasses.fields(ConduitHubConfig)}
+    cli = HubModelOptions().config_kwargs()
+    for name, spec in HUB_MODEL_OPTIONS.items():
+        assert getattr(HubModelOptions(), name) == spec.default, name
+        assert cli[name] == config[name], name

@@ -194,6 +194,21 @@ def target_cv_bytes(dim: int, n_points: int = 64, n_samples: int = 2000, trials:
     return 8 * trials * n_points * dim + 4 * n_samples * n_points + 2 * 8 * trials * n_samples * 5 * dim
 
 
+def check_target_cv_budget(dim: int, n_points: int = 64, n_samples: int = 2000, trials: int = 8) -> None:
+    """Refuse :func:`target_cv_stats` settings that would allocate more than :data:`TARGET_CV_MAX_BYTES`.
+
+    Raises:
+        ValueError: naming the estimate and what to lower.
+    """
+    need = target_cv_bytes(dim, n_points, n_samples, trials)
+    if need > TARGET_CV_MAX_BYTES:
+        raise ValueError(
+            f"D={dim} with {trials} trials × {n_samples:,} samples of {n_points:,} points would allocate "
+            f"≈{need / 2**30:.1f} GiB (the bound is {TARGET_CV_MAX_BYTES / 2**30:.0f} GiB); use fewer samples, "
+            "trials or points"
+        )
+
+
 def target_cv_stats(
     dim: int, n_points: int = 64, n_samples: int = 2000, trials: int = 8, seed: int = 0
 ) -> tuple[float, float]:
@@ -210,13 +225,7 @@ def target_cv_stats(
         ValueError: D < 4, fewer than 5 points, no trial, or settings that would allocate more than
             :data:`TARGET_CV_MAX_BYTES` (refused before allocating).
     """
-    need = target_cv_bytes(dim, n_points, n_samples, trials)
-    if need > TARGET_CV_MAX_BYTES:
-        raise ValueError(
-            f"D={dim} with {trials} trials × {n_samples:,} samples of {n_points:,} points would allocate "
-            f"≈{need / 2**30:.1f} GiB (the bound is {TARGET_CV_MAX_BYTES / 2**30:.0f} GiB); use fewer samples, "
-            "trials or points"
-        )
+    check_target_cv_budget(dim, n_points, n_samples, trials)
     return _target_cv_stats_cached(int(dim), int(n_points), int(n_samples), int(trials), int(seed))
 
 

@@ -30,16 +30,13 @@ def cv_table_rows(
             before any is computed).
     """
     from pentachora.errors import ConfigError
-    from pentachora.geometry.cv import TARGET_CV_MAX_BYTES, target_cv_bytes, target_cv_stats
+    from pentachora.geometry.cv import check_target_cv_budget, target_cv_stats
 
-    for d in dims:
-        need = target_cv_bytes(d, n_points, n_samples, trials)
-        if need > TARGET_CV_MAX_BYTES:
-            raise ConfigError(
-                f"--dim {d} with --trials {trials}, --samples {n_samples:,}, --points {n_points:,} would allocate "
-                f"≈{need / 2**30:.1f} GiB (the bound is {TARGET_CV_MAX_BYTES / 2**30:.0f} GiB); lower --samples, "
-                "--trials or --points"
-            )
+    for d in dims:  # every D is checked before any is computed
+        try:
+            check_target_cv_budget(d, n_points, n_samples, trials)
+        except ValueError as exc:
+            raise ConfigError(f"--dim / --trials / --samples / --points: {exc}") from exc
     rows = []
     for d in dims:
         mean, spread = target_cv_stats(d, n_points=n_points, n_samples=n_samples, trials=trials, seed=seed)
