@@ -592,6 +592,10 @@ def test_demo_validates_every_option_before_touching_disk(tmp_path):
     result = run(*DEMO_FAST, "-o", str(out), "--lr", "nan")
     assert result.exit_code == 2, result.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    # an image size the contenders' patch does not divide: once a traceback after the folder was marked
+    fresh = tmp_path / "new"
+    result = run(*DEMO_FAST, "-o", str(fresh), "--image-size", "30")
+    assert result.exit_code == 2 and "patch size 8" in error_line(result) and not fresh.exists()
     # its own folder is reused: a second fresh demo run replaces the first
     assert run(*DEMO_FAST, "-o", str(out)).exit_code == 0
 

@@ -117,10 +117,11 @@ def demo(opts: DemoOptions) -> None:
     from pentachora.cli.options import check_run_folder, parse_data
     from pentachora.data.noise import NOISE_TYPES
     from pentachora.recipes import build_eval_data
-    from pentachora.recipes.demo import check_demo_folder
+    from pentachora.recipes.demo import check_demo_folder, check_demo_image_size
 
     check_run_folder(opts.out)  # before anything is trained or deleted: never the current directory
     names = opts.names()
+    check_demo_image_size(names, opts.image_size)
     configs = {name: opts.train_config(name) for name in names}  # every option is checked before the disk
     check_demo_folder(opts.out, opts.results_files())
     t_start, console, spec = time.perf_counter(), Console(), parse_data("images")

@@ -28,6 +28,7 @@ __all__ = [
     "DEMO_MODELS",
     "DemoModelRun",
     "check_demo_folder",
+    "check_demo_image_size",
     "clear_demo_run",
     "demo_markdown",
     "train_demo_model",
@@ -35,23 +36,67 @@ __all__ = [
 ]
 
 
-def _svae(steps: int):
-    from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig
+def _svae_config():
+    from pentachora.autoencoders.svae import PatchSVAEConfig
 
-    return PatchSVAE(PatchSVAEConfig.preset("tiny")), ()
+    return PatchSVAEConfig.preset("tiny")
+
+
+def _nosvd_config():
+    from pentachora.autoencoders.svae import PatchSVAEConfig
+
+    return PatchSVAEConfig.preset("tiny", readout="linear")
+
+
+def _geovae_config():
+    from pentachora.autoencoders.geovae import GeoVAEConfig
+
+    return GeoVAEConfig.preset("tiny-12")
+
+
+def _svae(steps: int):
+    from pentachora.autoencoders.svae import PatchSVAE
+
+    return PatchSVAE(_svae_config()), ()
 
 
 def _nosvd(steps: int):
-    from pentachora.autoencoders.svae import PatchSVAE, PatchSVAEConfig
+    from pentachora.autoencoders.svae import PatchSVAE
 
-    return PatchSVAE(PatchSVAEConfig.preset("tiny", readout="linear")), ()
+    return PatchSVAE(_nosvd_config()), ()
 
 
 def _geovae(steps: int):
-    from pentachora.autoencoders.geovae import GeoVAE, GeoVAEConfig
+    from pentachora.autoencoders.geovae import GeoVAE
     from pentachora.recipes import geovae_schedule
 
-    return GeoVAE(GeoVAEConfig.preset("tiny-12")), (geovae_schedule(steps),)
+    return GeoVAE(_geovae_config()), (geovae_schedule(steps),)
+
+
+#: Each contender's config (cheap: no model is built), for checks before anything is trained.
+DEMO_CONFIGS: dict[str, Callable[[], Any]] = {
+    "geovae": _geovae_config,
+    "svae": _svae_config,
+    "nosvd": _nosvd_config,
+}
+
+
+def check_demo_image_size(names: list[str], image_size: int) -> None:
+    """Refuse an image size that is not a multiple of every chosen contender's patch.
+
+    Raises:
+        ConfigError: naming the patch and the nearest sizes that work.
+    """
+    from pentachora.errors import ConfigError
+
+    for name in names:
+        patch = DEMO_CONFIGS[name]().patch_size
+        if image_size % patch:
+            low = max(patch, image_size - image_size % patch)
+            raise ConfigError(
+                f"--image-size {image_size} is not a multiple of {name}'s patch size {patch}; use e.g. {low} "
+                f"or {low + patch}"
+            )
 
 
 #: Contenders the demo can train: name → (label, builder(steps) → (model, callbacks)).

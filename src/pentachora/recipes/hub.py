@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from pentachora.data.paired import PairedBatchSource, PairedFeatures, extract_paired_features, leakage_check
-from pentachora.errors import ConfigError, DataError
+from pentachora.errors import CheckpointError, ConfigError, DataError
 from pentachora.geometry import cv_metric, target_cv
 from pentachora.hub import ConduitHub, ConduitHubConfig, ProcrustesAligner, retrieval_metrics
 from pentachora.hub.aligner import alignment_report, shuffled_floor
@@ -457,8 +457,8 @@ def _load_feature_file(path: str | os.PathLike) -> torch.Tensor:
         raise DataError(f"feature file not found: {path}")
     try:
         tensors = load_tensors(path)
-    except Exception as err:
-        raise DataError(f"{path} is not a readable safetensors file: {err}") from err
+    except CheckpointError as err:  # already names the file and what is wrong with it
+        raise DataError(str(err)) from err
     if "features" in tensors:
         x = tensors["features"]
     elif len(tensors) == 1:
