@@ -753,3 +753,42 @@ def test_eval_of_a_training_run_survives_a_checkpoint_pruned_while_it_is_read(tm
     result = run("eval", str(out), "--data", "noise", "--image-size", "16", "--noise-per-type", "1")
     assert result.exit_code == 0, result.output
     assert [p.name for p in calls] == [checkpoint_name(2), checkpoint_name(3)]
+
+
+def test_demo_checks_its_results_path_before_training(tmp_path):
+    """`--results FILE/x` trained every model, then ended in a FileExistsError traceback."""
+    (tmp_path / "notes.txt").write_text("notes")
+    out = tmp_path / "d"
+    result = run(*DEMO_FAST, "-o", str(out), "--results", str(tmp_path / "notes.txt" / "x"))
+    assert result.exit_code == 2 and "--results" in error_line(result) and not out.exists()
+
+
+def test_generate_refuses_a_bad_encoder_or_weighting_before_loading_the_model(tmp_path, monkeypatch):
+    import pentachora.diffusion.mini as mini
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(mini.MiniT2IPipeline, "from_run", classmethod(never))
+    bad = run(
+        "generate",
+        "a red circle",
+        "--model",
+        str(tmp_path),
+        "--encoder",
+        "bogus:x",
+        "-o",
+        str(tmp_path / "a.png"),
+    )
+    assert bad.exit_code == 2 and "unknown encoder" in error_line(bad)
+    bad = run(
+        "generate",
+        "a red circle",
+        "--model",
+        str(tmp_path),
+        "--weighting",
+        "nope",
+        "-o",
+        str(tmp_path / "a.png"),
+    )
+    assert bad.exit_code == 2 and "--weighting" in error_line(bad)

@@ -88,6 +88,13 @@ class DemoOptions:
             out=self.out / name,
         ).train_config()  # fmt: skip
 
+    def check_results(self) -> None:
+        """Refuse a ``--results`` stem whose files cannot be written, before the demo trains."""
+        from pentachora.cli.options import check_output_file
+
+        if self.results is not None:
+            check_output_file(self.results.with_suffix(".json"), "json", "--results")
+
     def results_files(self) -> tuple[str, ...]:
         """The ``--results`` pair's names when it is written inside ``--out`` (the demo's own files)."""
         stem = self.results.resolve() if self.results is not None else None
@@ -122,6 +129,7 @@ def demo(opts: DemoOptions) -> None:
     check_run_folder(opts.out)  # before anything is trained or deleted: never the current directory
     names = opts.names()
     check_demo_image_size(names, opts.image_size)
+    opts.check_results()
     configs = {name: opts.train_config(name) for name in names}  # every option is checked before the disk
     check_demo_folder(opts.out, opts.results_files())
     t_start, console, spec = time.perf_counter(), Console(), parse_data("images")

@@ -575,12 +575,16 @@ def generate_from_prompt(
         ConfigError: an empty prompt, an unknown encoder or weighting.
         CheckpointError: ``run`` is not a mini-t2i run.
     """
-    from pentachora.diffusion.mini import MiniT2IPipeline, prompt_conditioning
+    from pentachora.diffusion.mini import MiniT2IPipeline, parse_encoder_spec, prompt_conditioning
+    from pentachora.diffusion.weighting import DIALECTS
 
     if not prompt.strip():
         raise ConfigError("the prompt is empty; describe a scene, e.g. 'a small red circle in the centre.'")
+    spec = parse_encoder_spec(encoder)  # a malformed --encoder or --weighting is refused before loading
+    if weighting not in DIALECTS:
+        raise ConfigError(f"--weighting must be one of {DIALECTS}, got {weighting!r}")
     pipe = MiniT2IPipeline.from_run(run)
-    embeds = prompt_conditioning(encoder, pipe.model, pipe.encoder, weighting=weighting)([prompt])
+    embeds = prompt_conditioning(spec, pipe.model, pipe.encoder, weighting=weighting)([prompt])
     kwargs = {k: v.repeat_interleave(n, 0) for k, v in embeds.pipeline_kwargs().items()}
     gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
     images = pipe(**kwargs, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
