@@ -902,3 +902,14 @@ def test_fresh_moves_the_old_runs_pictures_aside_with_it(tmp_path):
     assert (old / "reconstructions.png").read_bytes() == b"the old run's reconstructions"
     assert not (out / "reconstructions.png").exists()  # the new run (noise only) draws none
     assert (out / "curves.png").read_bytes() != b"the old run's curves"
+
+
+def test_recipe_sizes_are_checked_before_any_work(tmp_path):
+    """Negative chunk counts and zero images were passed on (chunks=-1 compressed to nonsense)."""
+    from pentachora.recipes.hub import prepare_hub_data
+    from pentachora.recipes.t2i import generate_from_prompt
+
+    with pytest.raises(ConfigError, match="chunks must be >= 0"):
+        prepare_hub_data(["tiny-bert"], chunks=-1, cache_dir=tmp_path)
+    with pytest.raises(ConfigError, match="n must be >= 1"):
+        generate_from_prompt(tmp_path / "no-run", "a red circle", n=0)

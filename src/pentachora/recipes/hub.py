@@ -159,11 +159,13 @@ def prepare_hub_data(
     the seed, so a change anywhere re-extracts.
 
     Raises:
-        ConfigError: A bad expert spec or an expert not available offline.
+        ConfigError: A bad expert spec, an expert not available offline, or ``chunks`` < 0.
         DataError: A corpus without a held-out split.
     """
     from pentachora.data.text import parse_text_spec, wikipedia_corpus
 
+    if chunks < 0:
+        raise ConfigError(f"chunks must be >= 0 (0 = every token), got {chunks}")
     if corpus == "wiki":
         text = wikipedia_corpus(min_tokens=min_tokens, max_tokens=max_tokens)
     else:

@@ -572,7 +572,7 @@ def generate_from_prompt(
     with ``read`` and a cached reader of the world — the layout the reader sees in each.
 
     Raises:
-        ConfigError: an empty prompt, an unknown encoder or weighting.
+        ConfigError: an empty prompt, ``n`` < 1, an unknown encoder or weighting.
         CheckpointError: ``run`` is not a mini-t2i run.
     """
     from pentachora.diffusion.mini import MiniT2IPipeline, parse_encoder_spec, prompt_conditioning
@@ -580,6 +580,8 @@ def generate_from_prompt(
 
     if not prompt.strip():
         raise ConfigError("the prompt is empty; describe a scene, e.g. 'a small red circle in the centre.'")
+    if n < 1:
+        raise ConfigError(f"n must be >= 1 (images to generate), got {n}")
     spec = parse_encoder_spec(encoder)  # a malformed --encoder or --weighting is refused before loading
     if weighting not in DIALECTS:
         raise ConfigError(f"--weighting must be one of {DIALECTS}, got {weighting!r}")
