@@ -146,6 +146,7 @@ def layer(module: str) -> str:
 #: compares).
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "errors": frozenset(),
+    "resources": frozenset({"errors"}),
     "io": frozenset({"errors"}),
     "modeling": frozenset({"io", "errors"}),
     "geometry": frozenset({"io", "errors"}),

@@ -913,3 +913,47 @@ def test_recipe_sizes_are_checked_before_any_work(tmp_path):
         prepare_hub_data(["tiny-bert"], chunks=-1, cache_dir=tmp_path)
     with pytest.raises(ConfigError, match="n must be >= 1"):
         generate_from_prompt(tmp_path / "no-run", "a red circle", n=0)
+
+
+ALLOCATOR_FAILURE = (
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+    "to allocate 4915200000000 bytes. Error code 12 (Cannot allocate memory)"
+)
+
+
+def test_an_allocation_the_machine_cannot_hold_is_one_error_line_not_a_bug(tmp_path, monkeypatch):
+    """Huge sizes (`--batch-size 100000000`, `--set V=100000000`, `--hidden ...`) ended in allocator
+    tracebacks reported as bugs (issue 25)."""
+    from typer.testing import CliRunner
+
+    import pentachora.recipes
+    from pentachora.cli import app
+    from pentachora.cli.core import out_of_memory_message
+
+    assert "≈4,577.6 GiB" in out_of_memory_message(RuntimeError(ALLOCATOR_FAILURE))
+    assert out_of_memory_message(MemoryError()).startswith("out of memory")
+    assert out_of_memory_message(RuntimeError("shape mismatch")) is None
+
+    def huge(*args, **kwargs):
+        raise RuntimeError(ALLOCATOR_FAILURE)
+
+    monkeypatch.setattr(pentachora.recipes, "train_autoencoder", huge)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "svae", "--steps", "1", "--batch-size", "2", "--image-size", "16",
+                                      "--data", "noise", "--noise-per-type", "1", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "error: out of memory" in result.output and "GiB" in result.output
+    assert "Traceback" not in result.output and "this is a bug" not in result.output
+
+
+def test_a_scene_pool_larger_than_the_machine_is_refused_before_it_is_built(monkeypatch):
+    import pentachora.resources
+    from pentachora.data.scenes import SceneWorld, SceneWorldConfig
+    from pentachora.nn.text_encoder import FrozenTextEncoder, tiny_encoder
+    from pentachora.recipes.t2i import scene_pool
+
+    model, tokenizer = tiny_encoder("clip", hidden=32)
+    encoder = FrozenTextEncoder(model, tokenizer, name="tiny")
+    monkeypatch.setattr(pentachora.resources, "physical_memory_bytes", lambda: 2**30)
+    with pytest.raises(ConfigError, match=r"a pool of 1,000,000 scenes needs .* GiB; this machine has 1 GiB"):
+        scene_pool(SceneWorld(SceneWorldConfig.preset("cpu")), encoder, 1_000_000, use_cache=False)

@@ -7,6 +7,9 @@ Every command registered on :data:`pentachora.cli.app` or :data:`pentachora.cli.
   wrong) and ``typer.BadParameter`` raised by a command body → one red line ``error: ...`` on stderr
   and exit code 2;
 * ``KeyboardInterrupt`` → one line saying where a rerun resumes (see :func:`set_resume_dir`), exit 130;
+* an allocation the machine cannot hold (the CPU allocator's or CUDA's out-of-memory error,
+  ``MemoryError``) → one ``error: out of memory ...`` line naming the size asked for, exit code 2;
+* a closed output pipe (``pentachora ... | head``) → click's quiet exit;
 * anything else is a bug: its traceback, one line asking to report it, exit code 1.
 
 Usage errors that typer finds while parsing (unknown flag, a value out of range, a missing argument)
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 import sys
 import traceback
 from collections.abc import Iterator
@@ -60,6 +64,34 @@ def print_error(message: str) -> None:
     Console(stderr=True).print(f"error: {line}", style="red", markup=False, highlight=False, soft_wrap=True)
 
 
+_ALLOCATION = re.compile(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]i?B)")
+_UNITS = {"bytes": 1, "KB": 2**10, "KiB": 2**10, "MB": 2**20, "MiB": 2**20, "GB": 2**30, "GiB": 2**30,
+          "TB": 2**40, "TiB": 2**40}  # fmt: skip
+
+
+def out_of_memory_message(exc: BaseException) -> str | None:
+    """One line for an allocation that failed (CPU allocator, CUDA out of memory, ``MemoryError``):
+    the sizes asked for are the user's to lower, not a bug. ``None`` for any other error."""
+    text = str(exc)
+    oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+    if not (oom or "can't allocate memory" in text or "CUDA out of memory" in text):
+        return None
+    from pentachora.resources import physical_memory_bytes
+
+    asked = ""
+    found = _ALLOCATION.search(text)
+    if found:
+        asked = f" of ≈{float(found.group(1)) * _UNITS[found.group(2)] / 2**30:,.1f} GiB"
+    total = physical_memory_bytes()
+    machine = f" (this machine has {total / 2**30:.0f} GiB)" if total else ""
+    where = _RESUME_DIR.get()
+    resume = f"; a rerun resumes from {where}'s last checkpoint" if where else ""
+    return (
+        f"out of memory: an allocation{asked} failed{machine}; lower the sizes of this run (batch size, image "
+        f"size, model width, pool or sample counts){resume}"
+    )
+
+
 def set_resume_dir(path: str | Path | None) -> None:
     """Record the run folder of the training about to start, for the interrupt message."""
     _RESUME_DIR.set(None if path is None else str(path))
@@ -96,6 +128,10 @@ def user_errors(*, body: bool) -> Iterator[None]:
     except BrokenPipeError:  # `pentachora ... | head`: the reader left. Not a bug: click exits quietly
         raise
     except Exception as exc:
+        message = out_of_memory_message(exc)  # sizes the machine cannot hold are the user's to lower
+        if message is not None:
+            print_error(message)
+            raise typer.Exit(EXIT_USER_ERROR) from exc
         traceback.print_exc(file=sys.stderr)
         print(BUG_HINT, file=sys.stderr)
         raise typer.Exit(EXIT_BUG) from exc

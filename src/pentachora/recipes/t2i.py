@@ -47,6 +47,7 @@ from pentachora.errors import CheckpointError, ConfigError
 from pentachora.io import atomic_save_tensors, atomic_write_json, load_tensors, read_json
 from pentachora.nn.text_encoder import FrozenTextEncoder
 from pentachora.recipes.loading import FINAL_DIR
+from pentachora.resources import check_fits_in_memory
 from pentachora.t2i.model import MiniT2I
 from pentachora.t2i.reader import SceneReader, SceneReaderConfig
 from pentachora.t2i.scoring import object_hits, summarise_hits
@@ -158,10 +159,13 @@ def scene_pool(
     and ``n``; a cache file that does not match its key or cannot be read is rebuilt.
 
     Raises:
-        ConfigError: ``n < 1``.
+        ConfigError: ``n < 1``, or a pool larger than the machine's memory (checked before it is built).
     """
     if n < 1:
         raise ConfigError(f"a scene pool needs n >= 1, got {n}")
+    side = world.config.image_size
+    per_scene = 3 * side * side + encoder.window * encoder.hidden_size * 2  # uint8 image + fp16 states
+    check_fits_in_memory(n * per_scene, f"a pool of {n:,} scenes", "--pool-size")
     key = _key(
         POOL_FORMAT, WORLD_FORMAT, dataclasses.asdict(world.config), encoder.describe(), split, kind, n
     )
