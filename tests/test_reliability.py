@@ -933,6 +933,11 @@ def test_an_allocation_the_machine_cannot_hold_is_one_error_line_not_a_bug(tmp_p
     assert "≈4,577.6 GiB" in out_of_memory_message(RuntimeError(ALLOCATOR_FAILURE))
     assert out_of_memory_message(MemoryError()).startswith("out of memory")
     assert out_of_memory_message(RuntimeError("shape mismatch")) is None
+    cuda = RuntimeError(  # the text torch 2.11 raised on an H100 (torch.OutOfMemoryError), shortened
+        "CUDA out of memory. Tried to allocate 3725.29 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+        "78.68 GiB is free."
+    )
+    assert "≈3,725.3 GiB failed on the GPU (79 GiB)" in out_of_memory_message(cuda)
 
     def huge(*args, **kwargs):
         raise RuntimeError(ALLOCATOR_FAILURE)

@@ -64,30 +64,37 @@ def print_error(message: str) -> None:
     Console(stderr=True).print(f"error: {line}", style="red", markup=False, highlight=False, soft_wrap=True)
 
 
-_ALLOCATION = re.compile(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]i?B)")
-_UNITS = {"bytes": 1, "KB": 2**10, "KiB": 2**10, "MB": 2**20, "MiB": 2**20, "GB": 2**30, "GiB": 2**30,
-          "TB": 2**40, "TiB": 2**40}  # fmt: skip
+_ALLOCATION = re.compile(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]i?B)", re.IGNORECASE)
+_CAPACITY = re.compile(r"total capacity of (\d+(?:\.\d+)?) ?([KMGT]i?B)", re.IGNORECASE)
+_UNITS = {"BYTES": 1, "KB": 2**10, "KIB": 2**10, "MB": 2**20, "MIB": 2**20, "GB": 2**30, "GIB": 2**30,
+          "TB": 2**40, "TIB": 2**40}  # fmt: skip
+
+
+def _gib(match: re.Match[str]) -> float:
+    return float(match.group(1)) * _UNITS[match.group(2).upper()] / 2**30
 
 
 def out_of_memory_message(exc: BaseException) -> str | None:
     """One line for an allocation that failed (CPU allocator, CUDA out of memory, ``MemoryError``):
     the sizes asked for are the user's to lower, not a bug. ``None`` for any other error."""
     text = str(exc)
-    oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-    if not (oom or "can't allocate memory" in text or "CUDA out of memory" in text):
+    gpu = "CUDA out of memory" in text or (type(exc).__name__ == "OutOfMemoryError" and "CPU" not in text)
+    if not (gpu or isinstance(exc, MemoryError) or "can't allocate memory" in text):
         return None
-    from pentachora.resources import physical_memory_bytes
+    asked = _ALLOCATION.search(text)
+    size = f" of ≈{_gib(asked):,.1f} GiB" if asked else ""
+    if gpu:
+        capacity = _CAPACITY.search(text)
+        machine = f" on the GPU ({_gib(capacity):.0f} GiB)" if capacity else " on the GPU"
+    else:
+        from pentachora.resources import physical_memory_bytes
 
-    asked = ""
-    found = _ALLOCATION.search(text)
-    if found:
-        asked = f" of ≈{float(found.group(1)) * _UNITS[found.group(2)] / 2**30:,.1f} GiB"
-    total = physical_memory_bytes()
-    machine = f" (this machine has {total / 2**30:.0f} GiB)" if total else ""
+        total = physical_memory_bytes()
+        machine = f" (this machine has {total / 2**30:.0f} GiB)" if total else ""
     where = _RESUME_DIR.get()
     resume = f"; a rerun resumes from {where}'s last checkpoint" if where else ""
     return (
-        f"out of memory: an allocation{asked} failed{machine}; lower the sizes of this run (batch size, image "
+        f"out of memory: an allocation{size} failed{machine}; lower the sizes of this run (batch size, image "
         f"size, model width, pool or sample counts){resume}"
     )
 
