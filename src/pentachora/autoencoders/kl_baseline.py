@@ -32,7 +32,14 @@ from pentachora.autoencoders.base import AutoencoderOutput, VariationalPatchAuto
 from pentachora.autoencoders.distributions import DiagonalGaussian
 from pentachora.modeling import Presets, register_model
 
-__all__ = ["KL_PRESETS", "AutoencoderKLAdapter", "AutoencoderKLAdapterConfig", "diffusers_class"]
+__all__ = [
+    "KL_PRESETS",
+    "AutoencoderKLAdapter",
+    "AutoencoderKLAdapterConfig",
+    "DiffusersLatentConfig",
+    "DiffusersLatentModel",
+    "diffusers_class",
+]
 
 #: Small from-scratch configurations (f8: four levels). Parameter counts in the config docstring.
 KL_PRESETS: dict[str, dict[str, Any]] = {
@@ -52,8 +59,43 @@ def diffusers_class(name: str, needed_by: str) -> Any:
     return getattr(diffusers, name)
 
 
+class DiffusersLatentConfig:
+    """What the diffusers adapters' configs share: ``block_out_channels`` (one entry per level) set the
+    downsampling factor ``f = 2^(levels − 1)``, the adapters' "patch"."""
+
+    block_out_channels: tuple[int, ...]
+
+    def _check_blocks(self) -> None:
+        """Normalise ``block_out_channels`` to a tuple of ints and refuse an empty or non-positive one."""
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        if not self.block_out_channels or min(self.block_out_channels) < 1:
+            raise ValueError(f"block_out_channels must be positive, got {self.block_out_channels}")
+
+    @property
+    def patch_size(self) -> int:
+        """The downsampling factor f (pixels per latent cell along a side)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+class DiffusersLatentModel:
+    """What the diffusers adapters share: one latent cell of ``latent_channels`` floats per ``f × f``
+    tile (their honest latent accounting)."""
+
+    config: Any
+
+    @property
+    def latent_floats_per_patch(self) -> int:
+        """``latent_channels`` floats per ``f × f`` latent cell."""
+        return self.config.latent_channels
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latent ``(B, c, H/f, W/f)``."""
+        return self.config.latent_channels
+
+
 @dataclasses.dataclass
-class AutoencoderKLAdapterConfig(Presets):
+class AutoencoderKLAdapterConfig(DiffusersLatentConfig, Presets):
     """Configuration of :class:`AutoencoderKLAdapter` (a diffusers ``AutoencoderKL`` from scratch).
 
     Presets (:data:`KL_PRESETS`, 3 channels): ``tiny-f8c4`` 48:1 and ``tiny-f8c16`` 12:1
@@ -85,9 +127,7 @@ class AutoencoderKLAdapterConfig(Presets):
     kl_weight: float = 1e-3
 
     def __post_init__(self) -> None:
-        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
-        if not self.block_out_channels or min(self.block_out_channels) < 1:
-            raise ValueError(f"block_out_channels must be positive, got {self.block_out_channels}")
+        self._check_blocks()
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if bad:
             raise ValueError(
@@ -97,14 +137,9 @@ class AutoencoderKLAdapterConfig(Presets):
         if self.latent_channels < 1 or self.channels < 1 or self.layers_per_block < 1:
             raise ValueError("latent_channels, channels and layers_per_block must be ≥ 1")
 
-    @property
-    def patch_size(self) -> int:
-        """The downsampling factor f (pixels per latent cell along a side)."""
-        return 2 ** (len(self.block_out_channels) - 1)
-
 
 @register_model
-class AutoencoderKLAdapter(VariationalPatchAutoencoder):
+class AutoencoderKLAdapter(DiffusersLatentModel, VariationalPatchAutoencoder):
     """diffusers ``AutoencoderKL`` behind the pentachora autoencoder API (see the module docstring).
 
     Args:
@@ -135,16 +170,6 @@ class AutoencoderKLAdapter(VariationalPatchAutoencoder):
             norm_num_groups=c.norm_num_groups,
             mid_block_add_attention=c.mid_block_add_attention,
         )
-
-    @property
-    def latent_floats_per_patch(self) -> int:
-        """``latent_channels`` floats per ``f × f`` latent cell."""
-        return self.config.latent_channels
-
-    @property
-    def latent_channels(self) -> int:
-        """Channels of the latent ``(B, c, H/f, W/f)``."""
-        return self.config.latent_channels
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         """``(B, C, H, W)`` → posterior with mean / logvar ``(B, c, H/f, W/f)``."""

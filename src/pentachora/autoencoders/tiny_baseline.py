@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from pentachora.autoencoders.base import AutoencoderOutput, PatchAutoencoder
-from pentachora.autoencoders.kl_baseline import diffusers_class
+from pentachora.autoencoders.kl_baseline import DiffusersLatentConfig, DiffusersLatentModel, diffusers_class
 from pentachora.modeling import Presets, register_model
 
 __all__ = ["TINY_PRESETS", "AutoencoderTinyAdapter", "AutoencoderTinyAdapterConfig"]
@@ -34,7 +34,7 @@ TINY_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass
-class AutoencoderTinyAdapterConfig(Presets):
+class AutoencoderTinyAdapterConfig(DiffusersLatentConfig, Presets):
     """Configuration of :class:`AutoencoderTinyAdapter` (a diffusers ``AutoencoderTiny`` from scratch).
 
     Presets (:data:`TINY_PRESETS`, 3 channels): ``tiny-f8c4`` (48:1) and ``tiny-f8c16`` (12:1), one
@@ -58,20 +58,13 @@ class AutoencoderTinyAdapterConfig(Presets):
     recon_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
-        if not self.block_out_channels or min(self.block_out_channels) < 1:
-            raise ValueError(f"block_out_channels must be positive, got {self.block_out_channels}")
+        self._check_blocks()
         if self.latent_channels < 1 or self.channels < 1 or self.blocks_per_level < 1:
             raise ValueError("latent_channels, channels and blocks_per_level must be ≥ 1")
 
-    @property
-    def patch_size(self) -> int:
-        """The downsampling factor f (pixels per latent cell along a side)."""
-        return 2 ** (len(self.block_out_channels) - 1)
-
 
 @register_model
-class AutoencoderTinyAdapter(PatchAutoencoder):
+class AutoencoderTinyAdapter(DiffusersLatentModel, PatchAutoencoder):
     """diffusers ``AutoencoderTiny`` behind the pentachora autoencoder API (see the module docstring).
 
     Images are in model space [−1, 1] (diffusers' convention; the encoder maps them to TAESD's [0, 1]).
@@ -99,15 +92,6 @@ class AutoencoderTinyAdapter(PatchAutoencoder):
             num_encoder_blocks=(c.blocks_per_level,) * n,
             num_decoder_blocks=(c.blocks_per_level,) * n,
         )
-
-    @property
-    def latent_floats_per_patch(self) -> int:
-        """``latent_channels`` floats per ``f × f`` latent cell."""
-        return self.config.latent_channels
-
-    @property
-    def latent_channels(self) -> int:
-        return self.config.latent_channels
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` in [−1, 1] → ``(B, c, H/f, W/f)`` latent."""
